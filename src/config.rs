@@ -1,0 +1,261 @@
+//! The command line: clap derive structs, every flag with an environment variable, and
+//! their validation into the [`ServeConfig`] the server runs with.
+//!
+//! Defaults are chosen for tens of thousands of idle connections: a small read buffer
+//! (tungstenite's default of 128 KiB, allocated eagerly, would cost ~135 KB per idle
+//! connection), writes that go straight to the socket, and a modest thread stack.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "wsscale", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve WebSocket echo connections on /ws, one Tokio task or one OS thread each.
+    Serve(ServeArgs),
+}
+
+/// The execution model: what each connection costs is what this tool measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One Tokio task per connection on the multi-threaded scheduler (axum + hyper).
+    Tasks,
+    /// One OS thread per connection, blocking in poll(2) on its socket.
+    Threads,
+}
+
+impl Mode {
+    /// The value of the `mode` label on every metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Tasks => "tasks",
+            Mode::Threads => "threads",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Execution model: one Tokio task per connection, or one OS thread per connection.
+    #[arg(long, env = "WSSCALE_MODE", value_enum, default_value_t = Mode::Tasks)]
+    pub mode: Mode,
+
+    /// Address for WebSocket clients (GET /ws). Port 0 picks a free port; the bound
+    /// address is printed on stdout.
+    #[arg(long, env = "WSSCALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Address for GET /metrics (Prometheus) and GET /healthz.
+    #[arg(long, env = "WSSCALE_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
+    pub metrics_listen: SocketAddr,
+
+    /// Most WebSocket connections held at once; clients beyond it get HTTP 503.
+    /// Default: the file-descriptor limit minus a reserve (and, in threads mode, what
+    /// vm.max_map_count and pid_max allow).
+    #[arg(long, env = "WSSCALE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// How often the server pings each connection.
+    #[arg(long, env = "WSSCALE_PING_INTERVAL", default_value = "30s")]
+    pub ping_interval: humantime::Duration,
+
+    /// A connection with no traffic from the peer for this long is closed (dead peers
+    /// are reaped). Must be longer than the ping interval.
+    #[arg(long, env = "WSSCALE_IDLE_TIMEOUT", default_value = "90s")]
+    pub idle_timeout: humantime::Duration,
+
+    /// Time a client has to send a complete upgrade request (slowloris defence).
+    #[arg(long, env = "WSSCALE_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: humantime::Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for connections to finish closing.
+    #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
+    pub drain_timeout: humantime::Duration,
+
+    /// Largest message (and frame) accepted; larger ones are closed with 1009.
+    /// Accepts units: 65536, 64KiB, 1MiB.
+    #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE", default_value = "64KiB")]
+    pub max_message_size: ByteSize,
+
+    /// Bytes read from the socket at a time; allocated once per connection.
+    #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE", default_value = "4KiB")]
+    pub read_buffer_size: ByteSize,
+
+    /// Bytes buffered before a write reaches the socket; 0 writes every frame at once.
+    #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE", default_value = "0")]
+    pub write_buffer_size: ByteSize,
+
+    /// Stack size of each connection thread (threads mode). Only touched pages count in
+    /// RSS; the kernel adds its own 16 KiB stack per thread regardless.
+    #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE", default_value = "256KiB")]
+    pub thread_stack_size: ByteSize,
+}
+
+/// A validated server configuration. Both execution models read the same one, so a
+/// comparison measures the execution model and nothing else.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub mode: Mode,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// `None` means "derive from the limits at start" (see [`crate::limits`]).
+    pub max_connections: Option<usize>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_message_size: usize,
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+    pub thread_stack_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), or live peers would be reaped between pings")]
+    IdleNotAbovePing { idle: Duration, ping: Duration },
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--{flag} is {value} bytes; the most this build accepts is {max}")]
+    TooLarge { flag: &'static str, value: u64, max: u64 },
+    #[error("--thread-stack-size must be at least 64KiB (got {0} bytes)")]
+    StackTooSmall(u64),
+}
+
+impl TryFrom<ServeArgs> for ServeConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let ping_interval = Duration::from(args.ping_interval);
+        let idle_timeout = Duration::from(args.idle_timeout);
+        if ping_interval.is_zero() {
+            return Err(ConfigError::Zero { flag: "ping-interval" });
+        }
+        if idle_timeout <= ping_interval {
+            return Err(ConfigError::IdleNotAbovePing { idle: idle_timeout, ping: ping_interval });
+        }
+        let handshake_timeout = Duration::from(args.handshake_timeout);
+        if handshake_timeout.is_zero() {
+            return Err(ConfigError::Zero { flag: "handshake-timeout" });
+        }
+        if args.max_connections == Some(0) {
+            return Err(ConfigError::Zero { flag: "max-connections" });
+        }
+        const MAX_SIZE: u64 = 1 << 30;
+        let size = |flag: &'static str, value: ByteSize, allow_zero: bool| {
+            let value = value.as_u64();
+            if value == 0 && !allow_zero {
+                Err(ConfigError::Zero { flag })
+            } else if value > MAX_SIZE {
+                Err(ConfigError::TooLarge { flag, value, max: MAX_SIZE })
+            } else {
+                Ok(value as usize)
+            }
+        };
+        let thread_stack_size = size("thread-stack-size", args.thread_stack_size, false)?;
+        if thread_stack_size < 64 * 1024 {
+            return Err(ConfigError::StackTooSmall(thread_stack_size as u64));
+        }
+        Ok(ServeConfig {
+            mode: args.mode,
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            max_connections: args.max_connections,
+            ping_interval,
+            idle_timeout,
+            handshake_timeout,
+            drain_timeout: args.drain_timeout.into(),
+            max_message_size: size("max-message-size", args.max_message_size, false)?,
+            read_buffer_size: size("read-buffer-size", args.read_buffer_size, false)?,
+            write_buffer_size: size("write-buffer-size", args.write_buffer_size, true)?,
+            thread_stack_size,
+        })
+    }
+}
+
+impl ServeConfig {
+    /// The one WebSocket configuration both execution models use.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            // A write of one whole maximum-size message plus framing must fit.
+            .max_write_buffer_size(self.write_buffer_size.max(self.max_message_size) * 2 + 64)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["wsscale", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command;
+        ServeConfig::try_from(serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_for_many_idle_connections() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.mode, Mode::Tasks);
+        assert_eq!(config.read_buffer_size, 4096);
+        assert_eq!(config.write_buffer_size, 0);
+        assert_eq!(config.max_message_size, 64 * 1024);
+        assert!(config.idle_timeout > config.ping_interval);
+    }
+
+    #[test]
+    fn sizes_and_durations_take_units() {
+        let config = parse(&[
+            "--mode",
+            "threads",
+            "--read-buffer-size",
+            "1KiB",
+            "--max-message-size",
+            "1MiB",
+            "--ping-interval",
+            "500ms",
+            "--idle-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(config.mode, Mode::Threads);
+        assert_eq!(config.read_buffer_size, 1024);
+        assert_eq!(config.max_message_size, 1 << 20);
+        assert_eq!(config.ping_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_flag_named() {
+        let err = parse(&["--idle-timeout", "1s", "--ping-interval", "2s"]).unwrap_err();
+        assert!(err.contains("--idle-timeout"), "{err}");
+        let err = parse(&["--read-buffer-size", "0"]).unwrap_err();
+        assert!(err.contains("--read-buffer-size"), "{err}");
+        let err = parse(&["--max-connections", "0"]).unwrap_err();
+        assert!(err.contains("--max-connections"), "{err}");
+        let err = parse(&["--mode", "fibers"]).unwrap_err();
+        assert!(err.contains("tasks") && err.contains("threads"), "{err}");
+        let err = parse(&["--thread-stack-size", "4KiB"]).unwrap_err();
+        assert!(err.contains("--thread-stack-size"), "{err}");
+    }
+}

@@ -1,0 +1,295 @@
+//! The HTTP side of a WebSocket upgrade (RFC 6455 section 4.2), shared by both execution
+//! models: tasks mode feeds it hyper's parsed request, threads mode feeds it httparse's,
+//! and both send the response it builds. So the two models accept, and refuse, exactly
+//! the same requests with exactly the same answers.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+
+use crate::metrics::RejectReason;
+
+/// The one path that upgrades.
+pub const WEBSOCKET_PATH: &str = "/ws";
+
+/// An upgrade request that passed every check: send [`switching_protocols`] to accept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The Sec-WebSocket-Accept value derived from the client's key.
+    pub accept_key: String,
+}
+
+/// Why a request does not upgrade; [`Refusal::response`] is the answer to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    MethodNotAllowed,
+    /// Not an upgrade request at all (a browser or curl on /ws).
+    UpgradeRequired,
+    /// An upgrade request for a WebSocket version other than 13.
+    UnsupportedVersion,
+    /// HTTP/1.0 or older, or a missing or malformed Sec-WebSocket-Key.
+    BadRequest(&'static str),
+    /// Every connection permit is taken.
+    AtCapacity,
+}
+
+impl Refusal {
+    /// The metric label of a refusal counted in `wsscale_connections_rejected_total`
+    /// (404 and 405 are not WebSocket rejections and are not counted).
+    pub fn reject_reason(self) -> Option<RejectReason> {
+        match self {
+            Refusal::NotFound | Refusal::MethodNotAllowed => None,
+            Refusal::UpgradeRequired | Refusal::UnsupportedVersion | Refusal::BadRequest(_) => {
+                Some(RejectReason::BadRequest)
+            }
+            Refusal::AtCapacity => Some(RejectReason::Capacity),
+        }
+    }
+
+    /// A complete response with a one-line text body; the connection closes after it.
+    pub fn response(self) -> Response<String> {
+        let (status, body) = match self {
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "not found: WebSocket clients connect to /ws"),
+            Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET"),
+            Refusal::UpgradeRequired => {
+                (StatusCode::UPGRADE_REQUIRED, "upgrade required: /ws speaks WebSocket only")
+            }
+            Refusal::UnsupportedVersion => {
+                (StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: use 13")
+            }
+            Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+            Refusal::AtCapacity => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server at capacity: try again later")
+            }
+        };
+        let mut response = Response::new(format!("{body}\n"));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if status == StatusCode::UPGRADE_REQUIRED {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        if self == Refusal::AtCapacity {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Decides whether a request upgrades to WebSocket. Capacity is the caller's check, made
+/// after this one passes, so a malformed request never takes a permit.
+pub fn check(
+    method: &Method,
+    path: &str,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Accepted, Refusal> {
+    if path != WEBSOCKET_PATH {
+        return Err(Refusal::NotFound);
+    }
+    if method != Method::GET {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    let is_upgrade = header_has_token(headers, &header::CONNECTION, "upgrade")
+        && header_has_token(headers, &header::UPGRADE, "websocket");
+    if !is_upgrade {
+        return Err(Refusal::UpgradeRequired);
+    }
+    if version < Version::HTTP_11 {
+        return Err(Refusal::BadRequest("bad request: WebSocket needs HTTP/1.1"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Refusal::UnsupportedVersion);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(Refusal::BadRequest("bad request: missing Sec-WebSocket-Key"))?;
+    if !is_valid_key(key.as_bytes()) {
+        return Err(Refusal::BadRequest("bad request: Sec-WebSocket-Key is not 16 bytes in base64"));
+    }
+    Ok(Accepted { accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()) })
+}
+
+/// Largest request head read before answering 400; an upgrade request is a few hundred
+/// bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// What the bytes read so far from a connection say (threads mode, which has no hyper).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Not a complete request head yet: read more.
+    Incomplete,
+    /// A complete head (or one that can never be valid) of `len` bytes, and the verdict.
+    Complete { verdict: Result<Accepted, Refusal>, len: usize },
+}
+
+/// Parses a request head with httparse and runs [`check`] on it.
+pub fn parse_head(buf: &[u8]) -> Head {
+    let mut header_slots = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut header_slots);
+    let refuse = |why| Head::Complete { verdict: Err(Refusal::BadRequest(why)), len: buf.len() };
+    match request.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
+            refuse("bad request: request head too large")
+        }
+        Ok(httparse::Status::Partial) => Head::Incomplete,
+        Ok(httparse::Status::Complete(len)) => {
+            let mut headers = HeaderMap::new();
+            for header in request.headers.iter() {
+                let (Ok(name), Ok(value)) =
+                    (header::HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(header.value))
+                else {
+                    return refuse("bad request: malformed header");
+                };
+                headers.append(name, value);
+            }
+            let Ok(method) = Method::from_bytes(request.method.unwrap_or_default().as_bytes()) else {
+                return refuse("bad request: malformed method");
+            };
+            let version = if request.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+            let path = request.path.unwrap_or_default();
+            let path = path.split('?').next().unwrap_or(path);
+            Head::Complete { verdict: check(&method, path, version, &headers), len }
+        }
+        Err(httparse::Error::TooManyHeaders) => refuse("bad request: too many headers"),
+        Err(_) => refuse("bad request: not an HTTP/1.1 request"),
+    }
+}
+
+/// The 101 response that completes an upgrade.
+pub fn switching_protocols(accepted: &Accepted) -> Response<String> {
+    let mut response = Response::new(String::new());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accepted.accept_key).expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// Serialises a response as HTTP/1.1 bytes, for threads mode which has no hyper.
+pub fn to_http1_bytes(response: &Response<String>) -> Vec<u8> {
+    let status = response.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(format!("content-length: {}\r\n", response.body().len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(response.body().as_bytes());
+    out
+}
+
+/// True when a comma-separated header (any of its occurrences) holds `token`, ignoring
+/// case: `Connection: keep-alive, Upgrade` is an upgrade.
+fn header_has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// A Sec-WebSocket-Key must be 16 bytes in base64: 22 symbols, the last carrying only
+/// two significant bits, then `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|byte| ALPHABET.contains(byte))
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        headers
+    }
+
+    #[test]
+    fn rfc_6455_sample_key_is_accepted() {
+        let accepted = check(&Method::GET, "/ws", Version::HTTP_11, &upgrade_headers()).unwrap();
+        assert_eq!(accepted.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn each_defect_has_its_own_answer() {
+        let headers = upgrade_headers();
+        assert_eq!(check(&Method::GET, "/", Version::HTTP_11, &headers), Err(Refusal::NotFound));
+        assert_eq!(check(&Method::POST, "/ws", Version::HTTP_11, &headers), Err(Refusal::MethodNotAllowed));
+        assert_eq!(
+            check(&Method::GET, "/ws", Version::HTTP_11, &HeaderMap::new()),
+            Err(Refusal::UpgradeRequired)
+        );
+        let mut old_version = headers.clone();
+        old_version.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(
+            check(&Method::GET, "/ws", Version::HTTP_11, &old_version),
+            Err(Refusal::UnsupportedVersion)
+        );
+        for bad_key in ["", "short==", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub2!jZQ=="] {
+            let mut bad = headers.clone();
+            bad.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(bad_key));
+            assert!(
+                matches!(check(&Method::GET, "/ws", Version::HTTP_11, &bad), Err(Refusal::BadRequest(_))),
+                "key {bad_key:?} was accepted"
+            );
+        }
+        assert!(matches!(
+            check(&Method::GET, "/ws", Version::HTTP_10, &headers),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn parses_heads_from_the_wire() {
+        let request = b"GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nEXTRA";
+        assert_eq!(parse_head(&request[..20]), Head::Incomplete);
+        let Head::Complete { verdict, len } = parse_head(request) else { panic!("incomplete") };
+        assert_eq!(verdict.unwrap().accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(&request[len..], b"EXTRA");
+        let Head::Complete { verdict, .. } = parse_head(b"\x16\x03\x01garbage\r\n\r\n") else { panic!() };
+        assert!(matches!(verdict, Err(Refusal::BadRequest(_))));
+        let Head::Complete { verdict, .. } = parse_head(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n") else { panic!() };
+        assert_eq!(verdict, Err(Refusal::UpgradeRequired));
+        let huge = vec![b'a'; MAX_REQUEST_HEAD];
+        assert!(matches!(parse_head(&huge), Head::Complete { verdict: Err(Refusal::BadRequest(_)), .. }));
+    }
+
+    #[test]
+    fn refusals_are_one_line_and_close_the_connection() {
+        for refusal in [Refusal::NotFound, Refusal::UpgradeRequired, Refusal::AtCapacity, Refusal::BadRequest("bad")] {
+            let response = refusal.response();
+            assert_eq!(response.body().lines().count(), 1);
+            let bytes = String::from_utf8(to_http1_bytes(&response)).unwrap();
+            assert!(bytes.contains("connection: close\r\n"), "{bytes}");
+            assert!(bytes.ends_with(response.body().as_str()));
+        }
+        let bytes = to_http1_bytes(&Refusal::AtCapacity.response());
+        assert!(bytes.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+    }
+}

@@ -1,0 +1,29 @@
+//! wsscale: what does an idle WebSocket connection really cost?
+//!
+//! The crate is the server and the command line; `loadgen/` is the load generator.
+//! Table of contents:
+//!
+//! - [`config`]: the command line (clap derive, every flag with an env variable),
+//!   validated into a [`config::ServeConfig`].
+//! - [`handshake`]: the HTTP upgrade decision (404, 405, 426, 400, 503 or 101), shared by
+//!   both execution models so they accept and refuse exactly the same requests.
+//! - [`session`]: the WebSocket session policy (echo, pings, idle timeout, close reasons),
+//!   shared by both execution models; it does no IO.
+//! - [`server`]: the two execution models, [`server::tasks`] (one Tokio task per
+//!   connection) and [`server::threads`] (one OS thread per connection), the connection
+//!   permits, and graceful shutdown.
+//! - [`metrics`]: metric names, the Prometheus recorder, /metrics and /healthz.
+//! - [`alloc`]: the counting global allocator behind `wsscale_heap_allocated_bytes`.
+//! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound
+//!   thread-per-connection.
+//! - [`procfs`]: the few /proc figures no crate exports for us (KernelStack, TCP sockets,
+//!   a process's VmRSS and Threads).
+
+pub mod alloc;
+pub mod config;
+pub mod handshake;
+pub mod limits;
+pub mod metrics;
+pub mod procfs;
+pub mod server;
+pub mod session;

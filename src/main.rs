@@ -1,0 +1,25 @@
+//! The `wsscale` command: parse the command line, set up logging, run the subcommand.
+
+use anyhow::Context;
+use clap::Parser;
+use wsscale::alloc::CountingAllocator;
+use wsscale::config::{Cli, Command, ServeConfig};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig::try_from(args).context("invalid serve options")?;
+            wsscale::server::serve(config)
+        }
+    }
+}
