@@ -128,7 +128,9 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), or live peers would be reaped between pings")]
+    #[error(
+        "--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), or live peers would be reaped between pings"
+    )]
     IdleNotAbovePing { idle: Duration, ping: Duration },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
@@ -148,14 +150,21 @@ impl TryFrom<ServeArgs> for ServeConfig {
             return Err(ConfigError::Zero { flag: "ping-interval" });
         }
         if idle_timeout <= ping_interval {
-            return Err(ConfigError::IdleNotAbovePing { idle: idle_timeout, ping: ping_interval });
+            return Err(ConfigError::IdleNotAbovePing {
+                idle: idle_timeout,
+                ping: ping_interval,
+            });
         }
         let handshake_timeout = Duration::from(args.handshake_timeout);
         if handshake_timeout.is_zero() {
-            return Err(ConfigError::Zero { flag: "handshake-timeout" });
+            return Err(ConfigError::Zero {
+                flag: "handshake-timeout",
+            });
         }
         if args.max_connections == Some(0) {
-            return Err(ConfigError::Zero { flag: "max-connections" });
+            return Err(ConfigError::Zero {
+                flag: "max-connections",
+            });
         }
         const MAX_SIZE: u64 = 1 << 30;
         let size = |flag: &'static str, value: ByteSize, allow_zero: bool| {
@@ -163,7 +172,11 @@ impl TryFrom<ServeArgs> for ServeConfig {
             if value == 0 && !allow_zero {
                 Err(ConfigError::Zero { flag })
             } else if value > MAX_SIZE {
-                Err(ConfigError::TooLarge { flag, value, max: MAX_SIZE })
+                Err(ConfigError::TooLarge {
+                    flag,
+                    value,
+                    max: MAX_SIZE,
+                })
             } else {
                 Ok(value as usize)
             }

@@ -51,21 +51,24 @@ impl Refusal {
         let (status, body) = match self {
             Refusal::NotFound => (StatusCode::NOT_FOUND, "not found: WebSocket clients connect to /ws"),
             Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET"),
-            Refusal::UpgradeRequired => {
-                (StatusCode::UPGRADE_REQUIRED, "upgrade required: /ws speaks WebSocket only")
-            }
-            Refusal::UnsupportedVersion => {
-                (StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: use 13")
-            }
+            Refusal::UpgradeRequired => (
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade required: /ws speaks WebSocket only",
+            ),
+            Refusal::UnsupportedVersion => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported Sec-WebSocket-Version: use 13",
+            ),
             Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
-            Refusal::AtCapacity => {
-                (StatusCode::SERVICE_UNAVAILABLE, "server at capacity: try again later")
-            }
+            Refusal::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "server at capacity: try again later"),
         };
         let mut response = Response::new(format!("{body}\n"));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         if status == StatusCode::UPGRADE_REQUIRED {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -80,12 +83,7 @@ impl Refusal {
 
 /// Decides whether a request upgrades to WebSocket. Capacity is the caller's check, made
 /// after this one passes, so a malformed request never takes a permit.
-pub fn check(
-    method: &Method,
-    path: &str,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<Accepted, Refusal> {
+pub fn check(method: &Method, path: &str, version: Version, headers: &HeaderMap) -> Result<Accepted, Refusal> {
     if path != WEBSOCKET_PATH {
         return Err(Refusal::NotFound);
     }
@@ -107,9 +105,13 @@ pub fn check(
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(Refusal::BadRequest("bad request: missing Sec-WebSocket-Key"))?;
     if !is_valid_key(key.as_bytes()) {
-        return Err(Refusal::BadRequest("bad request: Sec-WebSocket-Key is not 16 bytes in base64"));
+        return Err(Refusal::BadRequest(
+            "bad request: Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
     }
-    Ok(Accepted { accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()) })
+    Ok(Accepted {
+        accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    })
 }
 
 /// Largest request head read before answering 400; an upgrade request is a few hundred
@@ -122,25 +124,30 @@ pub enum Head {
     /// Not a complete request head yet: read more.
     Incomplete,
     /// A complete head (or one that can never be valid) of `len` bytes, and the verdict.
-    Complete { verdict: Result<Accepted, Refusal>, len: usize },
+    Complete {
+        verdict: Result<Accepted, Refusal>,
+        len: usize,
+    },
 }
 
 /// Parses a request head with httparse and runs [`check`] on it.
 pub fn parse_head(buf: &[u8]) -> Head {
     let mut header_slots = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut header_slots);
-    let refuse = |why| Head::Complete { verdict: Err(Refusal::BadRequest(why)), len: buf.len() };
+    let refuse = |why| Head::Complete {
+        verdict: Err(Refusal::BadRequest(why)),
+        len: buf.len(),
+    };
     match request.parse(buf) {
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
-            refuse("bad request: request head too large")
-        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => refuse("bad request: request head too large"),
         Ok(httparse::Status::Partial) => Head::Incomplete,
         Ok(httparse::Status::Complete(len)) => {
             let mut headers = HeaderMap::new();
             for header in request.headers.iter() {
-                let (Ok(name), Ok(value)) =
-                    (header::HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(header.value))
-                else {
+                let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(header.name.as_bytes()),
+                    HeaderValue::from_bytes(header.value),
+                ) else {
                     return refuse("bad request: malformed header");
                 };
                 headers.append(name, value);
@@ -148,10 +155,17 @@ pub fn parse_head(buf: &[u8]) -> Head {
             let Ok(method) = Method::from_bytes(request.method.unwrap_or_default().as_bytes()) else {
                 return refuse("bad request: malformed method");
             };
-            let version = if request.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+            let version = if request.version == Some(1) {
+                Version::HTTP_11
+            } else {
+                Version::HTTP_10
+            };
             let path = request.path.unwrap_or_default();
             let path = path.split('?').next().unwrap_or(path);
-            Head::Complete { verdict: check(&method, path, version, &headers), len }
+            Head::Complete {
+                verdict: check(&method, path, version, &headers),
+                len,
+            }
         }
         Err(httparse::Error::TooManyHeaders) => refuse("bad request: too many headers"),
         Err(_) => refuse("bad request: not an HTTP/1.1 request"),
@@ -225,7 +239,10 @@ mod tests {
         headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         headers
     }
 
@@ -238,8 +255,14 @@ mod tests {
     #[test]
     fn each_defect_has_its_own_answer() {
         let headers = upgrade_headers();
-        assert_eq!(check(&Method::GET, "/", Version::HTTP_11, &headers), Err(Refusal::NotFound));
-        assert_eq!(check(&Method::POST, "/ws", Version::HTTP_11, &headers), Err(Refusal::MethodNotAllowed));
+        assert_eq!(
+            check(&Method::GET, "/", Version::HTTP_11, &headers),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
+            check(&Method::POST, "/ws", Version::HTTP_11, &headers),
+            Err(Refusal::MethodNotAllowed)
+        );
         assert_eq!(
             check(&Method::GET, "/ws", Version::HTTP_11, &HeaderMap::new()),
             Err(Refusal::UpgradeRequired)
@@ -250,11 +273,20 @@ mod tests {
             check(&Method::GET, "/ws", Version::HTTP_11, &old_version),
             Err(Refusal::UnsupportedVersion)
         );
-        for bad_key in ["", "short==", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub2!jZQ=="] {
+        for bad_key in [
+            "",
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub2!jZQ==",
+        ] {
             let mut bad = headers.clone();
             bad.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(bad_key));
             assert!(
-                matches!(check(&Method::GET, "/ws", Version::HTTP_11, &bad), Err(Refusal::BadRequest(_))),
+                matches!(
+                    check(&Method::GET, "/ws", Version::HTTP_11, &bad),
+                    Err(Refusal::BadRequest(_))
+                ),
                 "key {bad_key:?} was accepted"
             );
         }
@@ -269,20 +301,37 @@ mod tests {
         let request = b"GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nEXTRA";
         assert_eq!(parse_head(&request[..20]), Head::Incomplete);
-        let Head::Complete { verdict, len } = parse_head(request) else { panic!("incomplete") };
+        let Head::Complete { verdict, len } = parse_head(request) else {
+            panic!("incomplete")
+        };
         assert_eq!(verdict.unwrap().accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(&request[len..], b"EXTRA");
-        let Head::Complete { verdict, .. } = parse_head(b"\x16\x03\x01garbage\r\n\r\n") else { panic!() };
+        let Head::Complete { verdict, .. } = parse_head(b"\x16\x03\x01garbage\r\n\r\n") else {
+            panic!()
+        };
         assert!(matches!(verdict, Err(Refusal::BadRequest(_))));
-        let Head::Complete { verdict, .. } = parse_head(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n") else { panic!() };
+        let Head::Complete { verdict, .. } = parse_head(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n") else {
+            panic!()
+        };
         assert_eq!(verdict, Err(Refusal::UpgradeRequired));
         let huge = vec![b'a'; MAX_REQUEST_HEAD];
-        assert!(matches!(parse_head(&huge), Head::Complete { verdict: Err(Refusal::BadRequest(_)), .. }));
+        assert!(matches!(
+            parse_head(&huge),
+            Head::Complete {
+                verdict: Err(Refusal::BadRequest(_)),
+                ..
+            }
+        ));
     }
 
     #[test]
     fn refusals_are_one_line_and_close_the_connection() {
-        for refusal in [Refusal::NotFound, Refusal::UpgradeRequired, Refusal::AtCapacity, Refusal::BadRequest("bad")] {
+        for refusal in [
+            Refusal::NotFound,
+            Refusal::UpgradeRequired,
+            Refusal::AtCapacity,
+            Refusal::BadRequest("bad"),
+        ] {
             let response = refusal.response();
             assert_eq!(response.body().lines().count(), 1);
             let bytes = String::from_utf8(to_http1_bytes(&response)).unwrap();

@@ -33,7 +33,11 @@ pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
         rlimit::Resource::NOFILE.set(hard, hard)?;
     }
     let (soft, hard) = rlimit::Resource::NOFILE.get()?;
-    Ok(FdLimit { soft_before, soft, hard })
+    Ok(FdLimit {
+        soft_before,
+        soft,
+        hard,
+    })
 }
 
 /// The limit that bounds the connection count, for the startup log and error messages.
@@ -76,16 +80,34 @@ pub fn capacity(mode: Mode, fd: FdLimit) -> Capacity {
             if let Some(room) = room
                 && (room as usize) < best.max_connections
             {
-                best = Capacity { max_connections: room as usize, bound };
+                best = Capacity {
+                    max_connections: room as usize,
+                    bound,
+                };
             }
         };
-        let maps = procfs::sysctl("vm/max_map_count").ok().zip(procfs::self_map_count().ok());
-        consider(maps.map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE) / MAPS_PER_THREAD), Bound::MaxMapCount);
+        let maps = procfs::sysctl("vm/max_map_count")
+            .ok()
+            .zip(procfs::self_map_count().ok());
+        consider(
+            maps.map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE) / MAPS_PER_THREAD),
+            Bound::MaxMapCount,
+        );
         let host_threads = procfs::host_threads().ok();
         let pid_max = procfs::sysctl("kernel/pid_max").ok();
-        consider(pid_max.zip(host_threads).map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)), Bound::PidMax);
+        consider(
+            pid_max
+                .zip(host_threads)
+                .map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)),
+            Bound::PidMax,
+        );
         let threads_max = procfs::sysctl("kernel/threads-max").ok();
-        consider(threads_max.zip(host_threads).map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)), Bound::ThreadsMax);
+        consider(
+            threads_max
+                .zip(host_threads)
+                .map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)),
+            Bound::ThreadsMax,
+        );
     }
     best
 }
@@ -96,7 +118,11 @@ mod tests {
 
     #[test]
     fn threads_mode_never_allows_more_than_tasks_mode() {
-        let fd = FdLimit { soft_before: 1024, soft: 1_000_000, hard: 1_000_000 };
+        let fd = FdLimit {
+            soft_before: 1024,
+            soft: 1_000_000,
+            hard: 1_000_000,
+        };
         let tasks = capacity(Mode::Tasks, fd);
         let threads = capacity(Mode::Threads, fd);
         assert_eq!(tasks.bound, Bound::FileDescriptors);

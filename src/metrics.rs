@@ -59,8 +59,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] =
-        [RejectReason::Capacity, RejectReason::HandshakeTimeout, RejectReason::BadRequest, RejectReason::ThreadSpawn];
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Capacity,
+        RejectReason::HandshakeTimeout,
+        RejectReason::BadRequest,
+        RejectReason::ThreadSpawn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,8 +101,10 @@ impl ServerMetrics {
             messages_sent: zero(metrics::counter!(MESSAGES_SENT)),
             connections_opened: zero(metrics::counter!(CONNECTIONS_OPENED)),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
-            closed: CloseReason::ALL.map(|reason| zero(metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str()))),
-            rejected: RejectReason::ALL.map(|reason| zero(metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()))),
+            closed: CloseReason::ALL
+                .map(|reason| zero(metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str()))),
+            rejected: RejectReason::ALL
+                .map(|reason| zero(metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()))),
         }
     }
 
@@ -125,19 +131,71 @@ pub fn install(mode: Mode) -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "WebSocket connections open now.");
-    describe_gauge!(CONNECTIONS_MAX, Unit::Count, "Most WebSocket connections held at once (--max-connections or the limit-derived default).");
-    describe_counter!(CONNECTIONS_OPENED, Unit::Count, "WebSocket connections upgraded since start.");
-    describe_counter!(CONNECTIONS_CLOSED, Unit::Count, "WebSocket connections ended, by reason: client_close, idle_timeout, error, shutdown.");
-    describe_counter!(CONNECTIONS_REJECTED, Unit::Count, "Clients refused a WebSocket, by reason: capacity (503), handshake_timeout, bad_request (400/426), thread_spawn (503).");
-    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Text and binary messages received (control frames not counted).");
-    describe_counter!(MESSAGES_SENT, Unit::Count, "Text and binary messages sent back (echoes; control frames not counted).");
-    describe_histogram!(HANDSHAKE_DURATION, Unit::Seconds, "Time from accepting the TCP connection to sending 101 Switching Protocols.");
-    describe_gauge!(HEAP_ALLOCATED, Unit::Bytes, "Live heap bytes (allocated, not freed) counted by a wrapper around the system allocator.");
-    describe_gauge!(MEMORY_PER_CONNECTION, Unit::Bytes, "(current - baseline at zero connections) / active connections, by source: rss or heap; 0 with no connections.");
-    describe_gauge!(TASKS_ALIVE, Unit::Count, "Tokio tasks alive on the server's runtime (num_alive_tasks).");
-    describe_gauge!(RUNTIME_WORKERS, Unit::Count, "Worker threads of the server's Tokio runtime.");
-    describe_gauge!(HOST_KERNEL_STACK, Unit::Bytes, "Kernel stacks on the whole host (KernelStack in /proc/meminfo): 16 KiB per thread, in no process's RSS.");
-    describe_gauge!(HOST_TCP_SOCKETS, Unit::Count, "TCP sockets in use on the whole host (/proc/net/sockstat).");
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        Unit::Count,
+        "Most WebSocket connections held at once (--max-connections or the limit-derived default)."
+    );
+    describe_counter!(
+        CONNECTIONS_OPENED,
+        Unit::Count,
+        "WebSocket connections upgraded since start."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "WebSocket connections ended, by reason: client_close, idle_timeout, error, shutdown."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        Unit::Count,
+        "Clients refused a WebSocket, by reason: capacity (503), handshake_timeout, bad_request (400/426), thread_spawn (503)."
+    );
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        Unit::Count,
+        "Text and binary messages received (control frames not counted)."
+    );
+    describe_counter!(
+        MESSAGES_SENT,
+        Unit::Count,
+        "Text and binary messages sent back (echoes; control frames not counted)."
+    );
+    describe_histogram!(
+        HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "Time from accepting the TCP connection to sending 101 Switching Protocols."
+    );
+    describe_gauge!(
+        HEAP_ALLOCATED,
+        Unit::Bytes,
+        "Live heap bytes (allocated, not freed) counted by a wrapper around the system allocator."
+    );
+    describe_gauge!(
+        MEMORY_PER_CONNECTION,
+        Unit::Bytes,
+        "(current - baseline at zero connections) / active connections, by source: rss or heap; 0 with no connections."
+    );
+    describe_gauge!(
+        TASKS_ALIVE,
+        Unit::Count,
+        "Tokio tasks alive on the server's runtime (num_alive_tasks)."
+    );
+    describe_gauge!(
+        RUNTIME_WORKERS,
+        Unit::Count,
+        "Worker threads of the server's Tokio runtime."
+    );
+    describe_gauge!(
+        HOST_KERNEL_STACK,
+        Unit::Bytes,
+        "Kernel stacks on the whole host (KernelStack in /proc/meminfo): 16 KiB per thread, in no process's RSS."
+    );
+    describe_gauge!(
+        HOST_TCP_SOCKETS,
+        Unit::Count,
+        "TCP sockets in use on the whole host (/proc/net/sockstat)."
+    );
 }
 
 /// The figures a scrape reads off the running server.
@@ -216,12 +274,18 @@ impl Sampler {
             baseline.unwrap_or(now)
         };
         let per_connection = |current: u64, base: u64| {
-            if active == 0 { 0.0 } else { current.saturating_sub(base) as f64 / active as f64 }
+            if active == 0 {
+                0.0
+            } else {
+                current.saturating_sub(base) as f64 / active as f64
+            }
         };
         self.active.set(active as f64);
         self.heap.set(heap_bytes as f64);
-        self.rss_per_connection.set(per_connection(rss_bytes, baseline.rss_bytes));
-        self.heap_per_connection.set(per_connection(heap_bytes, baseline.heap_bytes));
+        self.rss_per_connection
+            .set(per_connection(rss_bytes, baseline.rss_bytes));
+        self.heap_per_connection
+            .set(per_connection(heap_bytes, baseline.heap_bytes));
         let runtime_metrics = self.runtime.metrics();
         self.tasks_alive.set(runtime_metrics.num_alive_tasks() as f64);
         self.workers.set(runtime_metrics.num_workers() as f64);
@@ -266,7 +330,10 @@ pub async fn serve(listener: tokio::net::TcpListener, sampler: Arc<Sampler>) -> 
 }
 
 async fn metrics_handler(State(sampler): State<Arc<Sampler>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], sampler.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        sampler.render(),
+    )
 }
 
 /// Binds the metrics listener; a helper so both modes report the same error.

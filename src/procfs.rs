@@ -12,7 +12,9 @@ use std::path::Path;
 /// Bytes of kernel stacks on the host (`KernelStack` in /proc/meminfo): 16 KiB per thread.
 pub fn kernel_stack_bytes() -> io::Result<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo")?;
-    kib_field(&meminfo, "KernelStack:").map(|kib| kib * 1024).ok_or_else(|| missing("KernelStack", "/proc/meminfo"))
+    kib_field(&meminfo, "KernelStack:")
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| missing("KernelStack", "/proc/meminfo"))
 }
 
 /// TCP sockets in use on the host (`TCP: inuse N` in /proc/net/sockstat).
@@ -52,7 +54,12 @@ impl ProcessStatus {
 
     fn parse(status: &str) -> Option<Self> {
         let vm_rss_bytes = kib_field(status, "VmRSS:")? * 1024;
-        let threads = status.lines().find_map(|line| line.strip_prefix("Threads:"))?.trim().parse().ok()?;
+        let threads = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))?
+            .trim()
+            .parse()
+            .ok()?;
         Some(ProcessStatus { vm_rss_bytes, threads })
     }
 }
@@ -65,7 +72,10 @@ pub fn open_fds(pid: u32) -> io::Result<u64> {
 /// One integer from /proc/sys, e.g. `vm/max_map_count`.
 pub fn sysctl(name: &str) -> io::Result<u64> {
     let path = format!("/proc/sys/{name}");
-    fs::read_to_string(&path)?.trim().parse().map_err(|_| missing(name, &path))
+    fs::read_to_string(&path)?
+        .trim()
+        .parse()
+        .map_err(|_| missing(name, &path))
 }
 
 /// Kernel scheduling entities (threads) alive on the host: the 4th field of
@@ -97,8 +107,15 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
 }
 
 fn parse_sockstat_tcp_inuse(sockstat: &str) -> Option<u64> {
-    let fields: Vec<&str> = sockstat.lines().find_map(|line| line.strip_prefix("TCP:"))?.split_whitespace().collect();
-    fields.windows(2).find(|pair| pair[0] == "inuse").and_then(|pair| pair[1].parse().ok())
+    let fields: Vec<&str> = sockstat
+        .lines()
+        .find_map(|line| line.strip_prefix("TCP:"))?
+        .split_whitespace()
+        .collect();
+    fields
+        .windows(2)
+        .find(|pair| pair[0] == "inuse")
+        .and_then(|pair| pair[1].parse().ok())
 }
 
 fn missing(what: &str, path: &str) -> io::Error {
@@ -114,7 +131,13 @@ mod tests {
         let sockstat = "sockets: used 290\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 1\nUDP: inuse 2 mem 0\n";
         assert_eq!(parse_sockstat_tcp_inuse(sockstat), Some(12));
         let status = "Name:\twsscale\nVmRSS:\t    1234 kB\nThreads:\t7\n";
-        assert_eq!(ProcessStatus::parse(status), Some(ProcessStatus { vm_rss_bytes: 1234 * 1024, threads: 7 }));
+        assert_eq!(
+            ProcessStatus::parse(status),
+            Some(ProcessStatus {
+                vm_rss_bytes: 1234 * 1024,
+                threads: 7
+            })
+        );
         assert_eq!(kib_field("KernelStack:     5680 kB\n", "KernelStack:"), Some(5680));
     }
 
@@ -124,7 +147,10 @@ mod tests {
         assert!(status.threads >= 1);
         let rss = self_rss_bytes().unwrap();
         // Two reads a moment apart of the same process: the same order of magnitude.
-        assert!(rss > status.vm_rss_bytes / 2 && rss < status.vm_rss_bytes * 2, "{rss} vs {status:?}");
+        assert!(
+            rss > status.vm_rss_bytes / 2 && rss < status.vm_rss_bytes * 2,
+            "{rss} vs {status:?}"
+        );
         assert!(kernel_stack_bytes().unwrap() > 0);
         tcp_sockets_inuse().unwrap();
         assert!(sysctl("kernel/pid_max").unwrap() > 0);

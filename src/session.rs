@@ -29,8 +29,12 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 4] =
-        [CloseReason::ClientClose, CloseReason::IdleTimeout, CloseReason::Error, CloseReason::Shutdown];
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::ClientClose,
+        CloseReason::IdleTimeout,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,7 +91,12 @@ pub struct Session {
 
 impl Session {
     pub fn new(policy: SessionPolicy, now: Instant) -> Self {
-        Session { policy, last_activity: now, next_ping: now + policy.ping_interval, ending: None }
+        Session {
+            policy,
+            last_activity: now,
+            next_ping: now + policy.ping_interval,
+            ending: None,
+        }
     }
 
     /// When the driver must call [`Session::on_timer`] if nothing else happens first.
@@ -122,7 +131,11 @@ impl Session {
 
     pub fn on_timer(&mut self, now: Instant) -> TimerAction {
         if let Some((_, Some(drain_deadline))) = self.ending {
-            return if now >= drain_deadline { TimerAction::Abandon } else { TimerAction::Nothing };
+            return if now >= drain_deadline {
+                TimerAction::Abandon
+            } else {
+                TimerAction::Nothing
+            };
         }
         if now >= self.last_activity + self.policy.idle_timeout {
             self.ending = Some((CloseReason::IdleTimeout, None));
@@ -153,9 +166,7 @@ impl Session {
                 self.ending.get_or_insert((CloseReason::Error, None));
                 return ErrorAction::End;
             }
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                close_frame(CloseCode::Size, "message too big")
-            }
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => close_frame(CloseCode::Size, "message too big"),
             WsError::Utf8(_) => close_frame(CloseCode::Invalid, "invalid UTF-8"),
             // EOF without a close frame: nobody is left to tell.
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
@@ -187,7 +198,10 @@ impl Session {
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame { code, reason: reason.into() }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 #[cfg(test)]
@@ -209,12 +223,22 @@ mod tests {
         let metrics = metrics();
         let now = Instant::now();
         let mut session = Session::new(POLICY, now);
-        assert_eq!(session.on_message(Message::text("hi"), now, &metrics), Some(Message::text("hi")));
-        assert_eq!(session.on_message(Message::binary(vec![1, 2]), now, &metrics), Some(Message::binary(vec![1, 2])));
+        assert_eq!(
+            session.on_message(Message::text("hi"), now, &metrics),
+            Some(Message::text("hi"))
+        );
+        assert_eq!(
+            session.on_message(Message::binary(vec![1, 2]), now, &metrics),
+            Some(Message::binary(vec![1, 2]))
+        );
         assert_eq!(session.on_message(Message::Ping(vec![1].into()), now, &metrics), None);
         assert_eq!(session.on_message(Message::Close(None), now, &metrics), None);
         assert_eq!(session.close_reason(), CloseReason::ClientClose);
-        assert_eq!(session.on_message(Message::text("late"), now, &metrics), None, "no echo after close");
+        assert_eq!(
+            session.on_message(Message::text("late"), now, &metrics),
+            None,
+            "no echo after close"
+        );
     }
 
     #[test]
@@ -225,8 +249,15 @@ mod tests {
         assert_eq!(session.on_timer(start + Duration::from_secs(5)), TimerAction::Nothing);
         assert_eq!(session.on_timer(start + Duration::from_secs(10)), TimerAction::SendPing);
         assert_eq!(session.on_timer(start + Duration::from_secs(20)), TimerAction::SendPing);
-        assert_eq!(session.deadline(), start + POLICY.idle_timeout, "idle deadline comes before the next ping");
-        assert!(matches!(session.on_timer(start + Duration::from_secs(25)), TimerAction::CloseIdle(_)));
+        assert_eq!(
+            session.deadline(),
+            start + POLICY.idle_timeout,
+            "idle deadline comes before the next ping"
+        );
+        assert!(matches!(
+            session.on_timer(start + Duration::from_secs(25)),
+            TimerAction::CloseIdle(_)
+        ));
         assert_eq!(session.close_reason(), CloseReason::IdleTimeout);
     }
 
@@ -235,7 +266,11 @@ mod tests {
         let metrics = metrics();
         let start = Instant::now();
         let mut session = Session::new(POLICY, start);
-        session.on_message(Message::Pong(Vec::new().into()), start + Duration::from_secs(20), &metrics);
+        session.on_message(
+            Message::Pong(Vec::new().into()),
+            start + Duration::from_secs(20),
+            &metrics,
+        );
         assert_eq!(session.on_timer(start + Duration::from_secs(26)), TimerAction::SendPing);
         assert!(!session.is_ending());
     }
@@ -259,7 +294,9 @@ mod tests {
         let start = Instant::now();
         let mut session = Session::new(POLICY, start);
         let error = WsError::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 5 });
-        let ErrorAction::Close(frame) = session.on_error(&error, start) else { panic!("no close frame") };
+        let ErrorAction::Close(frame) = session.on_error(&error, start) else {
+            panic!("no close frame")
+        };
         assert_eq!(frame.code, CloseCode::Size);
         assert_eq!(session.close_reason(), CloseReason::Error);
     }

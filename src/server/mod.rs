@@ -66,7 +66,9 @@ impl Shared {
     }
 
     pub fn record_handshake(&self, accepted_at: Instant) {
-        self.metrics.handshake_duration.record(accepted_at.elapsed().as_secs_f64());
+        self.metrics
+            .handshake_duration
+            .record(accepted_at.elapsed().as_secs_f64());
     }
 
     pub fn reject(&self, reason: RejectReason) {
@@ -91,7 +93,10 @@ impl ConnectionGuard {
     pub fn open(shared: Arc<Shared>, permit: OwnedSemaphorePermit) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connections_opened.increment(1);
-        ConnectionGuard { shared, _permit: permit }
+        ConnectionGuard {
+            shared,
+            _permit: permit,
+        }
     }
 
     /// Ends the connection under `reason`. Call after the socket is dropped.
@@ -121,9 +126,15 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 fits.max_connections,
                 fits.bound,
             );
-            Capacity { max_connections: asked, bound: Bound::Flag }
+            Capacity {
+                max_connections: asked,
+                bound: Bound::Flag,
+            }
         }
-        Some(asked) => Capacity { max_connections: asked, bound: Bound::Flag },
+        Some(asked) => Capacity {
+            max_connections: asked,
+            bound: Bound::Flag,
+        },
         None => fits,
     };
 
@@ -178,8 +189,10 @@ fn bind_websocket_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpLis
 /// anything else (EMFILE, ENFILE, ENOBUFS, ENOMEM) is a resource shortage to back off from.
 pub fn is_per_connection_accept_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(error.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
-        || error.raw_os_error() == Some(libc::EPROTO)
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || error.raw_os_error() == Some(libc::EPROTO)
 }
 
 /// How long the accept loop pauses after a resource error: doubling from 10 ms to 1 s.
@@ -225,5 +238,8 @@ pub async fn shutdown_signal() {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    tracing::info!(signal = name, "shutting down: no new connections, closing every session with 1001");
+    tracing::info!(
+        signal = name,
+        "shutting down: no new connections, closing every session with 1001"
+    );
 }

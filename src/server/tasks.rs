@@ -45,7 +45,10 @@ pub fn run_blocking(
     prometheus: PrometheusHandle,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("wsscale-worker").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wsscale-worker")
+        .build()?;
     runtime.block_on(async move {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
@@ -112,7 +115,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     tracker.close();
     let deadline = shared.config.drain_timeout + SHUTDOWN_MARGIN;
     if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
-        tracing::warn!(left = tracker.len(), "drain timeout passed; dropping the connections left");
+        tracing::warn!(
+            left = tracker.len(),
+            "drain timeout passed; dropping the connections left"
+        );
     } else {
         tracing::info!("every connection closed");
     }
@@ -133,7 +139,13 @@ type UpgradeSlot = Arc<Mutex<Option<PendingUpgrade>>>;
 struct AcceptedAt(Instant);
 
 /// One TCP connection, from accept to close: HTTP until an upgrade, then the session.
-async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let accepted_at = Instant::now();
     let slot: UpgradeSlot = Arc::default();
     let service = app.map_request({
@@ -147,8 +159,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, shared: Ar
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.handshake_timeout)
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
+        // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
+        // upgrade`; every refusal carries `Connection: close` instead.
+        .serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        )
         .with_upgrades();
     let served = tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -156,7 +172,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, shared: Ar
     };
     match served {
         Err(_elapsed) => return shared.reject(RejectReason::HandshakeTimeout),
-        Ok(Err(error)) if error.is_timeout() => return shared.reject(RejectReason::HandshakeTimeout),
+        Ok(Err(error)) if error.is_timeout() => {
+            return shared.reject(RejectReason::HandshakeTimeout);
+        }
+        // Not HTTP at all: hyper has answered 400 itself.
+        Ok(Err(error)) if error.is_parse() || error.is_parse_too_large() => {
+            return shared.reject(RejectReason::BadRequest);
+        }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "HTTP connection failed");
             return;
@@ -183,18 +205,27 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Router, shared: Ar
 
 /// GET /ws: the shared handshake check, then capacity, then 101.
 async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
-    let accepted = match handshake::check(request.method(), request.uri().path(), request.version(), request.headers()) {
+    let accepted = match handshake::check(
+        request.method(),
+        request.uri().path(),
+        request.version(),
+        request.headers(),
+    ) {
         Ok(accepted) => accepted,
         Err(refusal) => return refuse(&shared, refusal),
     };
     let Some(permit) = shared.try_permit() else {
         return refuse(&shared, Refusal::AtCapacity);
     };
-    let (Some(on_upgrade), Some(slot)) =
-        (request.extensions_mut().remove::<OnUpgrade>(), request.extensions_mut().remove::<UpgradeSlot>())
-    else {
+    let (Some(on_upgrade), Some(slot)) = (
+        request.extensions_mut().remove::<OnUpgrade>(),
+        request.extensions_mut().remove::<UpgradeSlot>(),
+    ) else {
         // Only an HTTP/1.1 connection served by `connection` carries both.
-        return refuse(&shared, Refusal::BadRequest("bad request: connection cannot be upgraded"));
+        return refuse(
+            &shared,
+            Refusal::BadRequest("bad request: connection cannot be upgraded"),
+        );
     };
     *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(PendingUpgrade { on_upgrade, permit });
     if let Some(AcceptedAt(accepted_at)) = request.extensions().get::<AcceptedAt>() {

@@ -58,7 +58,12 @@ pub fn run_blocking(
                     Err(error) => return drop(runtime_tx.send(Err(error))),
                 };
                 let handle = tokio::runtime::Handle::current();
-                let sampler = Arc::new(Sampler::new(prometheus, handle.clone(), shared.clone(), shared.max_connections));
+                let sampler = Arc::new(Sampler::new(
+                    prometheus,
+                    handle.clone(),
+                    shared.clone(),
+                    shared.max_connections,
+                ));
                 tokio::spawn(async move {
                     if let Err(error) = metrics::serve(listener, sampler).await {
                         tracing::error!(%error, "metrics listener failed");
@@ -89,7 +94,11 @@ struct Shutdown {
 impl Shutdown {
     fn new() -> io::Result<Self> {
         let (reader, writer) = io::pipe()?;
-        Ok(Shutdown { requested: AtomicBool::new(false), reader, writer })
+        Ok(Shutdown {
+            requested: AtomicBool::new(false),
+            reader,
+            writer,
+        })
     }
 
     fn trigger(&self) {
@@ -141,7 +150,12 @@ impl Drop for LiveThread {
 }
 
 /// The blocking accept loop, until shutdown; then waits for the connection threads.
-fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: &Arc<Shutdown>, runtime: &tokio::runtime::Handle) -> io::Result<()> {
+fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: &Arc<Shutdown>,
+    runtime: &tokio::runtime::Handle,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let live = Arc::new(LiveThreads::default());
     let mut backoff = AcceptBackoff::new();
@@ -196,22 +210,25 @@ fn dispatch(
     };
     // The stream waits here so it can be taken back if the thread cannot be spawned.
     let slot = Arc::new(Mutex::new(Some(stream)));
-    let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).stack_size(shared.config.thread_stack_size).spawn({
-        let slot = slot.clone();
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        let live = live.enter();
-        move || {
-            let stream = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-            drop(slot);
-            if let Some(stream) = stream {
-                let span = tracing::debug_span!("conn", %peer);
-                let _entered = span.enter();
-                connection(stream, accepted_at, permit, &shared, &shutdown);
+    let spawned = std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .stack_size(shared.config.thread_stack_size)
+        .spawn({
+            let slot = slot.clone();
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let live = live.enter();
+            move || {
+                let stream = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+                drop(slot);
+                if let Some(stream) = stream {
+                    let span = tracing::debug_span!("conn", %peer);
+                    let _entered = span.enter();
+                    connection(stream, accepted_at, permit, &shared, &shutdown);
+                }
+                drop(live);
             }
-            drop(live);
-        }
-    });
+        });
     if let Err(error) = spawned {
         tracing::warn!(%error, "cannot spawn a connection thread; answering 503");
         if let Some(stream) = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
@@ -249,7 +266,10 @@ fn connection(
         return;
     }
     shared.record_handshake(accepted_at);
-    if let Err(error) = stream.set_read_timeout(None).and_then(|()| stream.set_nonblocking(true)) {
+    if let Err(error) = stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_nonblocking(true))
+    {
         tracing::warn!(%error, "cannot make the socket non-blocking");
         return;
     }
@@ -298,7 +318,10 @@ fn read_upgrade(stream: &mut TcpStream, deadline: Instant) -> Result<(Accepted, 
 /// connection thread, then 503 for a valid upgrade (counted under `reason`), or the
 /// request's own refusal.
 async fn refuse_on_runtime(stream: TcpStream, shared: Arc<Shared>, reason: RejectReason) {
-    let Ok(mut stream) = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) else {
+    let Ok(mut stream) = stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(stream))
+    else {
         return;
     };
     let read_head = async {
@@ -360,10 +383,12 @@ fn run_session(mut websocket: WebSocket<TcpStream>, shared: &Shared, shutdown: &
         }
         match session.on_timer(Instant::now()) {
             TimerAction::Nothing => {}
-            TimerAction::SendPing => match write_outcome(websocket.send(Message::Ping(Default::default())), &mut session) {
-                Ok(blocked) => want_write |= blocked,
-                Err(()) => return session.close_reason(),
-            },
+            TimerAction::SendPing => {
+                match write_outcome(websocket.send(Message::Ping(Default::default())), &mut session) {
+                    Ok(blocked) => want_write |= blocked,
+                    Err(()) => return session.close_reason(),
+                }
+            }
             TimerAction::CloseIdle(frame) => {
                 // Best effort: the peer is probably gone, so do not wait on it.
                 let _ = websocket.close(Some(frame));
@@ -431,7 +456,11 @@ fn poll(fd: RawFd, want_write: bool, shutdown_fd: Option<RawFd>, timeout: Option
     let events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
     let mut fds = [
         libc::pollfd { fd, events, revents: 0 },
-        libc::pollfd { fd: shutdown_fd.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: shutdown_fd.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     let timeout_ms = match timeout {
         None => -1,
@@ -443,7 +472,11 @@ fn poll(fd: RawFd, want_write: bool, shutdown_fd: Option<RawFd>, timeout: Option
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if n < 0 {
         let error = io::Error::last_os_error();
-        return if error.kind() == io::ErrorKind::Interrupted { Ok(Ready::default()) } else { Err(error) };
+        return if error.kind() == io::ErrorKind::Interrupted {
+            Ok(Ready::default())
+        } else {
+            Err(error)
+        };
     }
     let hangup = libc::POLLERR | libc::POLLHUP;
     Ok(Ready {

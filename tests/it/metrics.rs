@@ -1,0 +1,121 @@
+//! /metrics tells the truth: it agrees with what the test did and with /proc, and
+//! promtool finds nothing wrong with it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use std::io::Write;
+use wsscale::procfs::ProcessStatus;
+
+use crate::support::{Metrics, TestServer};
+
+crate::both_modes!(agrees_with_the_test_and_with_proc, passes_promtool);
+
+const CONNECTIONS: usize = 500;
+
+async fn agrees_with_the_test_and_with_proc(mode: &'static str) {
+    let server = TestServer::start(mode, &[]);
+    let before = server.metrics().await;
+    for name in [
+        "wsscale_connections_active",
+        "wsscale_tasks_alive",
+        "process_threads",
+        "wsscale_heap_allocated_bytes",
+        "wsscale_host_kernel_stack_bytes",
+        "wsscale_host_tcp_sockets_inuse",
+        "wsscale_runtime_workers",
+    ] {
+        assert!(
+            before.get(name, &[("mode", mode)]).is_some(),
+            "{name} missing from the first scrape"
+        );
+    }
+    let threads_before = before.value("process_threads", &[]);
+    let tasks_before = before.value("wsscale_tasks_alive", &[]);
+
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        clients.push(server.connect().await);
+    }
+    let held = server
+        .wait_for_metric(
+            "wsscale_connections_active",
+            &[],
+            CONNECTIONS as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    let proc_status = ProcessStatus::read(server.pid()).unwrap();
+
+    let threads = held.value("process_threads", &[]);
+    let tasks = held.value("wsscale_tasks_alive", &[]);
+    match mode {
+        "threads" => assert!(
+            threads - threads_before >= CONNECTIONS as f64,
+            "threads {threads_before} -> {threads}"
+        ),
+        _ => {
+            assert!(
+                tasks - tasks_before >= CONNECTIONS as f64,
+                "tasks {tasks_before} -> {tasks}"
+            );
+            assert_eq!(threads, threads_before, "tasks mode adds no thread per connection");
+        }
+    }
+    assert_eq!(
+        threads, proc_status.threads as f64,
+        "process_threads vs /proc/PID/status Threads"
+    );
+    let rss = held.value("process_resident_memory_bytes", &[]);
+    let vm_rss = proc_status.vm_rss_bytes as f64;
+    assert!(
+        (rss - vm_rss).abs() <= vm_rss * 0.05,
+        "process_resident_memory_bytes {rss} vs VmRSS {vm_rss}"
+    );
+    let per_connection_rss = held.value("wsscale_memory_per_connection_bytes", &[("source", "rss")]);
+    let per_connection_heap = held.value("wsscale_memory_per_connection_bytes", &[("source", "heap")]);
+    assert!(
+        per_connection_rss > 0.0 && per_connection_heap > 0.0,
+        "rss {per_connection_rss} heap {per_connection_heap}"
+    );
+    let fds = held.value("process_open_fds", &[]);
+    assert!(fds >= CONNECTIONS as f64, "process_open_fds {fds}");
+
+    drop(clients);
+    let after = server
+        .wait_for_metric("wsscale_connections_active", &[], 0.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        after.value("wsscale_memory_per_connection_bytes", &[("source", "rss")]),
+        0.0
+    );
+    assert_eq!(after.value("wsscale_connections_opened_total", &[]), CONNECTIONS as f64);
+}
+
+async fn passes_promtool(mode: &'static str) {
+    let server = TestServer::start(mode, &[]);
+    // With traffic behind it, so histograms and labelled counters have values.
+    let mut client = server.connect().await;
+    futures_util::SinkExt::send(&mut client, "x".into()).await.unwrap();
+    client.next().await.unwrap().unwrap();
+    let Metrics(text) = server.metrics().await;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required (Debian package prometheus; .ci/run installs it)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+}

@@ -1,0 +1,182 @@
+//! The test harness: a real `wsscale serve` child process on 127.0.0.1:0, real WebSocket
+//! clients, raw HTTP for the non-WebSocket paths, and polling with deadlines instead of
+//! sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+
+/// A `wsscale serve` child process; killed on drop.
+pub struct TestServer {
+    child: Child,
+    pub mode: &'static str,
+    pub ws_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn start(mode: &'static str, extra_args: &[&str]) -> TestServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsscale"))
+            .args([
+                "serve",
+                "--mode",
+                mode,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn wsscale serve");
+        // The server prints one line once both listeners are bound; EOF means it failed.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr_after = |prefix: &str| -> SocketAddr {
+            let start = line
+                .find(prefix)
+                .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+                + prefix.len();
+            line[start..].split('/').next().unwrap().parse().unwrap()
+        };
+        TestServer {
+            mode,
+            ws_addr: addr_after("ws://"),
+            metrics_addr: addr_after("http://"),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    pub async fn connect(&self) -> Client {
+        let (client, response) = tokio_tungstenite::connect_async(self.url()).await.expect("upgrade");
+        assert_eq!(response.status(), 101);
+        client
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.metrics_addr, "/metrics", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        Metrics(self::body(&body).to_owned())
+    }
+
+    /// Polls /metrics until `metric` equals `value`; panics with the last reading after
+    /// the deadline.
+    pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], value: f64, within: Duration) -> Metrics {
+        let deadline = Instant::now() + within;
+        loop {
+            let metrics = self.metrics().await;
+            let current = metrics.get(name, labels);
+            if current == Some(value) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {current:?}, expected {value} ({})",
+                self.mode
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits for the process to exit, polling with a deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A /metrics text with lookups by name and labels (the `mode` label is implied).
+pub struct Metrics(pub String);
+
+impl Metrics {
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            let wanted = series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
+            wanted.then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in /metrics:\n{}", self.0))
+    }
+}
+
+/// A raw HTTP/1.1 GET; returns the status and the whole response text.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    http_exchange(addr, request.as_bytes()).await
+}
+
+/// Sends raw bytes, reads until the server closes; returns the status and the response.
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("server answered and closed")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// The body of a raw HTTP response.
+pub fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
