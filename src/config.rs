@@ -23,6 +23,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve WebSocket echo connections on /ws, one Tokio task or one OS thread each.
     Serve(ServeArgs),
+    /// Open, hold and measure N WebSocket connections, then close them and summarise.
+    ///
+    /// Ramps up at --rate with at most --concurrency handshakes in flight, holds every
+    /// connection for --hold with pings on a fixed schedule, closes each with 1000 and
+    /// prints a summary (and --json FILE). Runs bigger than one process's fd limit are
+    /// sharded over child processes; a loopback target gets source addresses spread over
+    /// 127.0.0.0/8. Before the first connection, a preflight check refuses a run that
+    /// cannot succeed and says why.
+    Load(wsscale_loadgen::LoadArgs),
 }
 
 /// The execution model: what each connection costs is what this tool measures.
@@ -223,7 +232,9 @@ mod tests {
         let mut argv = vec!["wsscale", "serve"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
         ServeConfig::try_from(serve).map_err(|e| e.to_string())
     }
 

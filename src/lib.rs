@@ -13,17 +13,21 @@
 //!   connection) and [`server::threads`] (one OS thread per connection), the connection
 //!   permits, and graceful shutdown.
 //! - [`metrics`]: metric names, the Prometheus recorder, /metrics and /healthz.
-//! - [`alloc`]: the counting global allocator behind `wsscale_heap_allocated_bytes`.
+//! - [`alloc`]: the counting global allocator behind `wsscale_heap_allocated_bytes` (and
+//!   the generator's own heap figure); it lives in `wsscale-loadgen`.
 //! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound
 //!   thread-per-connection.
 //! - [`procfs`]: the few /proc figures no crate exports for us (KernelStack, TCP sockets,
-//!   a process's VmRSS and Threads).
+//!   a process's VmRSS and Threads, sysctls, the fd limit); it lives in `wsscale-loadgen`,
+//!   which both sides use.
+//! - `wsscale_loadgen` (crate `loadgen/`): the load generator behind `wsscale load`.
 
-pub mod alloc;
 pub mod config;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;
-pub mod procfs;
 pub mod server;
 pub mod session;
+
+/// /proc readings and the counting allocator, shared with the load generator (the lower crate).
+pub use wsscale_loadgen::{alloc, procfs};

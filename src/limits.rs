@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::config::Mode;
-use crate::procfs;
+use crate::procfs::{self, FdLimit};
 
 /// Descriptors kept free for the listeners, /proc reads, metrics scrapes and for
 /// answering the clients beyond the cap with a 503.
@@ -16,29 +16,6 @@ pub const FD_RESERVE: u64 = 256;
 pub const MAPS_PER_THREAD: u64 = 5;
 /// Maps, pids and threads kept for everything else on the host.
 pub const KERNEL_RESERVE: u64 = 1024;
-
-/// The process's file-descriptor limit before and after raising the soft limit.
-#[derive(Debug, Clone, Copy)]
-pub struct FdLimit {
-    pub soft_before: u64,
-    pub soft: u64,
-    pub hard: u64,
-}
-
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit (raising the hard limit needs
-/// privileges this tool does not assume).
-pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
-    let (soft_before, hard) = rlimit::Resource::NOFILE.get()?;
-    if soft_before < hard {
-        rlimit::Resource::NOFILE.set(hard, hard)?;
-    }
-    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
-    Ok(FdLimit {
-        soft_before,
-        soft,
-        hard,
-    })
-}
 
 /// The limit that bounds the connection count, for the startup log and error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,12 +107,5 @@ mod tests {
         // On any real host a million threads hit a kernel limit first.
         assert_ne!(threads.bound, Bound::FileDescriptors);
         assert!(threads.max_connections < tasks.max_connections);
-    }
-
-    #[test]
-    fn raising_the_fd_limit_reaches_the_hard_limit() {
-        let limit = raise_fd_limit().unwrap();
-        assert_eq!(limit.soft, limit.hard);
-        assert!(limit.soft >= limit.soft_before);
     }
 }

@@ -19,5 +19,13 @@ fn main() -> anyhow::Result<()> {
             let config = ServeConfig::try_from(args).context("invalid serve options")?;
             wsscale::server::serve(config)
         }
+        Command::Load(args) => {
+            let reexec = wsscale_loadgen::Reexec {
+                program: std::env::current_exe().context("locating this executable to start shards")?,
+                args: vec!["load".into()],
+            };
+            wsscale_loadgen::run(args, reexec)?;
+            Ok(())
+        }
     }
 }

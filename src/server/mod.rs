@@ -113,7 +113,7 @@ impl Drop for ConnectionGuard {
 
 /// Runs `wsscale serve` until SIGINT/SIGTERM and the drain that follows.
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let fd_limit = limits::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
+    let fd_limit = crate::procfs::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let fits = limits::capacity(config.mode, fd_limit);
     let capacity = match config.max_connections {
         Some(asked) if asked > fits.max_connections => {

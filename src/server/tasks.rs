@@ -156,16 +156,20 @@ async fn connection(
             request
         }
     });
-    let http = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.handshake_timeout)
-        // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
-        // upgrade`; every refusal carries `Connection: close` instead.
-        .serve_connection(
-            TokioIo::new(stream),
-            hyper_util::service::TowerToHyperService::new(service),
-        )
-        .with_upgrades();
+    // Boxed: hyper's connection state is freed after the upgrade instead of sizing every
+    // session's task for it.
+    let http = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.config.handshake_timeout)
+            // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
+            // upgrade`; every refusal carries `Connection: close` instead.
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .with_upgrades(),
+    );
     let served = tokio::select! {
         _ = shutdown.cancelled() => return,
         served = tokio::time::timeout(shared.config.handshake_timeout, http) => served,

@@ -13,7 +13,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-
 /// A `wsscale serve` child process; killed on drop.
 pub struct TestServer {
     child: Child,

@@ -4,6 +4,9 @@
 //! and the kernel limits that bound thread-per-connection.
 //!
 //! The process's own standard set (RSS, threads, fds, CPU) comes from `metrics-process`.
+//!
+//! It lives in the generator crate, the lower layer, because both the generator (its own
+//! RSS, its fd limit) and the server (`wsscale::procfs` re-exports it) read these.
 
 use std::fs;
 use std::io;
@@ -21,6 +24,29 @@ pub fn kernel_stack_bytes() -> io::Result<u64> {
 pub fn tcp_sockets_inuse() -> io::Result<u64> {
     let sockstat = fs::read_to_string("/proc/net/sockstat")?;
     parse_sockstat_tcp_inuse(&sockstat).ok_or_else(|| missing("TCP inuse", "/proc/net/sockstat"))
+}
+
+/// The process's file-descriptor limit before and after raising the soft limit.
+#[derive(Debug, Clone, Copy)]
+pub struct FdLimit {
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit (raising the hard limit needs
+/// privileges this tool does not assume).
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let (soft_before, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft_before < hard {
+        rlimit::Resource::NOFILE.set(hard, hard)?;
+    }
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    Ok(FdLimit {
+        soft_before,
+        soft,
+        hard,
+    })
 }
 
 /// Resident set size of this process in bytes (/proc/self/statm, read without
@@ -139,6 +165,13 @@ mod tests {
             })
         );
         assert_eq!(kib_field("KernelStack:     5680 kB\n", "KernelStack:"), Some(5680));
+    }
+
+    #[test]
+    fn raising_the_fd_limit_reaches_the_hard_limit() {
+        let limit = raise_fd_limit().unwrap();
+        assert_eq!(limit.soft, limit.hard);
+        assert!(limit.soft >= limit.soft_before);
     }
 
     #[test]

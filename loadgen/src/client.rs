@@ -1,0 +1,271 @@
+//! One client connection: TCP connect (from a chosen source address, port picked at
+//! connect time), WebSocket upgrade, then the hold — answering the server's pings,
+//! sending our own on a fixed schedule, optional messages — until released, when it
+//! closes with 1000.
+//!
+//! One Tokio task per connection, with a small read buffer, so the generator stays far
+//! lighter than the server it measures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Stats, io_cause, ws_cause};
+
+/// How long a closing connection waits for the server's close reply.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection of a run shares.
+#[derive(Debug)]
+pub struct ClientSettings {
+    pub url: url::Url,
+    pub target: SocketAddr,
+    pub connect_timeout: Duration,
+    pub ping_interval: Option<Duration>,
+    pub message_interval: Option<Duration>,
+    pub message_size: usize,
+    pub websocket: WebSocketConfig,
+    /// Ping payloads carry the intended send time as nanoseconds since this instant.
+    pub epoch: Instant,
+}
+
+impl ClientSettings {
+    /// The client's WebSocket buffers, sized for idle connections: a 1 KiB read chunk,
+    /// frames written straight through.
+    pub fn websocket_config(message_size: usize) -> WebSocketConfig {
+        let max = (message_size * 2).max(64 * 1024);
+        WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(max * 2)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+/// Opens one connection and holds it until `release`. `attempted` is dropped once the
+/// connection is open or has failed, which is how the ramp counts finished attempts;
+/// `permit` bounds the attempts in flight.
+pub async fn run(
+    settings: Arc<ClientSettings>,
+    source: Option<IpAddr>,
+    ping_phase: Duration,
+    stats: Arc<Stats>,
+    permit: OwnedSemaphorePermit,
+    attempted: tokio::sync::mpsc::UnboundedSender<()>,
+    release: CancellationToken,
+) {
+    // Boxed: the handshake's state is freed once open, instead of sizing every held
+    // connection's task for it.
+    let websocket = match Box::pin(open(&settings, source, &stats)).await {
+        Ok(websocket) => websocket,
+        Err(cause) => {
+            stats.record_failure(cause);
+            return;
+        }
+    };
+    drop(permit);
+    drop(attempted);
+    hold(websocket, &settings, ping_phase, &stats, &release).await;
+}
+
+async fn open(
+    settings: &ClientSettings,
+    source: Option<IpAddr>,
+    stats: &Stats,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let started = Instant::now();
+    let deadline = started + settings.connect_timeout;
+    let stream = tokio::time::timeout_at(deadline.into(), connect(settings.target, source))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|error| io_cause(&error))?;
+    let connected = Instant::now();
+    let websocket = tokio::time::timeout_at(deadline.into(), upgrade(stream, settings))
+        .await
+        .map_err(|_| "timeout".to_owned())??;
+    stats.record_open(connected - started, connected.elapsed());
+    Ok(websocket)
+}
+
+/// The client side of the upgrade, done here rather than by tungstenite's handshake,
+/// whose 4 KiB read buffer would become the connection's read buffer for its whole life.
+async fn upgrade(mut stream: TcpStream, settings: &ClientSettings) -> Result<WebSocketStream<TcpStream>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = tungstenite::handshake::client::generate_key();
+    let url = &settings.url;
+    let host = url.host_str().unwrap_or_default();
+    let host = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|error| io_cause(&error))?;
+    let mut head = [0u8; 2048];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut head[len..]).await.map_err(|error| io_cause(&error))?;
+        if n == 0 {
+            return Err(if len == 0 {
+                "reset".to_owned()
+            } else {
+                "protocol".to_owned()
+            });
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head[..len]) {
+            Ok(httparse::Status::Partial) if len < head.len() => continue,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = response.code.unwrap_or(0);
+                if status != 101 {
+                    return Err(format!("http_{status}"));
+                }
+                let accept = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
+                if accept.map(|h| h.value) != Some(tungstenite::handshake::derive_accept_key(key.as_bytes()).as_bytes())
+                {
+                    return Err("protocol".to_owned());
+                }
+                let rest = head[head_len..len].to_vec();
+                let config = Some(settings.websocket);
+                return Ok(if rest.is_empty() {
+                    WebSocketStream::from_raw_socket(stream, Role::Client, config).await
+                } else {
+                    WebSocketStream::from_partially_read(stream, rest, Role::Client, config).await
+                });
+            }
+            _ => return Err("protocol".to_owned()),
+        }
+    }
+}
+
+/// Connects from `source` (any port): IP_BIND_ADDRESS_NO_PORT defers the port choice to
+/// connect(), where the kernel can reuse a port toward different destinations, instead
+/// of bind() reserving one from the ephemeral range for good.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = source {
+        let enable: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of the declared size.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const enable).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn hold(
+    mut websocket: WebSocketStream<TcpStream>,
+    settings: &ClientSettings,
+    ping_phase: Duration,
+    stats: &Stats,
+    release: &CancellationToken,
+) {
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut next_ping = settings
+        .ping_interval
+        .map_or(far_future, |_| Instant::now() + ping_phase);
+    let mut next_message = settings
+        .message_interval
+        .map_or(far_future, |interval| Instant::now() + interval);
+    loop {
+        tokio::select! {
+            biased;
+            _ = release.cancelled() => {
+                let clean = close(&mut websocket).await;
+                stats.record_closed(clean);
+                return;
+            }
+            message = websocket.next() => match message {
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Ok(nanos) = <[u8; 8]>::try_from(payload.as_ref()) {
+                        let intended = settings.epoch + Duration::from_nanos(u64::from_be_bytes(nanos));
+                        stats.record_ping_rtt(intended.elapsed());
+                    }
+                }
+                Some(Ok(Message::Binary(_) | Message::Text(_))) => {
+                    stats.messages_echoed.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map_or_else(|| "close_none".to_owned(), |frame| format!("close_{}", u16::from(frame.code)));
+                    // Answer the close so the server sees a clean end.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = websocket.next().await {} }).await;
+                    return stats.record_lost(code);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return stats.record_lost(ws_cause(&error)),
+                None => return stats.record_lost("eof".to_owned()),
+            },
+            () = tokio::time::sleep_until(next_ping.into()) => {
+                // The payload is the time the ping was due, not the time it left: a late
+                // send counts against the round trip (no coordinated omission).
+                let due = (next_ping - settings.epoch).as_nanos() as u64;
+                next_ping += settings.ping_interval.unwrap_or_default();
+                if let Err(error) = websocket.send(Message::Ping(due.to_be_bytes().to_vec().into())).await {
+                    return stats.record_lost(ws_cause(&error));
+                }
+            }
+            () = tokio::time::sleep_until(next_message.into()) => {
+                next_message += settings.message_interval.unwrap_or_default();
+                if let Err(error) = websocket.send(Message::binary(vec![0x5a; settings.message_size])).await {
+                    return stats.record_lost(ws_cause(&error));
+                }
+            }
+        }
+    }
+}
+
+/// Sends close 1000 and reads until the server's reply ends the stream; true when it did.
+async fn close(websocket: &mut WebSocketStream<TcpStream>) -> bool {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "load run finished".into(),
+    };
+    let finished = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        websocket.close(Some(frame)).await?;
+        while let Some(message) = websocket.next().await {
+            message?;
+        }
+        Ok::<_, tungstenite::Error>(())
+    })
+    .await;
+    matches!(finished, Ok(Ok(())) | Ok(Err(tungstenite::Error::ConnectionClosed)))
+}

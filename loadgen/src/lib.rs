@@ -1,0 +1,281 @@
+//! wsscale-loadgen: opens, holds and measures tens of thousands of WebSocket
+//! connections, past the limits that stop other tools at ~28k.
+//!
+//! - [`config`]: `wsscale load` options ([`LoadArgs`]) validated into a [`LoadConfig`];
+//!   the split of a run across processes ([`config::Share`]).
+//! - [`preflight`]: the fd limit, the port space and the target, checked before the
+//!   first connection; a run that cannot succeed is refused with the fix.
+//! - [`client`]: one connection (connect from a source address with
+//!   IP_BIND_ADDRESS_NO_PORT, upgrade, hold with scheduled pings, close 1000).
+//! - [`pool`]: a set of held connections in this process, grown by ramps.
+//! - [`stats`]: counters and HDR histograms, and the [`stats::Event`]s a shard reports.
+//! - [`report`]: merges shards' events into one [`Summary`] (table and JSON).
+//! - [`progress`], [`metrics`]: the live view, on a terminal and for Prometheus.
+//! - [`procfs`], [`alloc`]: /proc readings, the fd limit and the counting allocator,
+//!   shared with the server crate.
+//!
+//! A run with more connections than one process can hold is sharded: the parent starts
+//! children of its own binary (see [`Reexec`]), each runs one share and writes its events
+//! as JSON lines on stdout, and the parent merges them exactly as it merges the events
+//! of an in-process run.
+
+pub mod alloc;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod pool;
+pub mod preflight;
+pub mod procfs;
+pub mod progress;
+pub mod report;
+pub mod stats;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{LoadArgs, LoadConfig};
+pub use report::Summary;
+
+use crate::client::ClientSettings;
+use crate::pool::Pool;
+use crate::report::{Aggregator, RunInfo};
+use crate::stats::{Done, Event, Stats};
+
+/// How often a shard reports progress.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
+/// How long closing every connection may take at the end.
+const CLOSE_ALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to start a child process that runs `wsscale load` (the binary and the arguments
+/// before the load options).
+#[derive(Debug, Clone)]
+pub struct Reexec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// Runs `wsscale load`: a shard's part when started as a child, the whole run otherwise.
+/// Returns the summary (None for a child, whose output is its event stream).
+pub fn run(args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
+    let config = LoadConfig::try_from(args)?;
+    let fd_limit = procfs::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if config.shard.is_some() {
+        runtime.block_on(run_child(config))?;
+        return Ok(None);
+    }
+    let plan = preflight::check(&config, fd_limit.soft, fd_limit.hard)?;
+    eprint!("preflight:\n{}", plan.report);
+    let summary = runtime.block_on(run_parent(&config, plan.processes, reexec))?;
+    // Held sockets and pending closes must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    print!("{}", summary.table());
+    if let Some(path) = &config.json {
+        let json = serde_json::to_string_pretty(&summary)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Some(summary))
+}
+
+/// A child shard: run this process's share, events as JSON lines on stdout.
+async fn run_child(config: LoadConfig) -> anyhow::Result<()> {
+    let stop = stop_on_signal();
+    let (events_tx, mut events) = unbounded_channel();
+    let shard = tokio::spawn(async move { run_shard(&config, events_tx, stop).await });
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = events.recv().await {
+        serde_json::to_writer(&mut stdout, &event)?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+    }
+    shard.await?;
+    Ok(())
+}
+
+async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> anyhow::Result<Summary> {
+    let metrics = config.metrics_listen.map(metrics::LoadMetrics::install).transpose()?;
+    let stop = stop_on_signal();
+    let (events_tx, mut events) = unbounded_channel::<(usize, Event)>();
+    let mut children = Vec::new();
+    if processes == 1 {
+        let (shard_tx, mut shard_events) = unbounded_channel();
+        let config = config.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { run_shard(&config, shard_tx, stop).await }
+        });
+        let events_tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = shard_events.recv().await {
+                let _ = events_tx.send((0, event));
+            }
+        });
+    } else {
+        for index in 0..processes {
+            let shard = config::ShardSpec {
+                index,
+                count: processes,
+            };
+            let child = tokio::process::Command::new(&reexec.program)
+                .args(&reexec.args)
+                .args(config.shard_args(shard))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting shard {shard} ({})", reexec.program.display()))?;
+            children.push(child.id());
+            tokio::spawn(read_child(index, child, events_tx.clone()));
+        }
+    }
+    drop(events_tx);
+
+    let mut aggregator = Aggregator::new(processes, metrics);
+    let mut display = progress::Display::new(config.connections as u64, false);
+    let mut forwarded_stop = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some((shard, event)) => {
+                    aggregator.apply(shard, event);
+                    let totals = aggregator.totals();
+                    let phase = if totals.opened + totals.failed < config.connections as u64 { "ramping" } else { "holding" };
+                    display.update(phase, &totals);
+                    if aggregator.all_done() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = stop.cancelled(), if !forwarded_stop => {
+                forwarded_stop = true;
+                for pid in children.iter().flatten() {
+                    // SAFETY: kill(2) on a child we started; at worst it has exited.
+                    unsafe { libc::kill(*pid as i32, libc::SIGINT) };
+                }
+            }
+        }
+    }
+    display.finish();
+    Ok(aggregator.summary(RunInfo {
+        target: config.url.to_string(),
+        connections: config.connections,
+        source_ips: config.source_ips.len(),
+        hold_secs: config.hold.as_secs_f64(),
+    }))
+}
+
+/// Forwards a child's JSON lines; a child that ends without its `done` event is reported
+/// as an interrupted shard.
+async fn read_child(index: usize, mut child: tokio::process::Child, events: UnboundedSender<(usize, Event)>) {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut done = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<Event>(&line) {
+            Ok(event) => {
+                done |= matches!(event, Event::Done(_));
+                let _ = events.send((index, event));
+            }
+            Err(error) => tracing::warn!(shard = index, %error, "unreadable line from a shard"),
+        }
+    }
+    let status = child.wait().await;
+    if !done {
+        eprintln!("shard {index} ended without its summary ({status:?})");
+        let _ = events.send((
+            index,
+            Event::Done(Done {
+                interrupted: true,
+                ..Done::default()
+            }),
+        ));
+    }
+}
+
+/// One process's share: ramp, hold, close; events throughout.
+async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: CancellationToken) {
+    let share = config.share();
+    let stats = Arc::new(Stats::default());
+    let rss_before_bytes = procfs::self_rss_bytes().unwrap_or(0);
+    let heap_before_bytes = alloc::allocated_bytes() as u64;
+    let settings = ClientSettings {
+        url: config.url.clone(),
+        target: config.target,
+        connect_timeout: config.connect_timeout,
+        ping_interval: config.ping_interval,
+        message_interval: config.message_interval,
+        message_size: config.message_size,
+        websocket: ClientSettings::websocket_config(config.message_size),
+        epoch: Instant::now(),
+    };
+    let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
+    let reporter = tokio::spawn({
+        let stats = stats.clone();
+        let events = events.clone();
+        async move {
+            let mut ticks = tokio::time::interval(PROGRESS_PERIOD);
+            loop {
+                ticks.tick().await;
+                if events.send(Event::Progress(stats.progress())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let ramp = pool.open(share.connections, share.rate, share.concurrency, &stop).await;
+    let rss_held_bytes = procfs::self_rss_bytes().unwrap_or(0);
+    let heap_held_bytes = alloc::allocated_bytes() as u64;
+    let held = stats.open_now.load(std::sync::atomic::Ordering::Relaxed);
+    if !ramp.interrupted {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            () = tokio::time::sleep(config.hold) => {}
+        }
+    }
+    pool.close_all(CLOSE_ALL_TIMEOUT).await;
+    reporter.abort();
+    let _ = events.send(Event::Progress(stats.progress()));
+    let _ = events.send(Event::Done(Done {
+        ramp_secs: ramp.duration.as_secs_f64(),
+        rss_before_bytes,
+        rss_held_bytes,
+        heap_before_bytes,
+        heap_held_bytes,
+        held,
+        interrupted: stop.is_cancelled(),
+    }));
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut interrupt), Ok(mut terminate)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("stopping: closing every connection");
+            stop.cancel();
+        }
+    });
+    stop
+}

@@ -1,0 +1,106 @@
+//! The generator's own Prometheus endpoint (`--metrics-listen`), so dashboards show the
+//! client's view beside the server's.
+
+use std::net::SocketAddr;
+
+use metrics::{Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::stats::{Histograms, Progress};
+
+pub const CONNECTIONS_OPEN: &str = "wsscale_loadgen_connections_open";
+pub const CONNECTIONS_OPENED: &str = "wsscale_loadgen_connections_opened_total";
+pub const CONNECT_FAILURES: &str = "wsscale_loadgen_connect_failures_total";
+pub const CONNECTIONS_LOST: &str = "wsscale_loadgen_connections_lost_total";
+pub const CONNECT_DURATION: &str = "wsscale_loadgen_connect_duration_seconds";
+pub const UPGRADE_DURATION: &str = "wsscale_loadgen_upgrade_duration_seconds";
+pub const PING_RTT: &str = "wsscale_loadgen_ping_rtt_seconds";
+
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct LoadMetrics {
+    open: Gauge,
+    connect: Histogram,
+    upgrade: Histogram,
+    ping_rtt: Histogram,
+}
+
+impl LoadMetrics {
+    /// Starts the HTTP listener (on the current Tokio runtime) and describes every metric.
+    pub fn install(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+        for name in [CONNECT_DURATION, UPGRADE_DURATION, PING_RTT] {
+            builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)?;
+        }
+        builder.install()?;
+        metrics::describe_gauge!(
+            CONNECTIONS_OPEN,
+            Unit::Count,
+            "Connections the load generator holds open now."
+        );
+        metrics::describe_counter!(
+            CONNECTIONS_OPENED,
+            Unit::Count,
+            "Connections opened since the run started."
+        );
+        metrics::describe_counter!(
+            CONNECT_FAILURES,
+            Unit::Count,
+            "Failed connection attempts, by reason (refused, timeout, http_503, ...)."
+        );
+        metrics::describe_counter!(
+            CONNECTIONS_LOST,
+            Unit::Count,
+            "Held connections that ended before the generator closed them, by reason."
+        );
+        metrics::describe_histogram!(CONNECT_DURATION, Unit::Seconds, "TCP connect time.");
+        metrics::describe_histogram!(
+            UPGRADE_DURATION,
+            Unit::Seconds,
+            "WebSocket upgrade time, after the TCP connect."
+        );
+        metrics::describe_histogram!(
+            PING_RTT,
+            Unit::Seconds,
+            "Ping round trip, measured from the scheduled send time."
+        );
+        let metrics = LoadMetrics {
+            open: metrics::gauge!(CONNECTIONS_OPEN),
+            connect: metrics::histogram!(CONNECT_DURATION),
+            upgrade: metrics::histogram!(UPGRADE_DURATION),
+            ping_rtt: metrics::histogram!(PING_RTT),
+        };
+        metrics.update(&Progress::default());
+        Ok(metrics)
+    }
+
+    /// Writes the run's totals.
+    pub fn update(&self, totals: &Progress) {
+        self.open.set(totals.open_now as f64);
+        metrics::counter!(CONNECTIONS_OPENED).absolute(totals.opened);
+        for (reason, count) in &totals.failures {
+            metrics::counter!(CONNECT_FAILURES, "reason" => reason.clone()).absolute(*count);
+        }
+        for (reason, count) in &totals.lost_by_cause {
+            metrics::counter!(CONNECTIONS_LOST, "reason" => reason.clone()).absolute(*count);
+        }
+    }
+
+    /// Feeds new samples (microseconds) into the Prometheus histograms.
+    pub fn record(&self, recent: &Histograms) {
+        for (histogram, samples) in [
+            (&self.connect, &recent.connect_us),
+            (&self.upgrade, &recent.upgrade_us),
+            (&self.ping_rtt, &recent.ping_rtt_us),
+        ] {
+            for value in samples.iter_recorded() {
+                let seconds = value.value_iterated_to() as f64 / 1e6;
+                for _ in 0..value.count_at_value() {
+                    histogram.record(seconds);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! What a shard measures, and the events it reports: cumulative counters, and the
+//! histogram samples recorded since the previous event (microseconds, HDR). The same
+//! [`Event`]s travel over a channel in a single-process run and as JSON lines on a
+//! child's stdout in a sharded one, so one aggregator serves both.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite;
+
+/// Histograms count microseconds to 3 significant figures and grow to the largest value
+/// recorded, so an empty one (most progress events) costs almost nothing.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is valid")
+}
+
+/// Records a duration (at least 1 µs; at most an hour).
+pub fn record(histogram: &mut Histogram<u64>, duration: Duration) {
+    let micros = (duration.as_micros() as u64).clamp(1, 3_600_000_000);
+    // An auto-resizing histogram accepts any value in that range.
+    let _ = histogram.record(micros);
+}
+
+/// The three latency distributions of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Histograms {
+    #[serde(with = "histogram_base64")]
+    pub connect_us: Histogram<u64>,
+    #[serde(with = "histogram_base64")]
+    pub upgrade_us: Histogram<u64>,
+    #[serde(with = "histogram_base64")]
+    pub ping_rtt_us: Histogram<u64>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            connect_us: new_histogram(),
+            upgrade_us: new_histogram(),
+            ping_rtt_us: new_histogram(),
+        }
+    }
+}
+
+impl Histograms {
+    pub fn add(&mut self, other: &Histograms) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.connect_us.add(&other.connect_us);
+        let _ = self.upgrade_us.add(&other.upgrade_us);
+        let _ = self.ping_rtt_us.add(&other.ping_rtt_us);
+    }
+}
+
+/// A shard's counters, written by its connection tasks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub opened: AtomicU64,
+    pub open_now: AtomicU64,
+    pub failed: AtomicU64,
+    pub lost: AtomicU64,
+    pub closed_cleanly: AtomicU64,
+    pub messages_echoed: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+    lost_by_cause: Mutex<BTreeMap<String, u64>>,
+    /// Samples since the last [`Stats::progress`]; taken (and reset) by it.
+    recent: Mutex<Histograms>,
+}
+
+impl Stats {
+    pub fn record_open(&self, connect: Duration, upgrade: Duration) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open_now.fetch_add(1, Ordering::Relaxed);
+        let mut recent = lock(&self.recent);
+        record(&mut recent.connect_us, connect);
+        record(&mut recent.upgrade_us, upgrade);
+    }
+
+    pub fn record_failure(&self, cause: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.failures).entry(cause).or_default() += 1;
+    }
+
+    /// A held connection ended before we closed it.
+    pub fn record_lost(&self, cause: String) {
+        self.open_now.fetch_sub(1, Ordering::Relaxed);
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.lost_by_cause).entry(cause).or_default() += 1;
+    }
+
+    /// We closed a held connection; `clean` when the server answered the close.
+    pub fn record_closed(&self, clean: bool) {
+        self.open_now.fetch_sub(1, Ordering::Relaxed);
+        if clean {
+            self.closed_cleanly.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_ping_rtt(&self, rtt: Duration) {
+        record(&mut lock(&self.recent).ping_rtt_us, rtt);
+    }
+
+    /// The counters so far and the samples since the previous call.
+    pub fn progress(&self) -> Progress {
+        let recent = std::mem::take(&mut *lock(&self.recent));
+        Progress {
+            opened: self.opened.load(Ordering::Relaxed),
+            open_now: self.open_now.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            closed_cleanly: self.closed_cleanly.load(Ordering::Relaxed),
+            messages_echoed: self.messages_echoed.load(Ordering::Relaxed),
+            failures: lock(&self.failures).clone(),
+            lost_by_cause: lock(&self.lost_by_cause).clone(),
+            recent,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A shard's report: counters are totals so far, `recent` holds only new samples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub opened: u64,
+    pub open_now: u64,
+    pub failed: u64,
+    pub lost: u64,
+    pub closed_cleanly: u64,
+    pub messages_echoed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub lost_by_cause: BTreeMap<String, u64>,
+    pub recent: Histograms,
+}
+
+/// The end of a shard's run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Done {
+    /// From the first connect to the last connection opened.
+    pub ramp_secs: f64,
+    /// This process's RSS before the first connection and with every connection held.
+    pub rss_before_bytes: u64,
+    pub rss_held_bytes: u64,
+    /// Live heap bytes (counting allocator; 0 where it is not installed), likewise.
+    pub heap_before_bytes: u64,
+    pub heap_held_bytes: u64,
+    /// Connections open when the hold began.
+    pub held: u64,
+    pub interrupted: bool,
+}
+
+/// One line of a shard's report stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // nearly every event is a Progress
+pub enum Event {
+    Progress(Progress),
+    Done(Done),
+}
+
+/// The failure cause of an IO error, as the summary groups them.
+pub fn io_cause(error: &io::Error) -> String {
+    let cause = match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::EADDRNOTAVAIL) => "address_not_available",
+        Some(libc::EADDRINUSE) => "address_in_use",
+        Some(libc::EMFILE | libc::ENFILE) => "too_many_open_files",
+        Some(libc::ECONNRESET | libc::EPIPE) => "reset",
+        Some(libc::ETIMEDOUT) => "timeout",
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable",
+        _ => match error.kind() {
+            io::ErrorKind::TimedOut => "timeout",
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset",
+            io::ErrorKind::UnexpectedEof => "eof",
+            _ => "other_io",
+        },
+    };
+    cause.to_owned()
+}
+
+/// The failure cause of a WebSocket error: an HTTP status (`http_503`), an IO cause,
+/// or `protocol`.
+pub fn ws_cause(error: &tungstenite::Error) -> String {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Http(response) => format!("http_{}", response.status().as_u16()),
+        tungstenite::Error::Io(error) => io_cause(error),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => "reset".to_owned(),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".to_owned(),
+        _ => "protocol".to_owned(),
+    }
+}
+
+mod histogram_base64 {
+    //! HDR histograms as base64 of their compressed V2 serialization, for JSON lines.
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hdrhistogram::Histogram;
+    use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+    use serde::de::Error;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        histogram: &Histogram<u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(histogram, &mut bytes)
+            .map_err(|e| serde::ser::Error::custom(format!("{e:?}")))?;
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Histogram<u64>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(deserializer)?;
+        let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
+        Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| D::Error::custom(format!("{e:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_a_json_line() {
+        let stats = Stats::default();
+        stats.record_open(Duration::from_micros(150), Duration::from_micros(420));
+        stats.record_failure("http_503".into());
+        stats.record_ping_rtt(Duration::from_millis(2));
+        let line = serde_json::to_string(&Event::Progress(stats.progress())).unwrap();
+        assert!(!line.contains('\n'));
+        let Event::Progress(progress) = serde_json::from_str(&line).unwrap() else {
+            panic!("not progress")
+        };
+        assert_eq!(progress.opened, 1);
+        assert_eq!(progress.failures["http_503"], 1);
+        assert_eq!(progress.recent.upgrade_us.len(), 1);
+        assert!(
+            progress
+                .recent
+                .upgrade_us
+                .equivalent(420, progress.recent.upgrade_us.max())
+        );
+        // Samples are handed over once.
+        assert_eq!(stats.progress().recent.connect_us.len(), 0);
+    }
+
+    #[test]
+    fn causes_are_named() {
+        assert_eq!(io_cause(&io::Error::from_raw_os_error(libc::ECONNREFUSED)), "refused");
+        assert_eq!(
+            io_cause(&io::Error::from_raw_os_error(libc::EMFILE)),
+            "too_many_open_files"
+        );
+        assert_eq!(
+            io_cause(&io::Error::from_raw_os_error(libc::EADDRNOTAVAIL)),
+            "address_not_available"
+        );
+        assert_eq!(io_cause(&io::ErrorKind::TimedOut.into()), "timeout");
+    }
+}
