@@ -4,6 +4,7 @@
 // A test binary has no public API; its `pub` items are for sibling modules.
 #![allow(unreachable_pub)]
 
+mod load;
 mod metrics;
 mod server;
 mod support;

@@ -1,0 +1,210 @@
+//! `wsscale load` against the real server: counts, histograms, failure causes,
+//! sharding, the JSON summary and the preflight refusal.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::TestServer;
+
+crate::both_modes!(holds_2000_connections_and_measures_them);
+
+/// Runs `wsscale load` to completion with `--json`; returns its output and the summary.
+async fn load(args: &[&str]) -> (Output, Option<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let json: PathBuf = dir.path().join("summary.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("load run ends by itself")
+        .unwrap();
+    let summary = std::fs::read_to_string(&json)
+        .ok()
+        .map(|text| serde_json::from_str(&text).expect("summary is JSON"));
+    (output, summary)
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn holds_2000_connections_and_measures_them(mode: &'static str) {
+    let server = TestServer::start(mode, &[]);
+    let url = server.url();
+    let run = tokio::spawn(async move {
+        load(&[
+            "--url",
+            &url,
+            "--connections",
+            "2000",
+            "--hold",
+            "8s",
+            "--ping-interval",
+            "500ms",
+        ])
+        .await
+    });
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 2000.0, Duration::from_secs(30))
+        .await;
+    let (output, summary) = run.await.unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary = summary.expect("summary written");
+    assert_eq!(summary["opened"], 2000, "{summary:#}");
+    assert_eq!(summary["failed"], 0, "{summary:#}");
+    assert_eq!(summary["lost_during_hold"], 0, "{summary:#}");
+    assert_eq!(summary["closed_cleanly"], 2000, "{summary:#}");
+    assert_eq!(summary["connect_ms"]["count"], 2000);
+    assert_eq!(summary["upgrade_ms"]["count"], 2000);
+    assert!(summary["ping_rtt_ms"]["count"].as_u64().unwrap() >= 2000, "{summary:#}");
+    assert!(summary["ping_rtt_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(summary["open_rate_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("opened"),
+        "human summary on stdout"
+    );
+    let after = server
+        .wait_for_metric("wsscale_connections_active", &[], 0.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        after.value("wsscale_connections_closed_total", &[("reason", "client_close")]),
+        2000.0
+    );
+}
+
+#[tokio::test]
+async fn classifies_refused_connections() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (output, summary) = load(&[
+        "--url",
+        &url,
+        "--connections",
+        "20",
+        "--hold",
+        "0s",
+        "--no-reachability-check",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary = summary.unwrap();
+    assert_eq!(summary["opened"], 0);
+    assert_eq!(summary["failed"], 20);
+    assert_eq!(summary["failures"]["refused"], 20, "{summary:#}");
+}
+
+#[tokio::test]
+async fn classifies_503_from_a_server_at_capacity() {
+    let server = TestServer::start("tasks", &["--max-connections", "50"]);
+    let (output, summary) = load(&["--url", &server.url(), "--connections", "80", "--hold", "1s"]).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary = summary.unwrap();
+    assert_eq!(summary["opened"], 50, "{summary:#}");
+    assert_eq!(summary["failures"]["http_503"], 30, "{summary:#}");
+}
+
+#[tokio::test]
+async fn shards_across_processes_into_one_summary() {
+    let server = TestServer::start("tasks", &[]);
+    let url = server.url();
+    let args = [
+        "--url",
+        &url,
+        "--connections",
+        "2000",
+        "--max-per-process",
+        "500",
+        "--hold",
+        "2s",
+        "--ping-interval",
+        "500ms",
+    ];
+    let (output, summary) = load(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary = summary.unwrap();
+    assert_eq!(summary["processes"], 4, "{summary:#}");
+    assert_eq!(summary["opened"], 2000, "{summary:#}");
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["closed_cleanly"], 2000);
+    assert_eq!(
+        summary["connect_ms"]["count"], 2000,
+        "every shard's histogram is merged"
+    );
+    assert_eq!(summary["upgrade_ms"]["count"], 2000);
+    assert!(summary["ping_rtt_ms"]["count"].as_u64().unwrap() > 0);
+    let metrics = server
+        .wait_for_metric("wsscale_connections_active", &[], 0.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(metrics.value("wsscale_connections_opened_total", &[]), 2000.0);
+}
+
+#[tokio::test]
+async fn json_summary_has_every_documented_field() {
+    let server = TestServer::start("tasks", &[]);
+    let (output, summary) = load(&["--url", &server.url(), "--connections", "10", "--hold", "0s"]).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary = summary.unwrap();
+    for key in [
+        "target",
+        "connections",
+        "processes",
+        "source_ips",
+        "opened",
+        "failed",
+        "failures",
+        "lost_during_hold",
+        "lost",
+        "closed_cleanly",
+        "messages_echoed",
+        "ramp_secs",
+        "hold_secs",
+        "open_rate_per_sec",
+        "loadgen_rss_per_connection_bytes",
+        "loadgen_heap_per_connection_bytes",
+        "interrupted",
+    ] {
+        assert!(summary.get(key).is_some(), "missing {key}: {summary:#}");
+    }
+    for histogram in ["connect_ms", "upgrade_ms", "ping_rtt_ms"] {
+        for field in ["p50", "p90", "p99", "max", "count"] {
+            assert!(summary[histogram].get(field).is_some(), "missing {histogram}.{field}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_run_one_process_cannot_hold() {
+    let server = TestServer::start("tasks", &[]);
+    let (output, summary) = load(&["--url", &server.url(), "--connections", "30000", "--processes", "1"]).await;
+    assert!(!output.status.success());
+    assert!(summary.is_none(), "nothing was run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RLIMIT_NOFILE") && stderr.contains("--processes auto"),
+        "{stderr}"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.value("wsscale_connections_opened_total", &[]),
+        0.0,
+        "no connection was attempted"
+    );
+}
