@@ -72,6 +72,11 @@ impl LoadMetrics {
             upgrade: metrics::histogram!(UPGRADE_DURATION),
             ping_rtt: metrics::histogram!(PING_RTT),
         };
+        // The commonest causes are present from the first scrape; others appear when seen.
+        for reason in ["refused", "timeout", "reset", "http_503"] {
+            metrics::counter!(CONNECT_FAILURES, "reason" => reason).absolute(0);
+            metrics::counter!(CONNECTIONS_LOST, "reason" => reason).absolute(0);
+        }
         metrics.update(&Progress::default());
         Ok(metrics)
     }
