@@ -32,6 +32,14 @@ pub enum Command {
     /// 127.0.0.0/8. Before the first connection, a preflight check refuses a run that
     /// cannot succeed and says why.
     Load(wsscale_loadgen::LoadArgs),
+    /// Measure what an idle connection costs as a Tokio task and as an OS thread, and
+    /// write a report with charts.
+    ///
+    /// Starts `wsscale serve` as a child process in each mode with the same
+    /// configuration, opens connections in steps, waits at each step until the server's
+    /// memory is steady, samples /metrics (cross-checked against /proc/PID), fits memory
+    /// against connections, and writes report.md, summary.json and SVG charts to --out.
+    Compare(CompareArgs),
 }
 
 /// The execution model: what each connection costs is what this tool measures.
@@ -114,6 +122,61 @@ pub struct ServeArgs {
     /// RSS; the kernel adds its own 16 KiB stack per thread regardless.
     #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE", default_value = "256KiB")]
     pub thread_stack_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Connections at the last step.
+    #[arg(long, short = 'n', env = "WSSCALE_COMPARE_CONNECTIONS", default_value_t = 10_000)]
+    pub connections: usize,
+
+    /// The steps: a count K (K even steps up to --connections, after 0), or a list of
+    /// connection counts such as 0,1000,5000. Default: 0, 10%, 25%, 50%, 75%, 100%.
+    #[arg(long, env = "WSSCALE_COMPARE_STEPS")]
+    pub steps: Option<String>,
+
+    /// Execution models to measure, in order.
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_MODES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tasks,threads"
+    )]
+    pub modes: Vec<Mode>,
+
+    /// Report folder (created; existing report files are replaced).
+    #[arg(long, env = "WSSCALE_COMPARE_OUT", default_value = "report")]
+    pub out: std::path::PathBuf,
+
+    /// New connections per second while stepping up.
+    #[arg(long, env = "WSSCALE_COMPARE_RATE", default_value_t = 5000.0)]
+    pub rate: f64,
+
+    /// Connects + upgrades in flight while stepping up.
+    #[arg(long, env = "WSSCALE_COMPARE_CONCURRENCY", default_value_t = 256)]
+    pub concurrency: usize,
+
+    /// Longest wait at a step for the server's memory to settle before sampling anyway.
+    #[arg(long, env = "WSSCALE_COMPARE_SETTLE_TIMEOUT", default_value = "10s")]
+    pub settle_timeout: humantime::Duration,
+
+    /// Client pings per connection while held (their round trips are reported per step).
+    #[arg(long, env = "WSSCALE_COMPARE_PING_INTERVAL", default_value = "2s")]
+    pub ping_interval: humantime::Duration,
+
+    /// When a limit (fds, vm.max_map_count, pid_max, threads-max) cannot fit
+    /// --connections, run with the largest count that fits instead of refusing.
+    #[arg(long, env = "WSSCALE_COMPARE_FIT_LIMITS")]
+    pub fit_limits: bool,
+
+    /// Server read buffer (both modes).
+    #[arg(long, env = "WSSCALE_COMPARE_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<ByteSize>,
+
+    /// Server thread stack size (threads mode).
+    #[arg(long, env = "WSSCALE_COMPARE_THREAD_STACK_SIZE")]
+    pub thread_stack_size: Option<ByteSize>,
 }
 
 /// A validated server configuration. Both execution models read the same one, so a

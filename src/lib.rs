@@ -3,6 +3,8 @@
 //! The crate is the server and the command line; `loadgen/` is the load generator.
 //! Table of contents:
 //!
+//! - [`child`]: a `wsscale serve` child process on port 0, for `compare` and the tests.
+//! - [`compare`]: `wsscale compare`, the tasks-vs-threads run with its report and charts.
 //! - [`config`]: the command line (clap derive, every flag with an env variable),
 //!   validated into a [`config::ServeConfig`].
 //! - [`handshake`]: the HTTP upgrade decision (404, 405, 426, 400, 503 or 101), shared by
@@ -22,6 +24,8 @@
 //!   which both sides use.
 //! - `wsscale_loadgen` (crate `loadgen/`): the load generator behind `wsscale load`.
 
+pub mod child;
+pub mod compare;
 pub mod config;
 pub mod handshake;
 pub mod limits;

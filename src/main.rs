@@ -19,6 +19,7 @@ fn main() -> anyhow::Result<()> {
             let config = ServeConfig::try_from(args).context("invalid serve options")?;
             wsscale::server::serve(config)
         }
+        Command::Compare(args) => wsscale::compare::run(args),
         Command::Load(args) => {
             let reexec = wsscale_loadgen::Reexec {
                 program: std::env::current_exe().context("locating this executable to start shards")?,

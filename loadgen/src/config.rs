@@ -290,7 +290,7 @@ pub const AUTO_CONNECTIONS_PER_SOURCE: usize = 10_000;
 /// For a loopback target: 127.0.1.1, 127.0.1.2, … one per 10,000 connections. The
 /// kernel routes all of 127.0.0.0/8 to lo, so each is a distinct source with its own
 /// port range toward the target. Other targets: let the kernel choose.
-fn auto_source_ips(target: SocketAddr, connections: usize) -> Vec<IpAddr> {
+pub fn auto_source_ips(target: SocketAddr, connections: usize) -> Vec<IpAddr> {
     match target.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {
             let count = connections.div_ceil(AUTO_CONNECTIONS_PER_SOURCE) as u32;

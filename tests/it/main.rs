@@ -4,6 +4,7 @@
 // A test binary has no public API; its `pub` items are for sibling modules.
 #![allow(unreachable_pub)]
 
+mod compare;
 mod load;
 mod metrics;
 mod server;

@@ -2,20 +2,20 @@
 //! clients, raw HTTP for the non-WebSocket paths, and polling with deadlines instead of
 //! sleeps.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsscale::child::ServeChild;
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A `wsscale serve` child process; killed on drop.
 pub struct TestServer {
-    child: Child,
+    child: ServeChild,
     pub mode: &'static str,
     pub ws_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -23,45 +23,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(mode: &'static str, extra_args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsscale"))
-            .args([
-                "serve",
-                "--mode",
-                mode,
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn wsscale serve");
-        // The server prints one line once both listeners are bound; EOF means it failed.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr_after = |prefix: &str| -> SocketAddr {
-            let start = line
-                .find(prefix)
-                .unwrap_or_else(|| panic!("server did not start: {line:?}"))
-                + prefix.len();
-            line[start..].split('/').next().unwrap().parse().unwrap()
-        };
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_wsscale"));
+        let child = ServeChild::spawn(program, mode, extra_args, Stdio::inherit()).expect("wsscale serve starts");
         TestServer {
             mode,
-            ws_addr: addr_after("ws://"),
-            metrics_addr: addr_after("http://"),
+            ws_addr: child.ws_addr,
+            metrics_addr: child.metrics_addr,
             child,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     pub fn url(&self) -> String {
@@ -100,27 +73,15 @@ impl TestServer {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        self.child.signal(signal).unwrap();
     }
 
-    /// Waits for the process to exit, polling with a deadline.
+    /// Waits for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child
+            .wait_exit(within)
+            .unwrap()
+            .unwrap_or_else(|| panic!("server did not exit within {within:?}"))
     }
 }
 
@@ -129,15 +90,7 @@ pub struct Metrics(pub String);
 
 impl Metrics {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
-            let wanted = series_name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
-            wanted.then(|| value.parse().ok()).flatten()
-        })
+        wsscale::metrics::sample_value(&self.0, name, labels)
     }
 
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -1,0 +1,120 @@
+//! A `wsscale serve` child process on 127.0.0.1:0: started, its bound addresses read from
+//! the one line it prints, signalled, and killed when dropped. `wsscale compare` measures
+//! servers this way (so the figures are the server's alone), and so do the tests.
+
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ServeChild {
+    child: Child,
+    pub ws_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl ServeChild {
+    /// Starts `program serve --mode MODE` on loopback port 0 with `extra_args`, and waits
+    /// for its "listening" line.
+    pub fn spawn<I, S>(program: &Path, mode: &str, extra_args: I, stderr: Stdio) -> io::Result<ServeChild>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(program)
+            .args([
+                "serve",
+                "--mode",
+                mode,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout is piped")).read_line(&mut line)?;
+        let addr_after = |prefix: &str| -> Option<SocketAddr> {
+            let start = line.find(prefix)? + prefix.len();
+            line[start..].split('/').next()?.parse().ok()
+        };
+        match (addr_after("ws://"), addr_after("http://")) {
+            (Some(ws_addr), Some(metrics_addr)) => Ok(ServeChild {
+                child,
+                ws_addr,
+                metrics_addr,
+            }),
+            _ => {
+                let status = child.wait()?;
+                Err(io::Error::other(format!(
+                    "wsscale serve did not start ({status}); its log says why"
+                )))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped while `self` lives.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET http://addr/path over a fresh connection; the body of a 200 response.
+pub async fn http_get_body(addr: SocketAddr, path: &str) -> io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other("no HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    }
+    Ok(body.to_owned())
+}

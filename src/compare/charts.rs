@@ -1,0 +1,268 @@
+//! The report's charts, as SVG (plotters): memory vs connections, threads and tasks vs
+//! connections, and memory per connection by component. Each has a title, axis labels
+//! with units and a legend.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::ModeResult;
+use super::report::ModeSummary;
+
+pub const MEMORY_CHART: &str = "memory_vs_connections.svg";
+pub const THREADS_CHART: &str = "threads_and_tasks_vs_connections.svg";
+pub const PER_CONNECTION_CHART: &str = "memory_per_connection.svg";
+
+const SIZE: (u32, u32) = (900, 560);
+const TASKS_COLOR: RGBColor = RGBColor(31, 119, 180);
+const THREADS_COLOR: RGBColor = RGBColor(214, 39, 40);
+
+fn mode_color(mode: &str) -> RGBColor {
+    if mode == "tasks" { TASKS_COLOR } else { THREADS_COLOR }
+}
+
+/// Writes every chart into `out`; returns (file name, title) pairs.
+pub fn write_all(out: &Path, results: &[ModeResult]) -> anyhow::Result<Vec<(String, String)>> {
+    let charts = [
+        (
+            MEMORY_CHART,
+            "Server memory vs idle connections",
+            memory as fn(&Path, &str, &[ModeResult]) -> Result<(), String>,
+        ),
+        (
+            THREADS_CHART,
+            "OS threads and Tokio tasks vs connections",
+            threads_and_tasks,
+        ),
+        (
+            PER_CONNECTION_CHART,
+            "Memory per idle connection, by component",
+            per_connection,
+        ),
+    ];
+    let mut written = Vec::new();
+    for (file, title, draw) in charts {
+        draw(&out.join(file), title, results).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
+        written.push((file.to_owned(), title.to_owned()));
+    }
+    Ok(written)
+}
+
+/// One line of a line chart: solid lines are drawn first, dashed ones (with markers) on
+/// top, so a series that coincides with another stays visible.
+struct Line {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+    points: Vec<(f64, f64)>,
+}
+
+fn memory(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+    const MIB: f64 = 1048576.0;
+    // User memory, and user + the kernel stacks added since the first step.
+    let lines = results
+        .iter()
+        .flat_map(|result| {
+            let mode = result.mode.as_str();
+            let base_stack = result.samples.first().map_or(0, |s| s.kernel_stack_bytes) as f64;
+            let rss = result
+                .samples
+                .iter()
+                .map(|s| (s.connections as f64, s.rss_bytes as f64 / MIB))
+                .collect();
+            let with_kernel = result
+                .samples
+                .iter()
+                .map(|s| {
+                    (
+                        s.connections as f64,
+                        (s.rss_bytes as f64 + s.kernel_stack_bytes as f64 - base_stack) / MIB,
+                    )
+                })
+                .collect();
+            [
+                Line {
+                    label: format!("{mode}: RSS"),
+                    color: mode_color(mode),
+                    dashed: false,
+                    points: rss,
+                },
+                Line {
+                    label: format!("{mode}: RSS + kernel stacks"),
+                    color: mode_color(mode),
+                    dashed: true,
+                    points: with_kernel,
+                },
+            ]
+        })
+        .collect();
+    line_chart(path, title, "memory (MiB)", lines)
+}
+
+fn threads_and_tasks(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+    let lines = results
+        .iter()
+        .flat_map(|result| {
+            let mode = result.mode.as_str();
+            let threads = result
+                .samples
+                .iter()
+                .map(|s| (s.connections as f64, s.threads as f64))
+                .collect();
+            let tasks = result
+                .samples
+                .iter()
+                .map(|s| (s.connections as f64, s.tasks_alive as f64))
+                .collect();
+            [
+                Line {
+                    label: format!("{mode}: OS threads"),
+                    color: mode_color(mode),
+                    dashed: false,
+                    points: threads,
+                },
+                Line {
+                    label: format!("{mode}: Tokio tasks alive"),
+                    color: mode_color(mode),
+                    dashed: true,
+                    points: tasks,
+                },
+            ]
+        })
+        .collect();
+    line_chart(path, title, "count (threads, tasks)", lines)
+}
+
+fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> Result<(), String> {
+    lines.sort_by_key(|line| line.dashed);
+    let x_max = lines.iter().flat_map(|l| &l.points).map(|p| p.0).fold(1.0, f64::max) * 1.02;
+    let y_max = lines.iter().flat_map(|l| &l.points).map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("idle connections")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for Line {
+        label,
+        color,
+        dashed,
+        points,
+    } in lines
+    {
+        let style = color.stroke_width(if dashed { 2 } else { 4 });
+        let drawn = if dashed {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 8, 6, style))
+        } else {
+            chart.draw_series(LineSeries::new(points.clone(), style))
+        };
+        drawn
+            .map_err(|e| e.to_string())?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+        if dashed {
+            chart.draw_series(points.into_iter().map(|p| TriangleMarker::new(p, 6, color.filled())))
+        } else {
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    legend(&mut chart)?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn per_connection(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+    const COMPONENTS: [(&str, RGBColor); 3] = [
+        ("user RSS", RGBColor(44, 160, 44)),
+        ("of which heap", RGBColor(255, 127, 14)),
+        ("kernel stack", RGBColor(148, 103, 189)),
+    ];
+    let summaries: Vec<(&str, ModeSummary)> = results.iter().map(|r| (r.mode.as_str(), ModeSummary::of(r))).collect();
+    let values = |summary: &ModeSummary| {
+        [
+            summary.slope_bytes_per_connection,
+            summary.heap_slope_bytes_per_connection,
+            summary.kernel_stack_slope_bytes_per_connection.max(0.0),
+        ]
+        .map(|bytes| bytes.max(0.0) / 1024.0)
+    };
+    let y_max = summaries.iter().flat_map(|(_, s)| values(s)).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let names: Vec<String> = summaries.iter().map(|(mode, _)| format!("{mode} mode")).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(-0.5..summaries.len() as f64 - 0.5, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(summaries.len().max(2) * 2 + 1)
+        .x_label_formatter(&|x| {
+            let index = x.round();
+            if (x - index).abs() < 0.01 && index >= 0.0 {
+                names.get(index as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("execution model")
+        .y_desc("bytes per connection (KiB)")
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    const BAR: f64 = 0.25;
+    for (component, (name, color)) in COMPONENTS.iter().enumerate() {
+        let left = |mode: usize| mode as f64 - 1.5 * BAR + component as f64 * BAR;
+        chart
+            .draw_series(summaries.iter().enumerate().map(|(mode, (_, summary))| {
+                Rectangle::new(
+                    [(left(mode), 0.0), (left(mode) + BAR * 0.9, values(summary)[component])],
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled()));
+        chart
+            .draw_series(summaries.iter().enumerate().map(|(mode, (_, summary))| {
+                let value = values(summary)[component];
+                Text::new(
+                    format!("{value:.1}"),
+                    (left(mode), value + y_max * 0.01),
+                    ("sans-serif", 14),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    legend(&mut chart)?;
+    root.present().map_err(|e| e.to_string())
+}
+
+type Plane = Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>;
+
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut ChartContext<'a, DB, Plane>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())
+}
