@@ -75,6 +75,8 @@ impl LoadMetrics {
         // The commonest causes are present from the first scrape; others appear when seen.
         for reason in ["refused", "timeout", "reset", "http_503"] {
             metrics::counter!(CONNECT_FAILURES, "reason" => reason).absolute(0);
+        }
+        for reason in ["close_1001", "reset", "eof"] {
             metrics::counter!(CONNECTIONS_LOST, "reason" => reason).absolute(0);
         }
         metrics.update(&Progress::default());

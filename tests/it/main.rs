@@ -8,6 +8,7 @@ mod compare;
 mod load;
 mod metrics;
 mod server;
+mod stack;
 mod support;
 
 /// Runs an async test body once per execution model, as two named tests.
