@@ -73,8 +73,8 @@ pub enum TimerAction {
 pub enum ErrorAction {
     /// The connection is over; drop it.
     End,
-    /// Send this close frame, then keep reading until the peer answers or the drain
-    /// deadline passes.
+    /// The peer broke the protocol: send this close frame, then drop the connection
+    /// without waiting for a reply ("fail the WebSocket connection", RFC 6455 7.1.7).
     Close(CloseFrame),
 }
 

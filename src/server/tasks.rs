@@ -272,24 +272,22 @@ where
                 Some(Ok(message)) => {
                     if let Some(reply) = session.on_message(message, Instant::now(), &shared.metrics)
                         && let Err(error) = websocket.send(reply).await
-                        && !close_after_error(&mut websocket, &mut session, &error).await
                     {
+                        fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
                         break;
                     }
                 }
                 Some(Err(error)) => {
-                    if !close_after_error(&mut websocket, &mut session, &error).await {
-                        break;
-                    }
+                    fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
+                    break;
                 }
                 None => break,
             },
             () = &mut timer => match session.on_timer(Instant::now()) {
                 TimerAction::Nothing => {}
                 TimerAction::SendPing => {
-                    if let Err(error) = websocket.send(Message::Ping(Default::default())).await
-                        && !close_after_error(&mut websocket, &mut session, &error).await
-                    {
+                    if let Err(error) = websocket.send(Message::Ping(Default::default())).await {
+                        fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
                         break;
                     }
                 }
@@ -306,18 +304,17 @@ where
     session.close_reason()
 }
 
-/// Handles an error the session may answer with a close frame; false when the
-/// connection is over.
-async fn close_after_error<S>(
+/// After an error the connection is over; first send the close frame the session asks
+/// for (best effort, bounded by the drain timeout).
+async fn fail<S>(
     websocket: &mut WebSocketStream<S>,
     session: &mut Session,
     error: &tungstenite::Error,
-) -> bool
-where
+    drain_timeout: std::time::Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match session.on_error(error, Instant::now()) {
-        ErrorAction::End => false,
-        ErrorAction::Close(frame) => websocket.close(Some(frame)).await.is_ok(),
+    if let ErrorAction::Close(frame) = session.on_error(error, Instant::now()) {
+        let _ = tokio::time::timeout(drain_timeout, websocket.close(Some(frame))).await;
     }
 }

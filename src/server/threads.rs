@@ -372,13 +372,14 @@ fn run_session(mut websocket: WebSocket<TcpStream>, shared: &Shared, shutdown: &
                     }
                 }
                 Err(error) if is_would_block(&error) => break,
-                Err(error) => match session.on_error(&error, Instant::now()) {
-                    ErrorAction::End => return session.close_reason(),
-                    ErrorAction::Close(frame) => match write_outcome(websocket.close(Some(frame)), &mut session) {
-                        Ok(blocked) => want_write |= blocked,
-                        Err(()) => return session.close_reason(),
-                    },
-                },
+                Err(error) => {
+                    if let ErrorAction::Close(frame) = session.on_error(&error, Instant::now()) {
+                        // Best effort, then drop: the peer broke the protocol.
+                        let _ = websocket.close(Some(frame));
+                        let _ = websocket.flush();
+                    }
+                    return session.close_reason();
+                }
             }
         }
         match session.on_timer(Instant::now()) {

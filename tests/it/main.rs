@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod compare;
+mod conformance;
 mod load;
 mod metrics;
 mod server;
