@@ -23,7 +23,25 @@ impl ServeChild {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(program)
+        Self::spawn_configured(program, mode, extra_args, |command| {
+            command.stderr(stderr);
+        })
+    }
+
+    /// Like [`ServeChild::spawn`], letting the caller adjust the command first (stderr,
+    /// environment, resource limits).
+    pub fn spawn_configured<I, S>(
+        program: &Path,
+        mode: &str,
+        extra_args: I,
+        configure: impl FnOnce(&mut Command),
+    ) -> io::Result<ServeChild>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(program);
+        command
             .args([
                 "serve",
                 "--mode",
@@ -35,9 +53,9 @@ impl ServeChild {
             ])
             .args(extra_args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()?;
+            .stdout(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn()?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout is piped")).read_line(&mut line)?;
         let addr_after = |prefix: &str| -> Option<SocketAddr> {

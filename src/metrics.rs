@@ -83,7 +83,13 @@ pub struct ServerMetrics {
     pub messages_received: Counter,
     pub messages_sent: Counter,
     pub connections_opened: Counter,
-    pub handshake_duration: Histogram,
+    /// Handshake durations (seconds) waiting to be recorded by the metrics side. The
+    /// exporter's histogram storage is epoch-based (crossbeam-epoch) and keeps a few KiB
+    /// of per-thread state after each recording thread exits; recording from thousands of
+    /// short-lived connection threads would charge that to threads mode. So both modes
+    /// hand durations over here and [`ServerMetrics::flush_handshakes`] records them.
+    pending_handshakes: Arc<Mutex<Vec<f64>>>,
+    handshake_duration: Histogram,
     closed: [Counter; 4],
     rejected: [Counter; 4],
 }
@@ -100,11 +106,24 @@ impl ServerMetrics {
             messages_received: zero(metrics::counter!(MESSAGES_RECEIVED)),
             messages_sent: zero(metrics::counter!(MESSAGES_SENT)),
             connections_opened: zero(metrics::counter!(CONNECTIONS_OPENED)),
+            pending_handshakes: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             closed: CloseReason::ALL
                 .map(|reason| zero(metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str()))),
             rejected: RejectReason::ALL
                 .map(|reason| zero(metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()))),
+        }
+    }
+
+    pub fn handshake(&self, seconds: f64) {
+        lock(&self.pending_handshakes).push(seconds);
+    }
+
+    /// Records the pending handshake durations into the histogram, on the caller's thread.
+    pub fn flush_handshakes(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending_handshakes));
+        for seconds in pending {
+            self.handshake_duration.record(seconds);
         }
     }
 
@@ -115,6 +134,10 @@ impl ServerMetrics {
     pub fn rejected(&self, reason: RejectReason) {
         self.rejected[reason as usize].increment(1);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Installs the process-wide Prometheus recorder with the `mode` label and describes
@@ -218,6 +241,7 @@ pub struct Sampler {
     /// The runtime whose tasks `wsscale_tasks_alive` counts.
     runtime: tokio::runtime::Handle,
     connections: Arc<dyn ConnectionCount>,
+    server_metrics: ServerMetrics,
     baseline: Mutex<Option<Baseline>>,
     active: Gauge,
     heap: Gauge,
@@ -234,6 +258,7 @@ impl Sampler {
         handle: PrometheusHandle,
         runtime: tokio::runtime::Handle,
         connections: Arc<dyn ConnectionCount>,
+        server_metrics: ServerMetrics,
         max_connections: usize,
     ) -> Self {
         let process = metrics_process::Collector::default();
@@ -244,6 +269,7 @@ impl Sampler {
             process,
             runtime,
             connections,
+            server_metrics,
             baseline: Mutex::new(None),
             active: metrics::gauge!(CONNECTIONS_ACTIVE),
             heap: metrics::gauge!(HEAP_ALLOCATED),
@@ -267,7 +293,7 @@ impl Sampler {
         let heap_bytes = alloc::allocated_bytes() as u64;
         let now = Baseline { rss_bytes, heap_bytes };
         let baseline = {
-            let mut baseline = self.baseline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut baseline = lock(&self.baseline);
             if active == 0 || baseline.is_none() {
                 *baseline = Some(now);
             }
@@ -298,8 +324,9 @@ impl Sampler {
     }
 
     pub fn render(&self) -> String {
-        self.sample();
+        self.server_metrics.flush_handshakes();
         self.handle.run_upkeep();
+        self.sample();
         self.handle.render()
     }
 
@@ -310,6 +337,7 @@ impl Sampler {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            self.server_metrics.flush_handshakes();
             self.handle.run_upkeep();
             if self.connections.active_connections() == 0 {
                 self.sample();

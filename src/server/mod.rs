@@ -66,9 +66,7 @@ impl Shared {
     }
 
     pub fn record_handshake(&self, accepted_at: Instant) {
-        self.metrics
-            .handshake_duration
-            .record(accepted_at.elapsed().as_secs_f64());
+        self.metrics.handshake(accepted_at.elapsed().as_secs_f64());
     }
 
     pub fn reject(&self, reason: RejectReason) {

@@ -57,6 +57,7 @@ pub fn run_blocking(
             prometheus,
             tokio::runtime::Handle::current(),
             shared.clone(),
+            shared.metrics.clone(),
             shared.max_connections,
         ));
         tokio::spawn(async move {

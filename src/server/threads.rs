@@ -62,6 +62,7 @@ pub fn run_blocking(
                     prometheus,
                     handle.clone(),
                     shared.clone(),
+                    shared.metrics.clone(),
                     shared.max_connections,
                 ));
                 tokio::spawn(async move {

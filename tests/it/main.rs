@@ -6,6 +6,8 @@
 
 mod compare;
 mod conformance;
+mod faults;
+mod hostile;
 mod load;
 mod metrics;
 mod server;

@@ -3,7 +3,7 @@
 //! sleeps.
 
 use std::net::SocketAddr;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,10 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(mode: &'static str, extra_args: &[&str]) -> TestServer {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_wsscale"));
-        let child = ServeChild::spawn(program, mode, extra_args, Stdio::inherit()).expect("wsscale serve starts");
+        let child = ServeChild::spawn_configured(program, mode, extra_args, |command| {
+            command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        })
+        .expect("wsscale serve starts");
         TestServer {
             mode,
             ws_addr: child.ws_addr,

@@ -1,0 +1,311 @@
+//! Hostile clients and bad input: slowloris, malformed frames, floods past capacity,
+//! descriptor exhaustion. Each gets the right answer and the server stays healthy for
+//! everyone else.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wsscale::child::ServeChild;
+
+use crate::support::{TestServer, http_get};
+
+crate::both_modes!(
+    slowloris_clients_are_cut_at_the_handshake_timeout,
+    malformed_frames_get_their_close_codes,
+    a_flood_past_capacity_gets_only_503s,
+    accept_recovers_from_descriptor_exhaustion,
+);
+
+const SLOW_CLIENTS: usize = 200;
+
+async fn slowloris_clients_are_cut_at_the_handshake_timeout(mode: &'static str) {
+    let server = TestServer::start(mode, &["--handshake-timeout", "1s"]);
+    let addr = server.ws_addr;
+    let slow: Vec<_> = (0..SLOW_CLIENTS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let request = b"GET /ws HTTP/1.1\r\nHost: slow\r\nUpgrade: websocket\r\n";
+                // One byte every 50 ms, never finishing: the request would take far
+                // longer than the handshake timeout, and never ends anyway.
+                for byte in request.iter().cycle() {
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    let mut probe = [0u8; 256];
+                    match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut probe)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(_)) | Err(_) => {}
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(20),
+                        "a slow client was never cut"
+                    );
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    // Meanwhile, ordinary clients connect and echo as usual.
+    for i in 0..20 {
+        let mut client = server.connect().await;
+        client.send(Message::text(format!("normal {i}"))).await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::text(format!("normal {i}"))
+        );
+    }
+    for task in slow {
+        let lasted = task.await.unwrap();
+        assert!(
+            lasted >= Duration::from_millis(900),
+            "cut after {lasted:?}, before the timeout"
+        );
+    }
+    server
+        .wait_for_metric(
+            "wsscale_connections_rejected_total",
+            &[("reason", "handshake_timeout")],
+            SLOW_CLIENTS as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+}
+
+/// Completes an upgrade by hand; returns the raw socket.
+async fn raw_upgrade(server: &TestServer) -> TcpStream {
+    let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// A client frame: FIN set, masked unless `masked` is false.
+fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=65535 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads server frames until a close frame; returns its status code.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    let read = async {
+        loop {
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).await?;
+            let mut len = u64::from(header[1] & 0x7f);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).await?;
+                len = u64::from(u16::from_be_bytes(ext));
+            } else if len == 127 {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).await?;
+                len = u64::from_be_bytes(ext);
+            }
+            let mut payload = vec![0u8; len as usize];
+            stream.read_exact(&mut payload).await?;
+            if header[0] & 0x0f == 0x8 {
+                return Ok::<u16, std::io::Error>(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a close frame")
+        .expect("a close frame")
+}
+
+async fn malformed_frames_get_their_close_codes(mode: &'static str) {
+    let server = TestServer::start(mode, &["--max-message-size", "1KiB"]);
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        (
+            "invalid UTF-8 in a text frame",
+            frame(0x1, &[0xce, 0xba, 0xff, 0xfe], true),
+            1007,
+        ),
+        ("an unmasked client frame", frame(0x1, b"hello", false), 1002),
+        (
+            "a message above --max-message-size",
+            frame(0x2, &[7u8; 2048], true),
+            1009,
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        let mut stream = raw_upgrade(&server).await;
+        stream.write_all(&bytes).await.unwrap();
+        assert_eq!(close_code(&mut stream).await, expected, "{mode}: {what}");
+    }
+    let version = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 8",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let (status, response) = http_get(server.ws_addr, "/ws", &version).await;
+    assert_eq!(status, 426, "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        "{response}"
+    );
+    // Everyone else is still served.
+    let mut client = server.connect().await;
+    client.send(Message::text("fine")).await.unwrap();
+    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("fine"));
+    let metrics = server
+        .wait_for_metric(
+            "wsscale_connections_closed_total",
+            &[("reason", "error")],
+            3.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(metrics.value("wsscale_connections_active", &[]), 1.0);
+}
+
+async fn a_flood_past_capacity_gets_only_503s(mode: &'static str) {
+    let server = TestServer::start(mode, &["--max-connections", "100"]);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(server.connect().await);
+    }
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .args([
+            "load",
+            "--url",
+            &server.url(),
+            "--connections",
+            "300",
+            "--rate",
+            "0",
+            "--hold",
+            "0s",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    assert!(
+        table.contains("http_503=300"),
+        "every extra client gets a 503 and nothing else:\n{table}"
+    );
+    for (i, client) in held.iter_mut().enumerate() {
+        client.send(Message::text(format!("held {i}"))).await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::text(format!("held {i}"))
+        );
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.value("wsscale_connections_rejected_total", &[("reason", "capacity")]),
+        300.0
+    );
+    assert_eq!(metrics.value("wsscale_connections_active", &[]), 100.0);
+}
+
+async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
+    const FD_LIMIT: u64 = 64;
+    let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
+    // A hard limit of 64 descriptors and a cap the limit cannot honour: accept() meets
+    // EMFILE.
+    let server = ServeChild::spawn_configured(program, mode, ["--max-connections", "1000"], |command| {
+        command.env("RUST_LOG", "error");
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: FD_LIMIT,
+                    rlim_max: FD_LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+    .unwrap();
+    let url = server.url();
+    let attempts: Vec<_> = (0..FD_LIMIT as usize)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url))
+                    .await
+                    .ok()?
+                    .ok()
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for attempt in attempts {
+        if let Some((client, _)) = attempt.await.unwrap() {
+            held.push(client);
+        }
+    }
+    assert!(
+        !held.is_empty() && held.len() < FD_LIMIT as usize,
+        "{} of {FD_LIMIT} opened",
+        held.len()
+    );
+    // Descriptors free up: the server accepts again, and the earlier ones still echo.
+    let mut survivor = held.pop().unwrap();
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut client = loop {
+        match tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(&url)).await {
+            Ok(Ok((client, _))) => break client,
+            _ => assert!(Instant::now() < deadline, "{mode}: accept never recovered"),
+        }
+    };
+    client.send(Message::text("recovered")).await.unwrap();
+    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("recovered"));
+    survivor.send(Message::text("survived")).await.unwrap();
+    loop {
+        match survivor.next().await.unwrap().unwrap() {
+            Message::Text(text) => break assert_eq!(text.as_str(), "survived"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
