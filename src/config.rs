@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "wsscale", version, about, long_about = None)]
@@ -110,11 +109,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE", default_value = "64KiB")]
     pub max_message_size: ByteSize,
 
-    /// Bytes read from the socket at a time; allocated once per connection.
+    /// Bytes read from a socket at a time, into a buffer lent for that read only (an idle
+    /// connection holds no read buffer).
     #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE", default_value = "4KiB")]
     pub read_buffer_size: ByteSize,
 
-    /// Bytes buffered before a write reaches the socket; 0 writes every frame at once.
+    /// Most answers queued for a peer that does not read before the server stops reading
+    /// from it (0: one maximum-size message). Answers are written as soon as they exist.
     #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE", default_value = "0")]
     pub write_buffer_size: ByteSize,
 
@@ -271,19 +272,6 @@ impl TryFrom<ServeArgs> for ServeConfig {
             write_buffer_size: size("write-buffer-size", args.write_buffer_size, true)?,
             thread_stack_size,
         })
-    }
-}
-
-impl ServeConfig {
-    /// The one WebSocket configuration both execution models use.
-    pub fn websocket_config(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
-            // A write of one whole maximum-size message plus framing must fit.
-            .max_write_buffer_size(self.write_buffer_size.max(self.max_message_size) * 2 + 64)
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
     }
 }
 

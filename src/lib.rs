@@ -9,6 +9,8 @@
 //!   validated into a [`config::ServeConfig`].
 //! - [`handshake`]: the HTTP upgrade decision (404, 405, 426, 400, 503 or 101), shared by
 //!   both execution models so they accept and refuse exactly the same requests.
+//! - [`protocol`]: RFC 6455 framing without IO: a decoder that holds nothing between
+//!   frames, and the server's frame encoder.
 //! - [`session`]: the WebSocket session policy (echo, pings, idle timeout, close reasons),
 //!   shared by both execution models; it does no IO.
 //! - [`server`]: the two execution models, [`server::tasks`] (one Tokio task per
@@ -30,6 +32,7 @@ pub mod config;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 pub mod session;
 

@@ -1,19 +1,17 @@
-//! The WebSocket session policy, shared by both execution models: what to answer to each
-//! message, when to ping, when a silent peer is dead, how a connection ends and why.
+//! The WebSocket session, shared by both execution models: what to answer to each frame
+//! (echo, pong, close reply), when to ping, when a silent peer is dead, how a connection
+//! ends and why.
 //!
-//! This module does no IO and owns no socket or buffer. Each execution model drives a
-//! [`Session`] from its own loop (an async `select!` in tasks mode, poll(2) in threads
-//! mode) and does what it returns, so the two models behave identically on the wire and
-//! count identically in the metrics.
+//! This module does no IO. It is fed the bytes the driver read and writes the bytes to
+//! send into a buffer the driver lends it; [`crate::server::connection`] moves them
+//! between those buffers and the socket, and each execution model only decides when
+//! (Tokio readiness in tasks mode, poll(2) in threads mode). So the two models behave
+//! identically on the wire and count identically in the metrics.
 
 use std::time::{Duration, Instant};
 
-use tungstenite::Message;
-use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
-
 use crate::metrics::ServerMetrics;
+use crate::protocol::{self, Decoder, Frame, close_code, opcode};
 
 /// Why a connection ended: the `reason` label of `wsscale_connections_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,161 +44,162 @@ impl CloseReason {
     }
 }
 
-/// The timing policy every session follows; one per server.
+/// The policy every session follows; one per server.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionPolicy {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub max_message_size: usize,
 }
 
-/// What the driver does when the session's deadline passes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum TimerAction {
-    /// Nothing due yet (the deadline moved, e.g. traffic arrived).
-    Nothing,
-    /// Send a ping frame.
-    SendPing,
-    /// The peer is silent past the idle timeout: send this close frame (best effort) and
-    /// drop the connection without waiting for a reply.
-    CloseIdle(CloseFrame),
-    /// A close handshake we started did not finish in time: drop the connection.
-    Abandon,
+/// What the driver does after handing the session an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Write what the session produced and keep going.
+    Continue,
+    /// Write what the session produced (best effort), close the socket: the connection
+    /// ended for this reason.
+    Finish(CloseReason),
 }
 
-/// What the driver does after a read error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ErrorAction {
-    /// The connection is over; drop it.
-    End,
-    /// The peer broke the protocol: send this close frame, then drop the connection
-    /// without waiting for a reply ("fail the WebSocket connection", RFC 6455 7.1.7).
-    Close(CloseFrame),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent a close frame and wait for the peer's until the deadline.
+    Closing {
+        reason: CloseReason,
+        deadline: Instant,
+    },
 }
 
-/// One connection's state: its timers and how it is ending.
+/// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
-    policy: SessionPolicy,
+    decoder: Decoder,
+    state: State,
     last_activity: Instant,
     next_ping: Instant,
-    /// Set once the connection starts ending: the reason it will be counted under, and
-    /// (when we started a close handshake) how long we wait for the peer's reply.
-    ending: Option<(CloseReason, Option<Instant>)>,
 }
 
 impl Session {
-    pub fn new(policy: SessionPolicy, now: Instant) -> Self {
+    pub fn new(policy: &SessionPolicy, now: Instant) -> Self {
         Session {
-            policy,
+            decoder: Decoder::default(),
+            state: State::Open,
             last_activity: now,
             next_ping: now + policy.ping_interval,
-            ending: None,
         }
     }
 
     /// When the driver must call [`Session::on_timer`] if nothing else happens first.
-    pub fn deadline(&self) -> Instant {
-        match self.ending {
-            Some((_, Some(drain_deadline))) => drain_deadline,
-            _ => self.next_ping.min(self.last_activity + self.policy.idle_timeout),
+    pub fn deadline(&self, policy: &SessionPolicy) -> Instant {
+        match self.state {
+            State::Closing { deadline, .. } => deadline,
+            State::Open => self.next_ping.min(self.last_activity + policy.idle_timeout),
         }
     }
 
-    /// A message from the peer; returns the message to send back, if any.
-    pub fn on_message(&mut self, message: Message, now: Instant, metrics: &ServerMetrics) -> Option<Message> {
+    /// True until the session starts closing; only an open session heeds shutdown.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// True when the session holds no buffer (no partial frame, no fragments).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// Bytes from the peer; the answers go to `out`. `input` is unmasked in place.
+    pub fn on_bytes(
+        &mut self,
+        input: &mut [u8],
+        now: Instant,
+        policy: &SessionPolicy,
+        metrics: &ServerMetrics,
+        out: &mut Vec<u8>,
+    ) -> Flow {
         self.last_activity = now;
-        match message {
-            Message::Text(_) | Message::Binary(_) => {
-                metrics.messages_received.increment(1);
-                if self.ending.is_some() {
-                    return None;
+        let mut flow = Flow::Continue;
+        let state = self.state;
+        let decoded = self.decoder.feed(input, policy.max_message_size, |frame| {
+            match (frame, state) {
+                (Frame::Message { text, payload }, State::Open) => {
+                    metrics.messages_received.increment(1);
+                    metrics.messages_sent.increment(1);
+                    protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
                 }
-                metrics.messages_sent.increment(1);
-                Some(message)
+                (Frame::Message { .. }, State::Closing { .. }) => metrics.messages_received.increment(1),
+                (Frame::Ping(payload), State::Open) => protocol::encode(out, opcode::PONG, payload),
+                (Frame::Ping(_) | Frame::Pong, _) => {}
+                (Frame::Close(code), State::Open) => {
+                    // Echo the peer's code (RFC 6455 5.5.1); the server then closes TCP.
+                    match code {
+                        Some(code) => protocol::encode_close(out, code, ""),
+                        None => protocol::encode(out, opcode::CLOSE, &[]),
+                    }
+                    flow = Flow::Finish(CloseReason::ClientClose);
+                }
+                (Frame::Close(_), State::Closing { reason, .. }) => flow = Flow::Finish(reason),
             }
-            // tungstenite queues the pong and the close reply itself; the driver keeps
-            // reading so they are flushed and the close handshake completes cleanly.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-            Message::Close(_) => {
-                self.ending.get_or_insert((CloseReason::ClientClose, None));
-                None
+            flow == Flow::Continue
+        });
+        match decoded {
+            Ok(()) => flow,
+            Err(violation) => {
+                // Fail the connection (RFC 6455 7.1.7): say why, then close.
+                if self.state == State::Open {
+                    protocol::encode_close(out, violation.code, violation.reason);
+                }
+                Flow::Finish(CloseReason::Error)
             }
         }
     }
 
-    pub fn on_timer(&mut self, now: Instant) -> TimerAction {
-        if let Some((_, Some(drain_deadline))) = self.ending {
-            return if now >= drain_deadline {
-                TimerAction::Abandon
-            } else {
-                TimerAction::Nothing
+    /// The peer closed TCP (or reset it).
+    pub fn on_eof(&self) -> CloseReason {
+        match self.state {
+            // We asked to close and the peer hung up instead of answering: still ours.
+            State::Closing { reason, .. } => reason,
+            State::Open => CloseReason::Error,
+        }
+    }
+
+    /// The deadline passed: ping, reap a silent peer, or give up on a close handshake.
+    pub fn on_timer(&mut self, now: Instant, policy: &SessionPolicy, out: &mut Vec<u8>) -> Flow {
+        match self.state {
+            State::Closing { reason, deadline } => {
+                if now >= deadline {
+                    Flow::Finish(reason)
+                } else {
+                    Flow::Continue
+                }
+            }
+            State::Open if now >= self.last_activity + policy.idle_timeout => {
+                // Best effort: the peer is probably gone, so do not wait for it.
+                protocol::encode_close(out, close_code::NORMAL, "idle timeout");
+                Flow::Finish(CloseReason::IdleTimeout)
+            }
+            State::Open => {
+                if now >= self.next_ping {
+                    self.next_ping = now + policy.ping_interval;
+                    protocol::encode(out, opcode::PING, &[]);
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The server is shutting down: send 1001 and wait for the peer's close until the
+    /// drain timeout.
+    pub fn begin_shutdown(&mut self, now: Instant, policy: &SessionPolicy, out: &mut Vec<u8>) {
+        if self.state == State::Open {
+            protocol::encode_close(out, close_code::GOING_AWAY, "server shutting down");
+            self.state = State::Closing {
+                reason: CloseReason::Shutdown,
+                deadline: now + policy.drain_timeout,
             };
         }
-        if now >= self.last_activity + self.policy.idle_timeout {
-            self.ending = Some((CloseReason::IdleTimeout, None));
-            return TimerAction::CloseIdle(close_frame(CloseCode::Normal, "idle timeout"));
-        }
-        if now >= self.next_ping {
-            self.next_ping = now + self.policy.ping_interval;
-            return TimerAction::SendPing;
-        }
-        TimerAction::Nothing
-    }
-
-    /// The server is shutting down: returns the 1001 frame to send; the driver keeps
-    /// reading until the peer replies or [`Session::deadline`] passes.
-    pub fn begin_shutdown(&mut self, now: Instant) -> Option<CloseFrame> {
-        if self.ending.is_some() {
-            return None;
-        }
-        self.ending = Some((CloseReason::Shutdown, Some(now + self.policy.drain_timeout)));
-        Some(close_frame(CloseCode::Away, "server shutting down"))
-    }
-
-    /// A read or write failed. Close-handshake completions are ordinary ends; protocol
-    /// violations get the close code RFC 6455 names for them.
-    pub fn on_error(&mut self, error: &WsError, now: Instant) -> ErrorAction {
-        let close = match error {
-            WsError::ConnectionClosed | WsError::AlreadyClosed => {
-                self.ending.get_or_insert((CloseReason::Error, None));
-                return ErrorAction::End;
-            }
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => close_frame(CloseCode::Size, "message too big"),
-            WsError::Utf8(_) => close_frame(CloseCode::Invalid, "invalid UTF-8"),
-            // EOF without a close frame: nobody is left to tell.
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                self.ending.get_or_insert((CloseReason::Error, None));
-                return ErrorAction::End;
-            }
-            WsError::Protocol(_) => close_frame(CloseCode::Protocol, "protocol error"),
-            _ => {
-                self.ending = Some((CloseReason::Error, None));
-                return ErrorAction::End;
-            }
-        };
-        if self.ending.is_some() {
-            return ErrorAction::End;
-        }
-        self.ending = Some((CloseReason::Error, Some(now + self.policy.drain_timeout)));
-        ErrorAction::Close(close)
-    }
-
-    /// The reason this connection is counted under when it ends now.
-    pub fn close_reason(&self) -> CloseReason {
-        self.ending.map_or(CloseReason::Error, |(reason, _)| reason)
-    }
-
-    /// True once the connection is ending and no further echo is due.
-    pub fn is_ending(&self) -> bool {
-        self.ending.is_some()
-    }
-}
-
-fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.into(),
     }
 }
 
@@ -212,92 +211,134 @@ mod tests {
         ping_interval: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(25),
         drain_timeout: Duration::from_secs(3),
+        max_message_size: 1024,
     };
 
     fn metrics() -> ServerMetrics {
         ServerMetrics::register()
     }
 
+    /// A masked client frame.
+    fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        out.extend_from_slice(payload);
+        out
+    }
+
     #[test]
-    fn echoes_data_and_not_control_frames() {
+    fn echoes_messages_answers_pings_and_replies_to_close() {
         let metrics = metrics();
         let now = Instant::now();
-        let mut session = Session::new(POLICY, now);
+        let mut session = Session::new(&POLICY, now);
+        let mut out = Vec::new();
+        let mut input = client_frame(0x81, b"hi");
+        input.extend(client_frame(0x89, b"p"));
         assert_eq!(
-            session.on_message(Message::text("hi"), now, &metrics),
-            Some(Message::text("hi"))
+            session.on_bytes(&mut input, now, &POLICY, &metrics, &mut out),
+            Flow::Continue
         );
+        assert_eq!(out, [0x81, 2, b'h', b'i', 0x8A, 1, b'p']);
+        out.clear();
+        let mut close = client_frame(0x88, &[0x03, 0xE8]);
+        close.extend(client_frame(0x81, b"after close"));
         assert_eq!(
-            session.on_message(Message::binary(vec![1, 2]), now, &metrics),
-            Some(Message::binary(vec![1, 2]))
+            session.on_bytes(&mut close, now, &POLICY, &metrics, &mut out),
+            Flow::Finish(CloseReason::ClientClose)
         );
-        assert_eq!(session.on_message(Message::Ping(vec![1].into()), now, &metrics), None);
-        assert_eq!(session.on_message(Message::Close(None), now, &metrics), None);
-        assert_eq!(session.close_reason(), CloseReason::ClientClose);
-        assert_eq!(
-            session.on_message(Message::text("late"), now, &metrics),
-            None,
-            "no echo after close"
-        );
+        assert_eq!(out, [0x88, 2, 0x03, 0xE8], "the close is echoed and nothing after it");
     }
 
     #[test]
     fn pings_on_schedule_and_reaps_a_silent_peer() {
         let start = Instant::now();
-        let mut session = Session::new(POLICY, start);
-        assert_eq!(session.deadline(), start + POLICY.ping_interval);
-        assert_eq!(session.on_timer(start + Duration::from_secs(5)), TimerAction::Nothing);
-        assert_eq!(session.on_timer(start + Duration::from_secs(10)), TimerAction::SendPing);
-        assert_eq!(session.on_timer(start + Duration::from_secs(20)), TimerAction::SendPing);
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        assert_eq!(session.deadline(&POLICY), start + POLICY.ping_interval);
         assert_eq!(
-            session.deadline(),
+            session.on_timer(start + Duration::from_secs(5), &POLICY, &mut out),
+            Flow::Continue
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            session.on_timer(start + Duration::from_secs(10), &POLICY, &mut out),
+            Flow::Continue
+        );
+        assert_eq!(out, [0x89, 0], "a ping");
+        session.on_timer(start + Duration::from_secs(20), &POLICY, &mut out);
+        assert_eq!(
+            session.deadline(&POLICY),
             start + POLICY.idle_timeout,
             "idle deadline comes before the next ping"
         );
-        assert!(matches!(
-            session.on_timer(start + Duration::from_secs(25)),
-            TimerAction::CloseIdle(_)
-        ));
-        assert_eq!(session.close_reason(), CloseReason::IdleTimeout);
+        out.clear();
+        let flow = session.on_timer(start + Duration::from_secs(25), &POLICY, &mut out);
+        assert_eq!(flow, Flow::Finish(CloseReason::IdleTimeout));
+        assert_eq!(&out[..4], [0x88, 14, 0x03, 0xE8]);
     }
 
     #[test]
     fn traffic_postpones_the_idle_deadline() {
         let metrics = metrics();
         let start = Instant::now();
-        let mut session = Session::new(POLICY, start);
-        session.on_message(
-            Message::Pong(Vec::new().into()),
-            start + Duration::from_secs(20),
-            &metrics,
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        let mut pong = client_frame(0x8A, b"");
+        session.on_bytes(&mut pong, start + Duration::from_secs(20), &POLICY, &metrics, &mut out);
+        assert_eq!(
+            session.on_timer(start + Duration::from_secs(26), &POLICY, &mut out),
+            Flow::Continue
         );
-        assert_eq!(session.on_timer(start + Duration::from_secs(26)), TimerAction::SendPing);
-        assert!(!session.is_ending());
+        assert!(session.is_open());
     }
 
     #[test]
     fn shutdown_sends_1001_once_and_waits_the_drain_timeout() {
+        let metrics = metrics();
         let start = Instant::now();
-        let mut session = Session::new(POLICY, start);
-        let frame = session.begin_shutdown(start).unwrap();
-        assert_eq!(frame.code, CloseCode::Away);
-        assert_eq!(session.begin_shutdown(start), None);
-        assert_eq!(session.deadline(), start + POLICY.drain_timeout);
-        assert_eq!(session.on_timer(start + Duration::from_secs(1)), TimerAction::Nothing);
-        assert_eq!(session.on_timer(start + POLICY.drain_timeout), TimerAction::Abandon);
-        assert_eq!(session.on_error(&WsError::ConnectionClosed, start), ErrorAction::End);
-        assert_eq!(session.close_reason(), CloseReason::Shutdown);
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        session.begin_shutdown(start, &POLICY, &mut out);
+        assert_eq!(&out[..4], [0x88, 22, 0x03, 0xE9]);
+        out.clear();
+        session.begin_shutdown(start, &POLICY, &mut out);
+        assert!(out.is_empty(), "only once");
+        assert_eq!(session.deadline(&POLICY), start + POLICY.drain_timeout);
+        let mut message = client_frame(0x81, b"late");
+        assert_eq!(
+            session.on_bytes(&mut message, start, &POLICY, &metrics, &mut out),
+            Flow::Continue
+        );
+        assert!(out.is_empty(), "no echo while closing");
+        assert_eq!(
+            session.on_timer(start + Duration::from_secs(1), &POLICY, &mut out),
+            Flow::Continue
+        );
+        let mut close = client_frame(0x88, &[0x03, 0xE9]);
+        assert_eq!(
+            session.on_bytes(&mut close, start, &POLICY, &metrics, &mut out),
+            Flow::Finish(CloseReason::Shutdown)
+        );
+        let mut abandoned = Session::new(&POLICY, start);
+        abandoned.begin_shutdown(start, &POLICY, &mut out);
+        assert_eq!(
+            abandoned.on_timer(start + POLICY.drain_timeout, &POLICY, &mut out),
+            Flow::Finish(CloseReason::Shutdown)
+        );
+        assert_eq!(abandoned.on_eof(), CloseReason::Shutdown);
     }
 
     #[test]
-    fn oversized_messages_close_with_1009() {
+    fn violations_fail_the_connection_with_their_code() {
+        let metrics = metrics();
         let start = Instant::now();
-        let mut session = Session::new(POLICY, start);
-        let error = WsError::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 5 });
-        let ErrorAction::Close(frame) = session.on_error(&error, start) else {
-            panic!("no close frame")
-        };
-        assert_eq!(frame.code, CloseCode::Size);
-        assert_eq!(session.close_reason(), CloseReason::Error);
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        let mut too_big = vec![0x82, 0x80 | 126, 0x08, 0x00, 0, 0, 0, 0];
+        assert_eq!(
+            session.on_bytes(&mut too_big, start, &POLICY, &metrics, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[..4], [0x88, 17, 0x03, 0xF1], "1009");
+        assert_eq!(Session::new(&POLICY, start).on_eof(), CloseReason::Error);
     }
 }

@@ -6,6 +6,7 @@
 //! recorder, bind both listeners, print the bound addresses on stdout (one line, for
 //! scripts and tests that bind port 0), then run the chosen model until SIGINT/SIGTERM.
 
+pub mod connection;
 pub mod tasks;
 pub mod threads;
 
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{Mode, ServeConfig};
 use crate::limits::{self, Bound, Capacity};
@@ -25,13 +25,18 @@ use crate::session::{CloseReason, SessionPolicy};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
+/// Free read and write buffers kept for reuse (more are freed when given back).
+const BUFFERS_KEPT: usize = 64;
 
 /// Everything the connection path of either model reads; one per server.
 pub struct Shared {
     pub config: ServeConfig,
-    pub websocket: WebSocketConfig,
     pub policy: SessionPolicy,
     pub metrics: ServerMetrics,
+    /// Buffers lent to a connection for one read or write (see [`connection`]).
+    pub buffers: connection::BufferPool,
+    /// Most answers queued for a peer that is not reading before we stop reading it.
+    pub max_unsent: usize,
     pub max_connections: usize,
     /// One permit per WebSocket connection. A connection takes its permit when its
     /// upgrade is accepted (tasks) or before its thread is spawned (threads) and gives it
@@ -46,13 +51,16 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: ServeConfig, max_connections: usize) -> Self {
         Shared {
-            websocket: config.websocket_config(),
             policy: SessionPolicy {
                 ping_interval: config.ping_interval,
                 idle_timeout: config.idle_timeout,
                 drain_timeout: config.drain_timeout,
+                max_message_size: config.max_message_size,
             },
             metrics: ServerMetrics::register(),
+            buffers: connection::BufferPool::new(config.read_buffer_size, BUFFERS_KEPT),
+            // Room for one maximum-size answer (with its frame header) at least.
+            max_unsent: config.write_buffer_size.max(config.max_message_size + 14),
             max_connections,
             permits: Arc::new(Semaphore::new(max_connections)),
             active: AtomicUsize::new(0),
@@ -83,7 +91,7 @@ impl ConnectionCount for Shared {
 /// Proof that a session is running: created after the upgrade, dropped after its socket
 /// is closed. Keeps `active`, opened and closed counts true in both models.
 pub struct ConnectionGuard {
-    shared: Arc<Shared>,
+    pub shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -8,32 +8,32 @@
 //! (axum's `WebSocketUpgrade::on_upgrade` would spawn a second, untracked one), and every
 //! task is in a `TaskTracker`, so shutdown can wait for them all.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::Instrument;
-use tungstenite::Message;
-use tungstenite::protocol::Role;
 
+use super::connection::{Connection, Next};
 use super::{AcceptBackoff, ConnectionGuard, Shared, is_per_connection_accept_error, shutdown_signal};
 use crate::handshake::{self, Refusal};
 use crate::metrics::{self, RejectReason, Sampler};
-use crate::session::{CloseReason, ErrorAction, Session, TimerAction};
+use crate::session::CloseReason;
 
 /// How long shutdown waits past the drain timeout for tasks to notice it and return.
 const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -98,8 +98,13 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                let task = connection(stream, peer, app.clone(), shared.clone(), shutdown.clone());
-                tracker.spawn(task.instrument(tracing::debug_span!("conn", %peer)));
+                tracker.spawn(ConnectionTask::new(
+                    stream,
+                    peer,
+                    app.clone(),
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(error) if is_per_connection_accept_error(&error) => {}
             Err(error) => {
@@ -139,14 +144,75 @@ type UpgradeSlot = Arc<Mutex<Option<PendingUpgrade>>>;
 #[derive(Clone, Copy)]
 struct AcceptedAt(Instant);
 
-/// One TCP connection, from accept to close: HTTP until an upgrade, then the session.
-async fn connection(
+pin_project_lite::pin_project! {
+    /// One TCP connection, from accept to close: HTTP until an upgrade, then the session,
+    /// in this one task. Written as a state machine rather than an `async fn` so a held
+    /// connection's task is only as big as its session: the HTTP phase is a boxed future,
+    /// freed at the upgrade.
+    struct ConnectionTask {
+        http: Option<Pin<Box<dyn Future<Output = Option<Upgrade>> + Send>>>,
+        shared: Arc<Shared>,
+        shutdown: Option<CancellationToken>,
+        #[pin]
+        session: Option<SessionTask>,
+    }
+}
+
+impl ConnectionTask {
+    fn new(stream: TcpStream, peer: SocketAddr, app: Router, shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
+        let http = {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            async move { serve_http(stream, peer, app, &shared, &shutdown).await }
+                .instrument(tracing::debug_span!("conn", %peer))
+        };
+        ConnectionTask {
+            http: Some(Box::pin(http)),
+            shared,
+            shutdown: Some(shutdown),
+            session: None,
+        }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(http) = this.http.as_mut() {
+            let upgrade = std::task::ready!(http.as_mut().poll(cx));
+            *this.http = None;
+            let (Some(upgrade), Some(shutdown)) = (upgrade, this.shutdown.take()) else {
+                return Poll::Ready(());
+            };
+            this.session
+                .set(Some(SessionTask::new(upgrade, this.shared.clone(), shutdown)));
+        }
+        match this.session.as_pin_mut() {
+            Some(session) => session.poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+/// A connection the HTTP phase upgraded: the bare socket, the bytes that came with the
+/// request, and the connection's permit.
+struct Upgrade {
+    stream: TcpStream,
+    early: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Serves HTTP/1 with the axum router until the request is answered (a refusal: None)
+/// or upgraded.
+async fn serve_http(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Upgrade> {
     let accepted_at = Instant::now();
     let slot: UpgradeSlot = Arc::default();
     let service = app.map_request({
@@ -157,55 +223,62 @@ async fn connection(
             request
         }
     });
-    // Boxed: hyper's connection state is freed after the upgrade instead of sizing every
-    // session's task for it.
-    let http = Box::pin(
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(shared.config.handshake_timeout)
-            // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
-            // upgrade`; every refusal carries `Connection: close` instead.
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            )
-            .with_upgrades(),
-    );
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout)
+        // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
+        // upgrade`; every refusal carries `Connection: close` instead.
+        .serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        )
+        .with_upgrades();
     let served = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => return None,
         served = tokio::time::timeout(shared.config.handshake_timeout, http) => served,
     };
     match served {
-        Err(_elapsed) => return shared.reject(RejectReason::HandshakeTimeout),
+        Err(_elapsed) => {
+            shared.reject(RejectReason::HandshakeTimeout);
+            return None;
+        }
         Ok(Err(error)) if error.is_timeout() => {
-            return shared.reject(RejectReason::HandshakeTimeout);
+            shared.reject(RejectReason::HandshakeTimeout);
+            return None;
         }
         // Not HTTP at all: hyper has answered 400 itself.
         Ok(Err(error)) if error.is_parse() || error.is_parse_too_large() => {
-            return shared.reject(RejectReason::BadRequest);
+            shared.reject(RejectReason::BadRequest);
+            return None;
         }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "HTTP connection failed");
-            return;
+            return None;
         }
         Ok(Ok(())) => {}
     }
-    let Some(pending) = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() else {
-        return; // a plain HTTP request, already answered
-    };
-    drop(slot);
+    // None: a plain HTTP request, already answered.
+    let pending = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
     let upgraded = match pending.on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(error) => {
             tracing::debug!(%peer, %error, "upgrade failed after 101");
-            return;
+            return None;
         }
     };
-    let websocket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(shared.websocket)).await;
-    let guard = ConnectionGuard::open(shared.clone(), pending.permit);
-    let reason = run_session(websocket, &shared, &shutdown).await;
-    guard.close(reason);
+    // Back to the bare socket (and any bytes hyper read past the request): the session
+    // reads only when the socket is readable, into a pooled buffer.
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::warn!(%peer, "upgraded connection is not a TcpStream");
+        return None;
+    };
+    // Copy the early bytes out: hyper's `read_buf` shares its 8 KiB read buffer, which
+    // would otherwise live as long as the connection.
+    Some(Upgrade {
+        stream: parts.io.into_inner(),
+        early: parts.read_buf.to_vec(),
+        permit: pending.permit,
+    })
 }
 
 /// GET /ws: the shared handshake check, then capacity, then 101.
@@ -250,72 +323,108 @@ fn refuse(shared: &Shared, refusal: Refusal) -> Response {
     refusal.response().map(Body::from)
 }
 
-/// The session loop: whichever comes first of a message, the session's deadline
-/// (ping, idle timeout, drain) or shutdown; the [`Session`] decides what to do.
-async fn run_session<S>(mut websocket: WebSocketStream<S>, shared: &Shared, shutdown: &CancellationToken) -> CloseReason
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut session = Session::new(shared.policy, Instant::now());
-    let timer = tokio::time::sleep_until(session.deadline().into());
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if !session.is_ending() => {
-                if let Some(frame) = session.begin_shutdown(Instant::now())
-                    && websocket.close(Some(frame)).await.is_err()
-                {
-                    break;
-                }
-            }
-            message = websocket.next() => match message {
-                Some(Ok(message)) => {
-                    if let Some(reply) = session.on_message(message, Instant::now(), &shared.metrics)
-                        && let Err(error) = websocket.send(reply).await
-                    {
-                        fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
-                        break;
-                    }
-                }
-                Some(Err(error)) => {
-                    fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
-                    break;
-                }
-                None => break,
-            },
-            () = &mut timer => match session.on_timer(Instant::now()) {
-                TimerAction::Nothing => {}
-                TimerAction::SendPing => {
-                    if let Err(error) = websocket.send(Message::Ping(Default::default())).await {
-                        fail(&mut websocket, &mut session, &error, shared.policy.drain_timeout).await;
-                        break;
-                    }
-                }
-                TimerAction::CloseIdle(frame) => {
-                    // Best effort: the peer is probably gone, so do not wait on it.
-                    let _ = tokio::time::timeout(shared.policy.drain_timeout, websocket.close(Some(frame))).await;
-                    break;
-                }
-                TimerAction::Abandon => break,
-            },
-        }
-        timer.as_mut().reset(session.deadline().into());
+pin_project_lite::pin_project! {
+    /// A held connection: its socket, its [`Connection`], its timer and its shutdown
+    /// signal, and nothing else. It waits for readiness with `poll_read_ready` /
+    /// `poll_write_ready` (whose wakers live in the socket's registration), the session's
+    /// deadline (ping, idle timeout, drain) and shutdown, and hands each event to the
+    /// shared [`Connection`] code.
+    struct SessionTask {
+        stream: TcpStream,
+        connection: Connection,
+        // Counts the connection open while it exists; closed with the reason at the end.
+        guard: Option<ConnectionGuard>,
+        #[pin]
+        timer: tokio::time::Sleep,
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
     }
-    session.close_reason()
 }
 
-/// After an error the connection is over; first send the close frame the session asks
-/// for (best effort, bounded by the drain timeout).
-async fn fail<S>(
-    websocket: &mut WebSocketStream<S>,
-    session: &mut Session,
-    error: &tungstenite::Error,
-    drain_timeout: std::time::Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let ErrorAction::Close(frame) = session.on_error(error, Instant::now()) {
-        let _ = tokio::time::timeout(drain_timeout, websocket.close(Some(frame))).await;
+impl SessionTask {
+    fn new(upgrade: Upgrade, shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
+        let mut connection = Connection::new(&shared);
+        let next = connection.on_early_bytes(&upgrade.stream, &shared, upgrade.early);
+        let timer = tokio::time::sleep_until(connection.deadline(&shared).into());
+        let guard = ConnectionGuard::open(shared, upgrade.permit);
+        let guard = match next {
+            Next::Continue => Some(guard),
+            Next::Closed(reason) => {
+                guard.close(reason);
+                None
+            }
+        };
+        SessionTask {
+            stream: upgrade.stream,
+            connection,
+            guard,
+            timer,
+            shutdown: shutdown.cancelled_owned(),
+        }
+    }
+}
+
+impl Future for SessionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(guard) = this.guard.as_ref() else {
+            return Poll::Ready(());
+        };
+        let shared = &guard.shared;
+        let (stream, connection) = (&*this.stream, &mut *this.connection);
+        let mut handled = false;
+        let mut next = Next::Continue;
+        if connection.heeds_shutdown() && this.shutdown.as_mut().poll(cx).is_ready() {
+            next = connection.on_shutdown(stream, shared);
+            handled = true;
+        }
+        if next == Next::Continue && connection.wants_write() {
+            match stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    next = connection.on_writable(stream);
+                    handled = true;
+                }
+                Poll::Ready(Err(_)) => next = Next::Closed(CloseReason::Error),
+                Poll::Pending => {}
+            }
+        }
+        if next == Next::Continue && connection.wants_read(shared) {
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    next = connection.on_readable(stream, shared);
+                    handled = true;
+                }
+                Poll::Ready(Err(_)) => next = Next::Closed(CloseReason::Error),
+                Poll::Pending => {}
+            }
+        }
+        let timer_fired = next == Next::Continue && this.timer.as_mut().poll(cx).is_ready();
+        if timer_fired {
+            next = connection.on_timer(stream, shared);
+        }
+        if let Next::Closed(reason) = next {
+            if let Some(guard) = this.guard.take() {
+                guard.close(reason);
+            }
+            return Poll::Ready(());
+        }
+        let mut deadline = tokio::time::Instant::from_std(connection.deadline(shared));
+        if timer_fired && deadline <= this.timer.deadline() {
+            // The timer fired but nothing was due yet by the session's clock: wait a
+            // tick more rather than fire again at once.
+            deadline = this.timer.deadline() + std::time::Duration::from_millis(1);
+        }
+        if this.timer.deadline() != deadline {
+            this.timer.as_mut().reset(deadline);
+            handled = true;
+        }
+        if handled {
+            // Poll again (soon, after other tasks) so every source registers this task's
+            // waker against the state the event left behind.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 }

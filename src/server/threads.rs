@@ -2,11 +2,11 @@
 //!
 //! A blocking accept loop on the main thread hands each connection to a new named
 //! std::thread with the configured stack size. The thread reads the upgrade request,
-//! answers it, and runs the session with tungstenite over the socket, blocking in
-//! poll(2) between frames: on its socket, and on a shutdown pipe that every thread
-//! watches, so SIGTERM reaches each of them at once without any per-connection timer
-//! thread. The socket is non-blocking so the thread can drain every buffered frame and
-//! then sleep in poll; the session code is the same [`Session`] tasks mode drives.
+//! answers it, and runs the session, blocking in poll(2) between frames: on its socket,
+//! and on a shutdown pipe that every thread watches, so SIGTERM reaches each of them at
+//! once without any per-connection timer thread. The socket is non-blocking so a wake-up
+//! reads everything there is; what happens to the bytes is the same
+//! [`Connection`] code tasks mode runs.
 //!
 //! One extra thread, `wsscale-metrics`, runs a current-thread Tokio runtime for /metrics,
 //! the signal handler and the 503 answers to clients beyond the cap (they must not cost
@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
-use tungstenite::protocol::Role;
-use tungstenite::{Message, WebSocket};
 
+use super::connection::{Connection, Next};
 use super::{AcceptBackoff, ConnectionGuard, Shared, is_per_connection_accept_error, shutdown_signal};
 use crate::handshake::{self, Accepted, Head, Refusal};
 use crate::metrics::{self, RejectReason, Sampler};
-use crate::session::{CloseReason, ErrorAction, Session, TimerAction};
+use crate::session::CloseReason;
 
 /// Connection threads' name (the kernel keeps 15 bytes).
 const THREAD_NAME: &str = "wsscale-conn";
@@ -161,7 +160,7 @@ fn run(
     let live = Arc::new(LiveThreads::default());
     let mut backoff = AcceptBackoff::new();
     'accept: loop {
-        let ready = poll(listener.as_raw_fd(), false, Some(shutdown.fd()), None)?;
+        let ready = poll(listener.as_raw_fd(), true, false, Some(shutdown.fd()), None)?;
         if ready.shutdown {
             break;
         }
@@ -176,7 +175,7 @@ fn run(
                 Err(error) => {
                     let pause = backoff.next_pause();
                     tracing::warn!(%error, ?pause, "accept failed; backing off");
-                    if poll(shutdown.fd(), false, None, Some(pause))?.readable {
+                    if poll(shutdown.fd(), true, false, None, Some(pause))?.readable {
                         break 'accept;
                     }
                     break;
@@ -274,9 +273,8 @@ fn connection(
         tracing::warn!(%error, "cannot make the socket non-blocking");
         return;
     }
-    let websocket = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.websocket));
     let guard = ConnectionGuard::open(shared.clone(), permit);
-    let reason = run_session(websocket, shared, shutdown);
+    let reason = run_session(stream, leftover, shared, shutdown);
     guard.close(reason);
 }
 
@@ -353,93 +351,46 @@ async fn refuse_on_runtime(stream: TcpStream, shared: Arc<Shared>, reason: Rejec
     let _ = stream.write_all(&handshake::to_http1_bytes(&refusal.response())).await;
 }
 
-/// The session loop: read every frame the socket has, act on the session's deadline,
-/// then sleep in poll(2) until the socket, the shutdown pipe or the deadline wakes us.
-fn run_session(mut websocket: WebSocket<TcpStream>, shared: &Shared, shutdown: &Shutdown) -> CloseReason {
-    let mut session = Session::new(shared.policy, Instant::now());
-    let socket = websocket.get_ref().as_raw_fd();
-    // Set when a write met a full socket buffer; tungstenite keeps the bytes and
-    // `flush` sends them once poll says the socket is writable.
-    let mut want_write = false;
-    loop {
-        loop {
-            match websocket.read() {
-                Ok(message) => {
-                    if let Some(reply) = session.on_message(message, Instant::now(), &shared.metrics) {
-                        match write_outcome(websocket.send(reply), &mut session) {
-                            Ok(blocked) => want_write |= blocked,
-                            Err(()) => return session.close_reason(),
-                        }
-                    }
-                }
-                Err(error) if is_would_block(&error) => break,
-                Err(error) => {
-                    if let ErrorAction::Close(frame) = session.on_error(&error, Instant::now()) {
-                        // Best effort, then drop: the peer broke the protocol.
-                        let _ = websocket.close(Some(frame));
-                        let _ = websocket.flush();
-                    }
-                    return session.close_reason();
-                }
-            }
-        }
-        match session.on_timer(Instant::now()) {
-            TimerAction::Nothing => {}
-            TimerAction::SendPing => {
-                match write_outcome(websocket.send(Message::Ping(Default::default())), &mut session) {
-                    Ok(blocked) => want_write |= blocked,
-                    Err(()) => return session.close_reason(),
-                }
-            }
-            TimerAction::CloseIdle(frame) => {
-                // Best effort: the peer is probably gone, so do not wait on it.
-                let _ = websocket.close(Some(frame));
-                return session.close_reason();
-            }
-            TimerAction::Abandon => return session.close_reason(),
-        }
-        let watch_shutdown = (!session.is_ending()).then(|| shutdown.fd());
-        let timeout = session.deadline().saturating_duration_since(Instant::now());
-        let ready = match poll(socket, want_write, watch_shutdown, Some(timeout)) {
+/// The session loop: sleep in poll(2) until the socket (readable, or writable while a
+/// slow peer has answers waiting), the shutdown pipe or the session's deadline wakes us,
+/// then let the shared [`Connection`] do the rest. The socket is closed on return.
+fn run_session(stream: TcpStream, early: Vec<u8>, shared: &Shared, shutdown: &Shutdown) -> CloseReason {
+    let mut connection = Connection::new(shared);
+    let mut next = connection.on_early_bytes(&stream, shared, early);
+    let socket = stream.as_raw_fd();
+    while next == Next::Continue {
+        let watch_shutdown = connection.heeds_shutdown().then(|| shutdown.fd());
+        let timeout = connection.deadline(shared).saturating_duration_since(Instant::now());
+        let ready = match poll(
+            socket,
+            connection.wants_read(shared),
+            connection.wants_write(),
+            watch_shutdown,
+            Some(timeout),
+        ) {
             Ok(ready) => ready,
             Err(error) => {
                 tracing::warn!(%error, "poll failed");
                 return CloseReason::Error;
             }
         };
-        if ready.shutdown
-            && let Some(frame) = session.begin_shutdown(Instant::now())
-        {
-            match write_outcome(websocket.close(Some(frame)), &mut session) {
-                Ok(blocked) => want_write |= blocked,
-                Err(()) => return session.close_reason(),
-            }
+        if ready.shutdown {
+            next = connection.on_shutdown(&stream, shared);
         }
-        if want_write && ready.writable {
-            match write_outcome(websocket.flush(), &mut session) {
-                Ok(blocked) => want_write = blocked,
-                Err(()) => return session.close_reason(),
-            }
+        if next == Next::Continue && ready.writable {
+            next = connection.on_writable(&stream);
+        }
+        if next == Next::Continue && ready.readable {
+            next = connection.on_readable(&stream, shared);
+        }
+        if next == Next::Continue && Instant::now() >= connection.deadline(shared) {
+            next = connection.on_timer(&stream, shared);
         }
     }
-}
-
-/// Ok(true) when the write is parked in tungstenite's buffer waiting for the socket;
-/// Err(()) when the connection is over.
-fn write_outcome(result: tungstenite::Result<()>, session: &mut Session) -> Result<bool, ()> {
-    match result {
-        Ok(()) => Ok(false),
-        Err(error) if is_would_block(&error) => Ok(true),
-        Err(error) => match session.on_error(&error, Instant::now()) {
-            ErrorAction::End => Err(()),
-            // A write error that asks for a close frame cannot send one.
-            ErrorAction::Close(_) => Err(()),
-        },
+    match next {
+        Next::Closed(reason) => reason,
+        Next::Continue => unreachable!("the loop runs until the connection closes"),
     }
-}
-
-fn is_would_block(error: &tungstenite::Error) -> bool {
-    matches!(error, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// What poll(2) reported.
@@ -452,10 +403,16 @@ struct Ready {
     shutdown: bool,
 }
 
-/// Blocks until `fd` is readable (or writable, when asked), `shutdown_fd` is readable,
-/// or `timeout` passes (never, with `None`). EINTR returns an empty [`Ready`].
-fn poll(fd: RawFd, want_write: bool, shutdown_fd: Option<RawFd>, timeout: Option<Duration>) -> io::Result<Ready> {
-    let events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
+/// Blocks until `fd` is readable (when asked) or writable (when asked), `shutdown_fd` is
+/// readable, or `timeout` passes (never, with `None`). EINTR returns an empty [`Ready`].
+fn poll(
+    fd: RawFd,
+    want_read: bool,
+    want_write: bool,
+    shutdown_fd: Option<RawFd>,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    let events = if want_read { libc::POLLIN } else { 0 } | if want_write { libc::POLLOUT } else { 0 };
     let mut fds = [
         libc::pollfd { fd, events, revents: 0 },
         libc::pollfd {

@@ -1,0 +1,268 @@
+//! The IO of one WebSocket connection, shared by both execution models: read what the
+//! socket has into a pooled buffer, hand it to the [`Session`], write the answers. Each
+//! model only decides *when* to call in — Tokio readiness in tasks mode, poll(2) in
+//! threads mode — so both move the same bytes through the same code.
+//!
+//! Buffers are borrowed from a [`BufferPool`] for the length of one read or write and
+//! given back, so an idle connection holds none: the only per-connection bytes are its
+//! [`Connection`] (and, while a peer is not reading, the answers it has not taken yet).
+
+use std::io;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::Shared;
+use crate::session::{CloseReason, Flow, Session};
+
+/// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
+/// others on its worker; the rest is read on the next wake-up.
+const READ_BUDGET: usize = 256 * 1024;
+/// Output buffers bigger than this are freed rather than pooled.
+const POOLED_OUTPUT_CAPACITY: usize = 64 * 1024;
+
+/// A non-blocking socket: Tokio's `TcpStream` (tasks) or std's in non-blocking mode
+/// (threads).
+pub trait Socket {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Sends FIN: the server closes first once the close handshake is done.
+    fn shutdown_write(&self);
+}
+
+impl Socket for tokio::net::TcpStream {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_read(self, buf)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write(self, buf)
+    }
+
+    fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut &*self, buf)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        io::Write::write(&mut &*self, buf)
+    }
+
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Free read buffers (each `read_size` long) and free output buffers (empty).
+type FreeBuffers = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Read and write buffers lent to connections for the length of one wake-up. In tasks
+/// mode at most one per worker is in use; in threads mode one per thread that is reading
+/// at that moment.
+pub struct BufferPool {
+    read_size: usize,
+    free: Mutex<FreeBuffers>,
+    /// How many of each kind the pool keeps; more are freed.
+    keep: usize,
+}
+
+impl BufferPool {
+    pub fn new(read_size: usize, keep: usize) -> Self {
+        BufferPool {
+            read_size,
+            free: Mutex::new((Vec::new(), Vec::new())),
+            keep,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FreeBuffers> {
+        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self) -> (Vec<u8>, Vec<u8>) {
+        let (read, output) = {
+            let mut free = self.lock();
+            (free.0.pop(), free.1.pop())
+        };
+        (
+            read.unwrap_or_else(|| vec![0; self.read_size]),
+            output.unwrap_or_default(),
+        )
+    }
+
+    fn give(&self, read: Vec<u8>, mut output: Vec<u8>) {
+        output.clear();
+        let mut free = self.lock();
+        if free.0.len() < self.keep {
+            free.0.push(read);
+        }
+        if free.1.len() < self.keep && output.capacity() <= POOLED_OUTPUT_CAPACITY {
+            free.1.push(output);
+        }
+    }
+}
+
+/// One connection: its session, and the answers a slow peer has not taken yet.
+pub struct Connection {
+    session: Session,
+    /// Bytes produced but not yet accepted by the socket; empty (no allocation) unless
+    /// the peer is not reading.
+    unsent: Vec<u8>,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// The socket has been shut down for writing; drop it and count the connection closed.
+    Closed(CloseReason),
+}
+
+impl Connection {
+    pub fn new(shared: &Shared) -> Self {
+        Connection {
+            session: Session::new(&shared.policy, Instant::now()),
+            unsent: Vec::new(),
+        }
+    }
+
+    /// The session's next deadline (ping, idle timeout or drain).
+    pub fn deadline(&self, shared: &Shared) -> Instant {
+        self.session.deadline(&shared.policy)
+    }
+
+    /// Whether the driver should wait for the shutdown signal.
+    pub fn heeds_shutdown(&self) -> bool {
+        self.session.is_open()
+    }
+
+    /// Whether the driver should wait for writability.
+    pub fn wants_write(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    /// Whether the driver should read: not while a peer that does not read has a full
+    /// queue of answers waiting.
+    pub fn wants_read(&self, shared: &Shared) -> bool {
+        self.unsent.len() < shared.max_unsent
+    }
+
+    /// Bytes that arrived with the upgrade request, before the driver's first read.
+    pub fn on_early_bytes(&mut self, socket: &impl Socket, shared: &Shared, mut bytes: Vec<u8>) -> Next {
+        if bytes.is_empty() {
+            return Next::Continue;
+        }
+        let (read, mut output) = shared.buffers.take();
+        let flow = self
+            .session
+            .on_bytes(&mut bytes, Instant::now(), &shared.policy, &shared.metrics, &mut output);
+        self.finish_wake(socket, shared, flow, read, output)
+    }
+
+    /// The socket is readable: read until it would block (or the budget is spent).
+    pub fn on_readable(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+        let (mut read, mut output) = shared.buffers.take();
+        let mut budget = READ_BUDGET;
+        let flow = loop {
+            match socket.try_read(&mut read) {
+                Ok(0) => break Flow::Finish(self.session.on_eof()),
+                Ok(n) => {
+                    let now = Instant::now();
+                    let flow = self
+                        .session
+                        .on_bytes(&mut read[..n], now, &shared.policy, &shared.metrics, &mut output);
+                    budget = budget.saturating_sub(n);
+                    if flow != Flow::Continue || budget == 0 || !self.wants_read(shared) {
+                        break flow;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Flow::Continue,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break Flow::Finish(self.session.on_eof()),
+            }
+        };
+        self.finish_wake(socket, shared, flow, read, output)
+    }
+
+    /// The socket is writable again: send what was waiting.
+    pub fn on_writable(&mut self, socket: &impl Socket) -> Next {
+        match write_some(socket, &self.unsent) {
+            Ok(written) if written == self.unsent.len() => {
+                // Keep no capacity once the peer has caught up.
+                self.unsent = Vec::new();
+                Next::Continue
+            }
+            Ok(written) => {
+                self.unsent.drain(..written);
+                Next::Continue
+            }
+            Err(_) => Next::Closed(CloseReason::Error),
+        }
+    }
+
+    /// The session's deadline passed.
+    pub fn on_timer(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+        let (read, mut output) = shared.buffers.take();
+        let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut output);
+        self.finish_wake(socket, shared, flow, read, output)
+    }
+
+    /// The server is shutting down.
+    pub fn on_shutdown(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+        let (read, mut output) = shared.buffers.take();
+        self.session.begin_shutdown(Instant::now(), &shared.policy, &mut output);
+        self.finish_wake(socket, shared, Flow::Continue, read, output)
+    }
+
+    /// Sends what the session produced, gives the buffers back, and closes the socket if
+    /// the session is finished.
+    fn finish_wake(
+        &mut self,
+        socket: &impl Socket,
+        shared: &Shared,
+        flow: Flow,
+        read: Vec<u8>,
+        output: Vec<u8>,
+    ) -> Next {
+        let mut next = Next::Continue;
+        if !output.is_empty() {
+            if self.unsent.is_empty() {
+                match write_some(socket, &output) {
+                    Ok(written) => self.unsent.extend_from_slice(&output[written..]),
+                    Err(_) => next = Next::Closed(CloseReason::Error),
+                }
+            } else {
+                self.unsent.extend_from_slice(&output);
+            }
+        }
+        shared.buffers.give(read, output);
+        if let Flow::Finish(reason) = flow {
+            // Best effort for what is still queued: the connection is over either way.
+            if !self.unsent.is_empty() {
+                let _ = write_some(socket, &self.unsent);
+            }
+            socket.shutdown_write();
+            return Next::Closed(reason);
+        }
+        next
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(socket: &impl Socket, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match socket.try_write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(written)
+}
