@@ -41,12 +41,13 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The client's WebSocket buffers, sized for idle connections: a 1 KiB read chunk,
-    /// frames written straight through.
+    /// The client's WebSocket buffers, sized for idle connections: a 256-byte read chunk
+    /// (pongs and echoes of small messages fit; larger frames grow it as needed), frames
+    /// written straight through.
     pub fn websocket_config(message_size: usize) -> WebSocketConfig {
         let max = (message_size * 2).max(64 * 1024);
         WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_write_buffer_size(max * 2)
             .max_message_size(Some(max))
@@ -68,7 +69,7 @@ pub async fn run(
 ) {
     // Boxed: the handshake's state is freed once open, instead of sizing every held
     // connection's task for it.
-    let websocket = match Box::pin(open(&settings, source, &stats)).await {
+    let mut websocket = match Box::pin(open(&settings, source, &stats)).await {
         Ok(websocket) => websocket,
         Err(cause) => {
             stats.record_failure(cause);
@@ -77,7 +78,8 @@ pub async fn run(
     };
     drop(permit);
     drop(attempted);
-    hold(websocket, &settings, ping_phase, &stats, &release).await;
+    // By reference: moved into `hold`, the stream would take room twice in the task.
+    hold(&mut websocket, &settings, ping_phase, &stats, &release).await;
 }
 
 async fn open(
@@ -193,7 +195,7 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<
 }
 
 async fn hold(
-    mut websocket: WebSocketStream<TcpStream>,
+    websocket: &mut WebSocketStream<TcpStream>,
     settings: &ClientSettings,
     ping_phase: Duration,
     stats: &Stats,
@@ -206,11 +208,16 @@ async fn hold(
     let mut next_message = settings
         .message_interval
         .map_or(far_future, |interval| Instant::now() + interval);
+    // One timer for both schedules, reset rather than rebuilt: every held connection's
+    // task carries it.
+    let timer = tokio::time::sleep_until(next_ping.min(next_message).into());
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
             _ = release.cancelled() => {
-                let clean = close(&mut websocket).await;
+                // Boxed, like every rare path below: its state would otherwise size the task.
+                let clean = Box::pin(close(websocket)).await;
                 stats.record_closed(clean);
                 return;
             }
@@ -227,27 +234,34 @@ async fn hold(
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map_or_else(|| "close_none".to_owned(), |frame| format!("close_{}", u16::from(frame.code)));
                     // Answer the close so the server sees a clean end.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = websocket.next().await {} }).await;
+                    let drain = async { while let Some(Ok(_)) = websocket.next().await {} };
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, drain)).await;
                     return stats.record_lost(code);
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => return stats.record_lost(ws_cause(&error)),
                 None => return stats.record_lost("eof".to_owned()),
             },
-            () = tokio::time::sleep_until(next_ping.into()) => {
-                // The payload is the time the ping was due, not the time it left: a late
-                // send counts against the round trip (no coordinated omission).
-                let due = (next_ping - settings.epoch).as_nanos() as u64;
-                next_ping += settings.ping_interval.unwrap_or_default();
-                if let Err(error) = websocket.send(Message::Ping(due.to_be_bytes().to_vec().into())).await {
-                    return stats.record_lost(ws_cause(&error));
+            () = &mut timer => {
+                let now = Instant::now();
+                let mut outgoing = Vec::with_capacity(2);
+                if now >= next_ping {
+                    // The payload is the time the ping was due, not the time it left: a
+                    // late send counts against the round trip (no coordinated omission).
+                    let due = (next_ping - settings.epoch).as_nanos() as u64;
+                    next_ping += settings.ping_interval.unwrap_or_default();
+                    outgoing.push(Message::Ping(due.to_be_bytes().to_vec().into()));
                 }
-            }
-            () = tokio::time::sleep_until(next_message.into()) => {
-                next_message += settings.message_interval.unwrap_or_default();
-                if let Err(error) = websocket.send(Message::binary(vec![0x5a; settings.message_size])).await {
-                    return stats.record_lost(ws_cause(&error));
+                if now >= next_message {
+                    next_message += settings.message_interval.unwrap_or_default();
+                    outgoing.push(Message::binary(vec![0x5a; settings.message_size]));
                 }
+                for message in outgoing {
+                    if let Err(error) = Box::pin(websocket.send(message)).await {
+                        return stats.record_lost(ws_cause(&error));
+                    }
+                }
+                timer.as_mut().reset(next_ping.min(next_message).into());
             }
         }
     }
