@@ -4,9 +4,11 @@
 //! The task serves the HTTP request with hyper and axum; when the handler accepts an
 //! upgrade it leaves the `OnUpgrade` and the connection permit in a per-connection slot,
 //! hyper's connection future resolves after the 101 is written, and the same task then
-//! runs the WebSocket session. No task is spawned per connection other than this one
-//! (axum's `WebSocketUpgrade::on_upgrade` would spawn a second, untracked one), and every
-//! task is in a `TaskTracker`, so shutdown can wait for them all.
+//! takes the bare socket back and runs the WebSocket session as a [`SessionTask`]: a
+//! hand-written future that holds the socket, the session, a timer and the shutdown
+//! signal, and no buffer. No task is spawned per connection other than this one (axum's
+//! `WebSocketUpgrade::on_upgrade` would spawn a second, untracked one), and every task is
+//! in a `TaskTracker`, so shutdown can wait for them all.
 
 use std::future::Future;
 use std::net::SocketAddr;
