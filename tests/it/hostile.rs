@@ -6,13 +6,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use wsscale::child::ServeChild;
 
-use crate::support::{TestServer, http_get};
+use crate::support::{TestServer, assert_all_echo, assert_echo, http_get};
 
 crate::both_modes!(
     slowloris_clients_are_cut_at_the_handshake_timeout,
@@ -54,12 +52,7 @@ async fn slowloris_clients_are_cut_at_the_handshake_timeout(mode: &'static str) 
         .collect();
     // Meanwhile, ordinary clients connect and echo as usual.
     for i in 0..20 {
-        let mut client = server.connect().await;
-        client.send(Message::text(format!("normal {i}"))).await.unwrap();
-        assert_eq!(
-            client.next().await.unwrap().unwrap(),
-            Message::text(format!("normal {i}"))
-        );
+        assert_echo(&mut server.connect().await, &format!("normal {i}")).await;
     }
     for task in slow {
         let lasted = task.await.unwrap();
@@ -186,8 +179,7 @@ async fn malformed_frames_get_their_close_codes(mode: &'static str) {
     );
     // Everyone else is still served.
     let mut client = server.connect().await;
-    client.send(Message::text("fine")).await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("fine"));
+    assert_echo(&mut client, "fine").await;
     let metrics = server
         .wait_for_metric(
             "wsscale_connections_closed_total",
@@ -227,13 +219,7 @@ async fn a_flood_past_capacity_gets_only_503s(mode: &'static str) {
         table.contains("http_503=300"),
         "every extra client gets a 503 and nothing else:\n{table}"
     );
-    for (i, client) in held.iter_mut().enumerate() {
-        client.send(Message::text(format!("held {i}"))).await.unwrap();
-        assert_eq!(
-            client.next().await.unwrap().unwrap(),
-            Message::text(format!("held {i}"))
-        );
-    }
+    assert_all_echo(&mut held).await;
     let metrics = server.metrics().await;
     assert_eq!(
         metrics.value("wsscale_connections_rejected_total", &[("reason", "capacity")]),
@@ -298,14 +284,6 @@ async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
             _ => assert!(Instant::now() < deadline, "{mode}: accept never recovered"),
         }
     };
-    client.send(Message::text("recovered")).await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("recovered"));
-    survivor.send(Message::text("survived")).await.unwrap();
-    loop {
-        match survivor.next().await.unwrap().unwrap() {
-            Message::Text(text) => break assert_eq!(text.as_str(), "survived"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_echo(&mut client, "recovered").await;
+    assert_echo(&mut survivor, "survived").await;
 }

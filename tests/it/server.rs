@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{TestServer, body, http_exchange, http_get};
+use crate::support::{TestServer, assert_all_echo, assert_echo, body, http_exchange, http_get};
 
 crate::both_modes!(
     upgrades_and_echoes,
@@ -71,8 +71,7 @@ async fn answers_plain_http(mode: &'static str) {
     );
     // The server is still healthy for WebSocket clients.
     let mut client = server.connect().await;
-    client.send(Message::text("still here")).await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::text("still here"));
+    assert_echo(&mut client, "still here").await;
 }
 
 async fn refuses_past_capacity_and_keeps_serving(mode: &'static str) {
@@ -89,13 +88,7 @@ async fn refuses_past_capacity_and_keeps_serving(mode: &'static str) {
             other => panic!("expected HTTP 503 at capacity, got {other:?}"),
         }
     }
-    for (i, client) in held.iter_mut().enumerate() {
-        client.send(Message::text(format!("held {i}"))).await.unwrap();
-        assert_eq!(
-            client.next().await.unwrap().unwrap(),
-            Message::text(format!("held {i}"))
-        );
-    }
+    assert_all_echo(&mut held).await;
     let metrics = server.metrics().await;
     assert_eq!(
         metrics.value("wsscale_connections_rejected_total", &[("reason", "capacity")]),

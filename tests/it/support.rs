@@ -88,6 +88,27 @@ impl TestServer {
     }
 }
 
+/// Sends `text` and expects it echoed back (server pings in between are skipped).
+pub async fn assert_echo(client: &mut Client, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    client.send(Message::text(text)).await.unwrap();
+    loop {
+        match client.next().await {
+            Some(Ok(Message::Text(echo))) => return assert_eq!(echo.as_str(), text),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected the echo of {text:?}, got {other:?}"),
+        }
+    }
+}
+
+/// Every client still gets its echo.
+pub async fn assert_all_echo(clients: &mut [Client]) {
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_echo(client, &format!("held {i}")).await;
+    }
+}
+
 /// A /metrics text with lookups by name and labels (the `mode` label is implied).
 pub struct Metrics(pub String);
 
