@@ -430,3 +430,20 @@ impl Future for SessionTask {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every held connection is one of these in a task: keep it small (README's figures
+    /// depend on it). What is used once belongs in the boxed HTTP phase.
+    #[test]
+    fn a_held_connection_task_stays_small() {
+        let size = std::mem::size_of::<ConnectionTask>();
+        assert!(size <= 512, "ConnectionTask is {size} bytes");
+        println!(
+            "ConnectionTask: {size} bytes, SessionTask: {} bytes",
+            std::mem::size_of::<SessionTask>()
+        );
+    }
+}
