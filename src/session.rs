@@ -105,11 +105,6 @@ impl Session {
         self.state == State::Open
     }
 
-    /// True when the session holds no buffer (no partial frame, no fragments).
-    pub fn is_idle(&self) -> bool {
-        self.decoder.is_idle()
-    }
-
     /// Bytes from the peer; the answers go to `out`. `input` is unmasked in place.
     pub fn on_bytes(
         &mut self,
