@@ -287,3 +287,57 @@ async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
     assert_echo(&mut client, "recovered").await;
     assert_echo(&mut survivor, "survived").await;
 }
+
+/// threads mode: a thread the OS refuses is a 503 (counted), never a crash. Refusal is
+/// forced with an address-space limit that fits only a few 1 GiB thread stacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_thread_is_a_503_and_nothing_else() {
+    const ADDRESS_SPACE: u64 = 6 << 30;
+    let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
+    let args = ["--thread-stack-size", "1GiB", "--max-connections", "100"];
+    let server = ServeChild::spawn_configured(program, "threads", args, |command| {
+        command.env("RUST_LOG", "error");
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: ADDRESS_SPACE,
+                    rlim_max: ADDRESS_SPACE,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+    .unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((client, _)) => held.push(client),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 503);
+                refused += 1;
+            }
+            Err(other) => panic!("expected 101 or 503, got {other:?}"),
+        }
+    }
+    assert!(
+        !held.is_empty() && refused > 0,
+        "{} held, {refused} refused",
+        held.len()
+    );
+    assert_all_echo(&mut held).await;
+    let metrics = wsscale::child::http_get_body(server.metrics_addr, "/metrics")
+        .await
+        .unwrap();
+    let counted = wsscale::metrics::sample_value(
+        &metrics,
+        "wsscale_connections_rejected_total",
+        &[("reason", "thread_spawn")],
+    );
+    assert_eq!(counted, Some(refused as f64), "{metrics}");
+}
