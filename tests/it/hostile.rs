@@ -228,21 +228,19 @@ async fn a_flood_past_capacity_gets_only_503s(mode: &'static str) {
     assert_eq!(metrics.value("wsscale_connections_active", &[]), 100.0);
 }
 
-async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
-    const FD_LIMIT: u64 = 64;
+/// A server whose `resource` limit (soft and hard) is `limit` from its first instruction.
+fn spawn_limited(mode: &str, args: &[&str], resource: libc::__rlimit_resource_t, limit: u64) -> ServeChild {
     let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
-    // A hard limit of 64 descriptors and a cap the limit cannot honour: accept() meets
-    // EMFILE.
-    let server = ServeChild::spawn_configured(program, mode, ["--max-connections", "1000"], |command| {
+    ServeChild::spawn_configured(program, mode, args, |command| {
         command.env("RUST_LOG", "error");
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: FD_LIMIT,
-                    rlim_max: FD_LIMIT,
+                    rlim_cur: limit,
+                    rlim_max: limit,
                 };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                if libc::setrlimit(resource, &limit) == 0 {
                     Ok(())
                 } else {
                     Err(std::io::Error::last_os_error())
@@ -250,7 +248,14 @@ async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
             });
         }
     })
-    .unwrap();
+    .expect("wsscale serve starts")
+}
+
+async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
+    const FD_LIMIT: u64 = 64;
+    // A hard limit of 64 descriptors and a cap the limit cannot honour: accept() meets
+    // EMFILE.
+    let server = spawn_limited(mode, &["--max-connections", "1000"], libc::RLIMIT_NOFILE, FD_LIMIT);
     let url = server.url();
     let attempts: Vec<_> = (0..FD_LIMIT as usize)
         .map(|_| {
@@ -293,26 +298,8 @@ async fn accept_recovers_from_descriptor_exhaustion(mode: &'static str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_thread_is_a_503_and_nothing_else() {
     const ADDRESS_SPACE: u64 = 6 << 30;
-    let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
     let args = ["--thread-stack-size", "1GiB", "--max-connections", "100"];
-    let server = ServeChild::spawn_configured(program, "threads", args, |command| {
-        command.env("RUST_LOG", "error");
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: ADDRESS_SPACE,
-                    rlim_max: ADDRESS_SPACE,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    })
-    .unwrap();
+    let server = spawn_limited("threads", &args, libc::RLIMIT_AS, ADDRESS_SPACE);
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..20 {
