@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::ModeResult;
-use super::report::ModeSummary;
+use super::report::{ModeSummary, Summaries};
 
 pub const MEMORY_CHART: &str = "memory_vs_connections.svg";
 pub const THREADS_CHART: &str = "threads_and_tasks_vs_connections.svg";
@@ -22,12 +22,12 @@ fn mode_color(mode: &str) -> RGBColor {
 }
 
 /// Writes every chart into `out`; returns (file name, title) pairs.
-pub fn write_all(out: &Path, results: &[ModeResult]) -> anyhow::Result<Vec<(String, String)>> {
+pub fn write_all(out: &Path, results: &[ModeResult], summaries: &Summaries) -> anyhow::Result<Vec<(String, String)>> {
     let charts = [
         (
             MEMORY_CHART,
             "Server memory vs idle connections",
-            memory as fn(&Path, &str, &[ModeResult]) -> Result<(), String>,
+            memory as fn(&Path, &str, &[ModeResult], &Summaries) -> Result<(), String>,
         ),
         (
             THREADS_CHART,
@@ -42,7 +42,7 @@ pub fn write_all(out: &Path, results: &[ModeResult]) -> anyhow::Result<Vec<(Stri
     ];
     let mut written = Vec::new();
     for (file, title, draw) in charts {
-        draw(&out.join(file), title, results).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
+        draw(&out.join(file), title, results, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
         written.push((file.to_owned(), title.to_owned()));
     }
     Ok(written)
@@ -57,7 +57,7 @@ struct Line {
     points: Vec<(f64, f64)>,
 }
 
-fn memory(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+fn memory(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Result<(), String> {
     const MIB: f64 = 1048576.0;
     // User memory, and user + the kernel stacks added since the first step.
     let lines = results
@@ -99,7 +99,7 @@ fn memory(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String
     line_chart(path, title, "memory (MiB)", lines)
 }
 
-fn threads_and_tasks(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+fn threads_and_tasks(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Result<(), String> {
     let lines = results
         .iter()
         .flat_map(|result| {
@@ -183,13 +183,12 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
     root.present().map_err(|e| e.to_string())
 }
 
-fn per_connection(path: &Path, title: &str, results: &[ModeResult]) -> Result<(), String> {
+fn per_connection(path: &Path, title: &str, _: &[ModeResult], summaries: &Summaries) -> Result<(), String> {
     const COMPONENTS: [(&str, RGBColor); 3] = [
         ("user RSS", RGBColor(44, 160, 44)),
         ("of which heap", RGBColor(255, 127, 14)),
         ("kernel stack", RGBColor(148, 103, 189)),
     ];
-    let summaries: Vec<(&str, ModeSummary)> = results.iter().map(|r| (r.mode.as_str(), ModeSummary::of(r))).collect();
     let values = |summary: &ModeSummary| {
         [
             summary.slope_bytes_per_connection,

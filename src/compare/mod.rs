@@ -84,8 +84,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     let machine = report::Machine::read(fd);
-    let written = report::write(&plan, &machine, &results)?;
-    println!("{}", report::comparison_table(&results));
+    let summaries = report::summarize(&results);
+    let written = report::write(&plan, &machine, &results, &summaries)?;
+    println!("{}", report::comparison_table(&summaries));
     println!("report written to {}", written.display());
     Ok(())
 }
@@ -262,16 +263,15 @@ async fn measure_mode(plan: &Plan, mode: Mode, stop: &CancellationToken) -> anyh
     eprintln!("[{mode}] server pid {} on {}", server.pid(), server.ws_addr);
 
     let stats = Arc::new(Stats::default());
-    let settings = ClientSettings {
-        url: url::Url::parse(&server.url())?,
-        target: server.ws_addr,
-        connect_timeout: Duration::from_secs(10),
-        ping_interval: Some(Duration::from_secs_f64(plan.client_ping_interval_secs)).filter(|d| !d.is_zero()),
-        message_interval: None,
-        message_size: 0,
-        websocket: ClientSettings::websocket_config(0),
-        epoch: Instant::now(),
-    };
+    let ping_interval = Some(Duration::from_secs_f64(plan.client_ping_interval_secs)).filter(|d| !d.is_zero());
+    let settings = ClientSettings::new(
+        url::Url::parse(&server.url())?,
+        server.ws_addr,
+        Duration::from_secs(10),
+        ping_interval,
+        None,
+        0,
+    );
     let last_step = *plan.steps.last().expect("steps are never empty");
     let sources = wsscale_loadgen::config::auto_source_ips(server.ws_addr, last_step);
     let mut pool = Pool::new(settings, sources, 0, stats.clone());

@@ -111,18 +111,26 @@ pub struct Summary<'a> {
     pub generated_unix_secs: u64,
     pub config: &'a Plan,
     pub machine: &'a Machine,
-    pub modes: std::collections::BTreeMap<&'static str, ModeSummary>,
+    pub modes: std::collections::BTreeMap<&'static str, &'a ModeSummary>,
     pub ratios_threads_over_tasks: Option<Ratios>,
 }
 
-/// Writes summary.json, report.md and the charts into the plan's folder; returns it.
-pub fn write(plan: &Plan, machine: &Machine, results: &[ModeResult]) -> anyhow::Result<PathBuf> {
-    let out = &plan.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let modes: std::collections::BTreeMap<&'static str, ModeSummary> = results
+/// Each mode's fits, computed once for the table, the report and the charts.
+pub type Summaries = Vec<(&'static str, ModeSummary)>;
+
+pub fn summarize(results: &[ModeResult]) -> Summaries {
+    results
         .iter()
         .map(|result| (result.mode.as_str(), ModeSummary::of(result)))
-        .collect();
+        .collect()
+}
+
+/// Writes summary.json, report.md and the charts into the plan's folder; returns it.
+pub fn write(plan: &Plan, machine: &Machine, results: &[ModeResult], summaries: &Summaries) -> anyhow::Result<PathBuf> {
+    let out = &plan.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let modes: std::collections::BTreeMap<&'static str, &ModeSummary> =
+        summaries.iter().map(|(mode, summary)| (*mode, summary)).collect();
     let ratios = match (modes.get("tasks"), modes.get("threads")) {
         (Some(tasks), Some(threads)) => Some(Ratios {
             user_memory: threads.slope_bytes_per_connection / tasks.slope_bytes_per_connection,
@@ -145,8 +153,11 @@ pub fn write(plan: &Plan, machine: &Machine, results: &[ModeResult]) -> anyhow::
         &out.join("summary.json"),
         &(serde_json::to_string_pretty(&summary)? + "\n"),
     )?;
-    let chart_files = charts::write_all(out, results)?;
-    write_file(&out.join("report.md"), &markdown(&summary, results, &chart_files))?;
+    let chart_files = charts::write_all(out, results, summaries)?;
+    write_file(
+        &out.join("report.md"),
+        &markdown(&summary, results, summaries, &chart_files),
+    )?;
     Ok(out.clone())
 }
 
@@ -155,14 +166,10 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// The side-by-side table printed at the end and put at the top of report.md.
-pub fn comparison_table(results: &[ModeResult]) -> String {
-    let summaries: Vec<(&str, ModeSummary)> = results
-        .iter()
-        .map(|result| (result.mode.as_str(), ModeSummary::of(result)))
-        .collect();
+pub fn comparison_table(summaries: &Summaries) -> String {
     let mut out = String::new();
     let _ = write!(out, "| per idle connection |");
-    for (mode, _) in &summaries {
+    for (mode, _) in summaries {
         let _ = write!(out, " {mode} |");
     }
     let both = summaries.len() == 2 && summaries[0].0 == "tasks";
@@ -176,7 +183,7 @@ pub fn comparison_table(results: &[ModeResult]) -> String {
     out.push('\n');
     let row = |out: &mut String, name: &str, value: &dyn Fn(&ModeSummary) -> f64, ratio: bool| {
         let _ = write!(out, "| {name} |");
-        for (_, summary) in &summaries {
+        for (_, summary) in summaries {
             let _ = write!(out, " {} |", bytes(value(summary)));
         }
         if both {
@@ -209,7 +216,7 @@ pub fn comparison_table(results: &[ModeResult]) -> String {
     );
     let plain = |out: &mut String, name: &str, value: &dyn Fn(&ModeSummary) -> String| {
         let _ = write!(out, "| {name} |");
-        for (_, summary) in &summaries {
+        for (_, summary) in summaries {
             let _ = write!(out, " {} |", value(summary));
         }
         if both {
@@ -255,7 +262,12 @@ pub fn bytes(value: f64) -> String {
     }
 }
 
-fn markdown(summary: &Summary<'_>, results: &[ModeResult], charts: &[(String, String)]) -> String {
+fn markdown(
+    summary: &Summary<'_>,
+    results: &[ModeResult],
+    summaries: &Summaries,
+    charts: &[(String, String)],
+) -> String {
     let machine = summary.machine;
     let plan = summary.config;
     let mut out = String::new();
@@ -284,7 +296,7 @@ fn markdown(summary: &Summary<'_>, results: &[ModeResult], charts: &[(String, St
         plan.client_ping_interval_secs,
         summary.wsscale_version
     );
-    let _ = writeln!(out, "## Per connection\n\n{}", comparison_table(results));
+    let _ = writeln!(out, "## Per connection\n\n{}", comparison_table(summaries));
     let _ = writeln!(out, "## Conclusions\n");
     for (mode, mode_summary) in &summary.modes {
         let _ = writeln!(
