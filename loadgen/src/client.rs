@@ -41,6 +41,28 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// Settings for connections to `target`; the WebSocket buffers follow from the
+    /// message size, and ping payloads count from now.
+    pub fn new(
+        url: url::Url,
+        target: SocketAddr,
+        connect_timeout: Duration,
+        ping_interval: Option<Duration>,
+        message_interval: Option<Duration>,
+        message_size: usize,
+    ) -> Self {
+        ClientSettings {
+            url,
+            target,
+            connect_timeout,
+            ping_interval,
+            message_interval,
+            message_size,
+            websocket: Self::websocket_config(message_size),
+            epoch: Instant::now(),
+        }
+    }
+
     /// The client's WebSocket buffers, sized for idle connections: a 256-byte read chunk
     /// (pongs and echoes of small messages fit; larger frames grow it as needed), frames
     /// written straight through.

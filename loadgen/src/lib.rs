@@ -35,7 +35,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::AsyncBufReadExt;
@@ -209,16 +209,14 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     let stats = Arc::new(Stats::default());
     let rss_before_bytes = procfs::self_rss_bytes().unwrap_or(0);
     let heap_before_bytes = alloc::allocated_bytes() as u64;
-    let settings = ClientSettings {
-        url: config.url.clone(),
-        target: config.target,
-        connect_timeout: config.connect_timeout,
-        ping_interval: config.ping_interval,
-        message_interval: config.message_interval,
-        message_size: config.message_size,
-        websocket: ClientSettings::websocket_config(config.message_size),
-        epoch: Instant::now(),
-    };
+    let settings = ClientSettings::new(
+        config.url.clone(),
+        config.target,
+        config.connect_timeout,
+        config.ping_interval,
+        config.message_interval,
+        config.message_size,
+    );
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     let reporter = tokio::spawn({
         let stats = stats.clone();
