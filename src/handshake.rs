@@ -6,7 +6,37 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 
-use crate::metrics::RejectReason;
+/// Why a client did not get a WebSocket: the `reason` label of
+/// `wsscale_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Every permit is taken (HTTP 503).
+    Capacity,
+    /// The upgrade request did not arrive complete within --handshake-timeout.
+    HandshakeTimeout,
+    /// Not a valid WebSocket upgrade (HTTP 400 or 426).
+    BadRequest,
+    /// threads mode: the OS refused a new thread (HTTP 503).
+    ThreadSpawn,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Capacity,
+        RejectReason::HandshakeTimeout,
+        RejectReason::BadRequest,
+        RejectReason::ThreadSpawn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Capacity => "capacity",
+            RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::ThreadSpawn => "thread_spawn",
+        }
+    }
+}
 
 /// The one path that upgrades.
 pub const WEBSOCKET_PATH: &str = "/ws";

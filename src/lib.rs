@@ -17,14 +17,13 @@
 //!   connection) and [`server::threads`] (one OS thread per connection), the connection
 //!   permits, and graceful shutdown.
 //! - [`metrics`]: metric names, the Prometheus recorder, /metrics and /healthz.
-//! - [`alloc`]: the counting global allocator behind `wsscale_heap_allocated_bytes` (and
-//!   the generator's own heap figure); it lives in `wsscale-loadgen`.
 //! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound
 //!   thread-per-connection.
-//! - [`procfs`]: the few /proc figures no crate exports for us (KernelStack, TCP sockets,
-//!   a process's VmRSS and Threads, sysctls, the fd limit); it lives in `wsscale-loadgen`,
-//!   which both sides use.
-//! - `wsscale_loadgen` (crate `loadgen/`): the load generator behind `wsscale load`.
+//!
+//! Other crates of the workspace: `wsscale_host` (`host/`) reads the machine (/proc, the
+//! fd limit, the counting allocator, signals) for the server and the generator alike;
+//! `wsscale_loadgen` (`loadgen/`) is the load generator behind `wsscale load`, which
+//! `compare` also drives.
 
 pub mod child;
 pub mod compare;
@@ -35,6 +34,3 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
-
-/// /proc readings and the counting allocator, shared with the load generator (the lower crate).
-pub use wsscale_loadgen::{alloc, procfs};

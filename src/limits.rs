@@ -5,8 +5,10 @@
 
 use std::fmt;
 
+use wsscale_host::fd::FdLimit;
+use wsscale_host::proc::KernelLimits;
+
 use crate::config::Mode;
-use crate::procfs::{self, FdLimit};
 
 /// Descriptors kept free for the listeners, /proc reads, metrics scrapes and for
 /// answering the clients beyond the cap with a 503.
@@ -47,46 +49,36 @@ pub struct Capacity {
     pub bound: Bound,
 }
 
-/// The largest connection count each limit allows for `mode` in this process now.
-pub fn capacity(mode: Mode, fd: FdLimit) -> Capacity {
+/// The largest connection count each limit allows for `mode`, given the process's fd
+/// limit and (for threads mode) the kernel's limits; `None` when they could not be read.
+pub fn capacity(mode: Mode, fd: FdLimit, kernel: Option<KernelLimits>) -> Capacity {
     let mut best = Capacity {
         max_connections: fd.soft.saturating_sub(FD_RESERVE) as usize,
         bound: Bound::FileDescriptors,
     };
-    if mode == Mode::Threads {
-        let mut consider = |room: Option<u64>, bound: Bound| {
-            if let Some(room) = room
-                && (room as usize) < best.max_connections
-            {
-                best = Capacity {
-                    max_connections: room as usize,
-                    bound,
-                };
-            }
-        };
-        let maps = procfs::sysctl("vm/max_map_count")
-            .ok()
-            .zip(procfs::self_map_count().ok());
-        consider(
-            maps.map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE) / MAPS_PER_THREAD),
-            Bound::MaxMapCount,
-        );
-        let host_threads = procfs::host_threads().ok();
-        let pid_max = procfs::sysctl("kernel/pid_max").ok();
-        consider(
-            pid_max
-                .zip(host_threads)
-                .map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)),
-            Bound::PidMax,
-        );
-        let threads_max = procfs::sysctl("kernel/threads-max").ok();
-        consider(
-            threads_max
-                .zip(host_threads)
-                .map(|(max, used)| max.saturating_sub(used + KERNEL_RESERVE)),
-            Bound::ThreadsMax,
-        );
-    }
+    let (Mode::Threads, Some(kernel)) = (mode, kernel) else {
+        return best;
+    };
+    let mut consider = |room: u64, bound: Bound| {
+        if (room as usize) < best.max_connections {
+            best = Capacity {
+                max_connections: room as usize,
+                bound,
+            };
+        }
+    };
+    consider(
+        kernel.max_map_count.saturating_sub(kernel.maps_in_use + KERNEL_RESERVE) / MAPS_PER_THREAD,
+        Bound::MaxMapCount,
+    );
+    consider(
+        kernel.pid_max.saturating_sub(kernel.host_threads + KERNEL_RESERVE),
+        Bound::PidMax,
+    );
+    consider(
+        kernel.threads_max.saturating_sub(kernel.host_threads + KERNEL_RESERVE),
+        Bound::ThreadsMax,
+    );
     best
 }
 
@@ -94,19 +86,46 @@ pub fn capacity(mode: Mode, fd: FdLimit) -> Capacity {
 mod tests {
     use super::*;
 
+    const FD: FdLimit = FdLimit {
+        soft_before: 1024,
+        soft: 1_000_000,
+        hard: 1_000_000,
+    };
+
+    /// This workplace's machines: 65,530 maps, pid_max 32,768, threads-max 192,730.
+    const KERNEL: KernelLimits = KernelLimits {
+        max_map_count: 65_530,
+        maps_in_use: 60,
+        pid_max: 32_768,
+        threads_max: 192_730,
+        host_threads: 200,
+    };
+
     #[test]
-    fn threads_mode_never_allows_more_than_tasks_mode() {
-        let fd = FdLimit {
-            soft_before: 1024,
-            soft: 1_000_000,
-            hard: 1_000_000,
-        };
-        let tasks = capacity(Mode::Tasks, fd);
-        let threads = capacity(Mode::Threads, fd);
+    fn tasks_mode_is_bound_by_descriptors_only() {
+        let tasks = capacity(Mode::Tasks, FD, Some(KERNEL));
         assert_eq!(tasks.bound, Bound::FileDescriptors);
         assert_eq!(tasks.max_connections, 1_000_000 - FD_RESERVE as usize);
-        // On any real host a million threads hit a kernel limit first.
-        assert_ne!(threads.bound, Bound::FileDescriptors);
-        assert!(threads.max_connections < tasks.max_connections);
+    }
+
+    #[test]
+    fn threads_mode_is_bound_by_the_tightest_kernel_limit() {
+        let threads = capacity(Mode::Threads, FD, Some(KERNEL));
+        assert_eq!(threads.bound, Bound::MaxMapCount);
+        assert_eq!(threads.max_connections, (65_530 - 60 - 1024) / 4);
+        let more_maps = KernelLimits {
+            max_map_count: 262_144,
+            ..KERNEL
+        };
+        let threads = capacity(Mode::Threads, FD, Some(more_maps));
+        assert_eq!(threads.bound, Bound::PidMax);
+        assert_eq!(threads.max_connections, 32_768 - 200 - 1024);
+        let few_fds = FdLimit { soft: 5000, ..FD };
+        assert_eq!(
+            capacity(Mode::Threads, few_fds, Some(KERNEL)).bound,
+            Bound::FileDescriptors
+        );
+        // Unreadable kernel limits leave the descriptors as the only bound.
+        assert_eq!(capacity(Mode::Threads, FD, None).bound, Bound::FileDescriptors);
     }
 }

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use wsscale::alloc::CountingAllocator;
 use wsscale::config::{Cli, Command, ServeConfig};
+use wsscale_host::alloc::CountingAllocator;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;

@@ -21,8 +21,9 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Mode;
-use crate::session::CloseReason;
-use crate::{alloc, procfs};
+use crate::handshake::RejectReason;
+use crate::session::{CloseReason, Tally};
+use wsscale_host::{alloc, proc};
 
 pub const CONNECTIONS_ACTIVE: &str = "wsscale_connections_active";
 pub const CONNECTIONS_OPENED: &str = "wsscale_connections_opened_total";
@@ -43,38 +44,6 @@ pub const HOST_TCP_SOCKETS: &str = "wsscale_host_tcp_sockets_inuse";
 const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// Why a client did not get a WebSocket: the `reason` label of
-/// `wsscale_connections_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// Every permit is taken (HTTP 503).
-    Capacity,
-    /// The upgrade request did not arrive complete within --handshake-timeout.
-    HandshakeTimeout,
-    /// Not a valid WebSocket upgrade (HTTP 400 or 426).
-    BadRequest,
-    /// threads mode: the OS refused a new thread (HTTP 503).
-    ThreadSpawn,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
-        RejectReason::Capacity,
-        RejectReason::HandshakeTimeout,
-        RejectReason::BadRequest,
-        RejectReason::ThreadSpawn,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Capacity => "capacity",
-            RejectReason::HandshakeTimeout => "handshake_timeout",
-            RejectReason::BadRequest => "bad_request",
-            RejectReason::ThreadSpawn => "thread_spawn",
-        }
-    }
-}
 
 /// Handles to the metrics the connection path writes, registered once so the hot path
 /// does no registry lookups.
@@ -124,6 +93,16 @@ impl ServerMetrics {
         let pending = std::mem::take(&mut *lock(&self.pending_handshakes));
         for seconds in pending {
             self.handshake_duration.record(seconds);
+        }
+    }
+
+    /// Adds what the session counted during one wake-up.
+    pub fn add(&self, tally: Tally) {
+        if tally.messages_received > 0 {
+            self.messages_received.increment(tally.messages_received);
+        }
+        if tally.messages_sent > 0 {
+            self.messages_sent.increment(tally.messages_sent);
         }
     }
 
@@ -289,7 +268,7 @@ impl Sampler {
     pub fn sample(&self) {
         self.process.collect();
         let active = self.connections.active_connections();
-        let rss_bytes = procfs::self_rss_bytes().unwrap_or(0);
+        let rss_bytes = proc::self_rss_bytes().unwrap_or(0);
         let heap_bytes = alloc::allocated_bytes() as u64;
         let now = Baseline { rss_bytes, heap_bytes };
         let baseline = {
@@ -315,10 +294,10 @@ impl Sampler {
         let runtime_metrics = self.runtime.metrics();
         self.tasks_alive.set(runtime_metrics.num_alive_tasks() as f64);
         self.workers.set(runtime_metrics.num_workers() as f64);
-        if let Ok(bytes) = procfs::kernel_stack_bytes() {
+        if let Ok(bytes) = proc::kernel_stack_bytes() {
             self.kernel_stack.set(bytes as f64);
         }
-        if let Ok(sockets) = procfs::tcp_sockets_inuse() {
+        if let Ok(sockets) = proc::tcp_sockets_inuse() {
             self.tcp_sockets.set(sockets as f64);
         }
     }

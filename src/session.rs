@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::metrics::ServerMetrics;
 use crate::protocol::{self, Decoder, Frame, close_code, opcode};
 
 /// Why a connection ended: the `reason` label of `wsscale_connections_closed_total`.
@@ -42,6 +41,16 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
         }
     }
+}
+
+/// What a session counted while handling one event, for the caller to add to the
+/// metrics (the session itself does no IO and records nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Text and binary messages received (control frames are not counted).
+    pub messages_received: u64,
+    /// Text and binary messages sent (echoes).
+    pub messages_sent: u64,
 }
 
 /// The policy every session follows; one per server.
@@ -111,7 +120,7 @@ impl Session {
         input: &mut [u8],
         now: Instant,
         policy: &SessionPolicy,
-        metrics: &ServerMetrics,
+        tally: &mut Tally,
         out: &mut Vec<u8>,
     ) -> Flow {
         self.last_activity = now;
@@ -120,11 +129,11 @@ impl Session {
         let decoded = self.decoder.feed(input, policy.max_message_size, |frame| {
             match (frame, state) {
                 (Frame::Message { text, payload }, State::Open) => {
-                    metrics.messages_received.increment(1);
-                    metrics.messages_sent.increment(1);
+                    tally.messages_received += 1;
+                    tally.messages_sent += 1;
                     protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
                 }
-                (Frame::Message { .. }, State::Closing { .. }) => metrics.messages_received.increment(1),
+                (Frame::Message { .. }, State::Closing { .. }) => tally.messages_received += 1,
                 (Frame::Ping(payload), State::Open) => protocol::encode(out, opcode::PONG, payload),
                 (Frame::Ping(_) | Frame::Pong, _) => {}
                 (Frame::Close(code), State::Open) => {
@@ -209,10 +218,6 @@ mod tests {
         max_message_size: 1024,
     };
 
-    fn metrics() -> ServerMetrics {
-        ServerMetrics::register()
-    }
-
     /// A masked client frame.
     fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
@@ -222,22 +227,30 @@ mod tests {
 
     #[test]
     fn echoes_messages_answers_pings_and_replies_to_close() {
-        let metrics = metrics();
+        let mut tally = Tally::default();
         let now = Instant::now();
         let mut session = Session::new(&POLICY, now);
         let mut out = Vec::new();
         let mut input = client_frame(0x81, b"hi");
         input.extend(client_frame(0x89, b"p"));
         assert_eq!(
-            session.on_bytes(&mut input, now, &POLICY, &metrics, &mut out),
+            session.on_bytes(&mut input, now, &POLICY, &mut tally, &mut out),
             Flow::Continue
         );
         assert_eq!(out, [0x81, 2, b'h', b'i', 0x8A, 1, b'p']);
+        assert_eq!(
+            tally,
+            Tally {
+                messages_received: 1,
+                messages_sent: 1
+            },
+            "the ping is not a message"
+        );
         out.clear();
         let mut close = client_frame(0x88, &[0x03, 0xE8]);
         close.extend(client_frame(0x81, b"after close"));
         assert_eq!(
-            session.on_bytes(&mut close, now, &POLICY, &metrics, &mut out),
+            session.on_bytes(&mut close, now, &POLICY, &mut tally, &mut out),
             Flow::Finish(CloseReason::ClientClose)
         );
         assert_eq!(out, [0x88, 2, 0x03, 0xE8], "the close is echoed and nothing after it");
@@ -273,12 +286,18 @@ mod tests {
 
     #[test]
     fn traffic_postpones_the_idle_deadline() {
-        let metrics = metrics();
+        let mut tally = Tally::default();
         let start = Instant::now();
         let mut session = Session::new(&POLICY, start);
         let mut out = Vec::new();
         let mut pong = client_frame(0x8A, b"");
-        session.on_bytes(&mut pong, start + Duration::from_secs(20), &POLICY, &metrics, &mut out);
+        session.on_bytes(
+            &mut pong,
+            start + Duration::from_secs(20),
+            &POLICY,
+            &mut tally,
+            &mut out,
+        );
         assert_eq!(
             session.on_timer(start + Duration::from_secs(26), &POLICY, &mut out),
             Flow::Continue
@@ -288,7 +307,7 @@ mod tests {
 
     #[test]
     fn shutdown_sends_1001_once_and_waits_the_drain_timeout() {
-        let metrics = metrics();
+        let mut tally = Tally::default();
         let start = Instant::now();
         let mut session = Session::new(&POLICY, start);
         let mut out = Vec::new();
@@ -300,7 +319,7 @@ mod tests {
         assert_eq!(session.deadline(&POLICY), start + POLICY.drain_timeout);
         let mut message = client_frame(0x81, b"late");
         assert_eq!(
-            session.on_bytes(&mut message, start, &POLICY, &metrics, &mut out),
+            session.on_bytes(&mut message, start, &POLICY, &mut tally, &mut out),
             Flow::Continue
         );
         assert!(out.is_empty(), "no echo while closing");
@@ -310,7 +329,7 @@ mod tests {
         );
         let mut close = client_frame(0x88, &[0x03, 0xE9]);
         assert_eq!(
-            session.on_bytes(&mut close, start, &POLICY, &metrics, &mut out),
+            session.on_bytes(&mut close, start, &POLICY, &mut tally, &mut out),
             Flow::Finish(CloseReason::Shutdown)
         );
         let mut abandoned = Session::new(&POLICY, start);
@@ -324,13 +343,13 @@ mod tests {
 
     #[test]
     fn violations_fail_the_connection_with_their_code() {
-        let metrics = metrics();
+        let mut tally = Tally::default();
         let start = Instant::now();
         let mut session = Session::new(&POLICY, start);
         let mut out = Vec::new();
         let mut too_big = vec![0x82, 0x80 | 126, 0x08, 0x00, 0, 0, 0, 0];
         assert_eq!(
-            session.on_bytes(&mut too_big, start, &POLICY, &metrics, &mut out),
+            session.on_bytes(&mut too_big, start, &POLICY, &mut tally, &mut out),
             Flow::Finish(CloseReason::Error)
         );
         assert_eq!(&out[..4], [0x88, 17, 0x03, 0xF1], "1009");

@@ -11,21 +11,19 @@
 //! - [`stats`]: counters and HDR histograms, and the [`stats::Event`]s a shard reports.
 //! - [`report`]: merges shards' events into one [`Summary`] (table and JSON).
 //! - [`progress`], [`metrics`]: the live view, on a terminal and for Prometheus.
-//! - [`procfs`], [`alloc`]: /proc readings, the fd limit and the counting allocator,
-//!   shared with the server crate.
+//!
+//! Its own RSS and heap, and its fd limit, come from `wsscale-host`, as the server's do.
 //!
 //! A run with more connections than one process can hold is sharded: the parent starts
 //! children of its own binary (see [`Reexec`]), each runs one share and writes its events
 //! as JSON lines on stdout, and the parent merges them exactly as it merges the events
 //! of an in-process run.
 
-pub mod alloc;
 pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod pool;
 pub mod preflight;
-pub mod procfs;
 pub mod progress;
 pub mod report;
 pub mod stats;
@@ -41,6 +39,7 @@ use anyhow::Context;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
+use wsscale_host::{alloc, fd, proc};
 
 pub use config::{LoadArgs, LoadConfig};
 pub use report::Summary;
@@ -67,7 +66,7 @@ pub struct Reexec {
 /// Returns the summary (None for a child, whose output is its event stream).
 pub fn run(args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
     let config = LoadConfig::try_from(args)?;
-    let fd_limit = procfs::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
+    let fd_limit = fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if config.shard.is_some() {
         runtime.block_on(run_child(config))?;
@@ -207,7 +206,7 @@ async fn read_child(index: usize, mut child: tokio::process::Child, events: Unbo
 async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: CancellationToken) {
     let share = config.share();
     let stats = Arc::new(Stats::default());
-    let rss_before_bytes = procfs::self_rss_bytes().unwrap_or(0);
+    let rss_before_bytes = proc::self_rss_bytes().unwrap_or(0);
     let heap_before_bytes = alloc::allocated_bytes() as u64;
     let settings = ClientSettings::new(
         config.url.clone(),
@@ -232,7 +231,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
         }
     });
     let ramp = pool.open(share.connections, share.rate, share.concurrency, &stop).await;
-    let rss_held_bytes = procfs::self_rss_bytes().unwrap_or(0);
+    let rss_held_bytes = proc::self_rss_bytes().unwrap_or(0);
     let heap_held_bytes = alloc::allocated_bytes() as u64;
     let held = stats.open_now.load(std::sync::atomic::Ordering::Relaxed);
     if !ramp.interrupted {
@@ -261,18 +260,15 @@ fn stop_on_signal() -> CancellationToken {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut interrupt), Ok(mut terminate)) =
-                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            match wsscale_host::signal::terminated().await {
+                Ok(_) => {
+                    eprintln!("stopping: closing every connection");
+                    stop.cancel();
+                }
+                Err(error) => {
+                    eprintln!("cannot install SIGINT/SIGTERM handlers ({error}); Ctrl-C ends the run abruptly")
+                }
             }
-            eprintln!("stopping: closing every connection");
-            stop.cancel();
         }
     });
     stop

@@ -30,7 +30,8 @@ use crate::child::{ServeChild, http_get_body};
 use crate::config::{CompareArgs, Mode};
 use crate::limits;
 use crate::metrics::sample_value;
-use crate::procfs::{self, FdLimit, ProcessStatus};
+use wsscale_host::fd::FdLimit;
+use wsscale_host::proc::{KernelLimits, ProcessStatus};
 
 /// Descriptors this process keeps for itself beyond the client sockets.
 const CLIENT_FD_RESERVE: usize = 128;
@@ -65,8 +66,9 @@ pub struct Plan {
 
 /// Runs the whole comparison and writes the report.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let fd = procfs::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
-    let plan = plan(args, fd)?;
+    let fd = wsscale_host::fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
+    let kernel = KernelLimits::read().ok();
+    let plan = plan(args, fd, kernel)?;
     eprintln!(
         "wsscale compare: steps {:?} in {} mode(s); limits:",
         plan.steps,
@@ -83,7 +85,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         results.push(result);
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let machine = report::Machine::read(fd);
+    let machine = report::Machine::read(fd, kernel);
     let summaries = report::summarize(&results);
     let written = report::write(&plan, &machine, &results, &summaries)?;
     println!("{}", report::comparison_table(&summaries));
@@ -92,7 +94,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
 }
 
 /// Validates the options, checks the limits each mode needs, and fixes the steps.
-pub fn plan(args: CompareArgs, fd: FdLimit) -> anyhow::Result<Plan> {
+pub fn plan(args: CompareArgs, fd: FdLimit, kernel: Option<KernelLimits>) -> anyhow::Result<Plan> {
     if args.modes.is_empty() {
         bail!("--modes needs at least one of tasks, threads");
     }
@@ -122,7 +124,7 @@ pub fn plan(args: CompareArgs, fd: FdLimit) -> anyhow::Result<Plan> {
         fits = fits.min(client_cap);
     }
     for &mode in &args.modes {
-        let capacity = limits::capacity(mode, fd);
+        let capacity = limits::capacity(mode, fd, kernel);
         limits.push(format!(
             "{mode} server: {} connections ({})",
             capacity.max_connections, capacity.bound
@@ -447,11 +449,13 @@ mod tests {
             soft: 5000,
             hard: 5000,
         };
-        let error = plan(args(&["--connections", "8000"]), fd).unwrap_err().to_string();
+        let error = plan(args(&["--connections", "8000"]), fd, None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("RLIMIT_NOFILE"), "{error}");
         assert!(error.contains("largest count that fits every mode is 4744"), "{error}");
         assert!(error.contains("--fit-limits"), "{error}");
-        let fitted = plan(args(&["--connections", "8000", "--fit-limits"]), fd).unwrap();
+        let fitted = plan(args(&["--connections", "8000", "--fit-limits"]), fd, None).unwrap();
         assert_eq!(fitted.steps, vec![0, 800, 2000, 4000, 4744]);
         assert_eq!(
             fitted.serve_args[..2],

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::fit::{self, Fit};
 use super::{ModeResult, Plan, Sample, charts};
-use crate::procfs::{self, FdLimit};
+use wsscale_host::fd::FdLimit;
+use wsscale_host::proc::{self, KernelLimits};
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -25,25 +26,19 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn read(fd: FdLimit) -> Machine {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_total_bytes = meminfo
-            .lines()
-            .find_map(|line| line.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024);
+    pub fn read(fd: FdLimit, kernel: Option<KernelLimits>) -> Machine {
         Machine {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_total_bytes,
+            memory_total_bytes: proc::memory_total_bytes().unwrap_or(0),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
             fd_soft: fd.soft,
             fd_hard: fd.hard,
-            pid_max: procfs::sysctl("kernel/pid_max").unwrap_or(0),
-            max_map_count: procfs::sysctl("vm/max_map_count").unwrap_or(0),
-            threads_max: procfs::sysctl("kernel/threads-max").unwrap_or(0),
+            pid_max: kernel.map_or(0, |k| k.pid_max),
+            max_map_count: kernel.map_or(0, |k| k.max_map_count),
+            threads_max: kernel.map_or(0, |k| k.threads_max),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::Shared;
-use crate::session::{CloseReason, Flow, Session};
+use crate::session::{CloseReason, Flow, Session, Tally};
 
 /// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
 /// others on its worker; the rest is read on the next wake-up.
@@ -157,9 +157,11 @@ impl Connection {
             return Next::Continue;
         }
         let (read, mut output) = shared.buffers.take();
+        let mut tally = Tally::default();
         let flow = self
             .session
-            .on_bytes(&mut bytes, Instant::now(), &shared.policy, &shared.metrics, &mut output);
+            .on_bytes(&mut bytes, Instant::now(), &shared.policy, &mut tally, &mut output);
+        shared.metrics.add(tally);
         self.finish_wake(socket, shared, flow, read, output)
     }
 
@@ -167,6 +169,7 @@ impl Connection {
     pub fn on_readable(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
         let (mut read, mut output) = shared.buffers.take();
         let mut budget = READ_BUDGET;
+        let mut tally = Tally::default();
         let flow = loop {
             match socket.try_read(&mut read) {
                 Ok(0) => break Flow::Finish(self.session.on_eof()),
@@ -174,7 +177,7 @@ impl Connection {
                     let now = Instant::now();
                     let flow = self
                         .session
-                        .on_bytes(&mut read[..n], now, &shared.policy, &shared.metrics, &mut output);
+                        .on_bytes(&mut read[..n], now, &shared.policy, &mut tally, &mut output);
                     budget = budget.saturating_sub(n);
                     if flow != Flow::Continue || budget == 0 || !self.wants_read(shared) {
                         break flow;
@@ -185,6 +188,7 @@ impl Connection {
                 Err(_) => break Flow::Finish(self.session.on_eof()),
             }
         };
+        shared.metrics.add(tally);
         self.finish_wake(socket, shared, flow, read, output)
     }
 

@@ -19,8 +19,9 @@ use anyhow::Context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Mode, ServeConfig};
+use crate::handshake::RejectReason;
 use crate::limits::{self, Bound, Capacity};
-use crate::metrics::{self, ConnectionCount, RejectReason, ServerMetrics};
+use crate::metrics::{self, ConnectionCount, ServerMetrics};
 use crate::session::{CloseReason, SessionPolicy};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
@@ -119,8 +120,11 @@ impl Drop for ConnectionGuard {
 
 /// Runs `wsscale serve` until SIGINT/SIGTERM and the drain that follows.
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let fd_limit = crate::procfs::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
-    let fits = limits::capacity(config.mode, fd_limit);
+    let fd_limit = wsscale_host::fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
+    let kernel = wsscale_host::proc::KernelLimits::read()
+        .inspect_err(|error| tracing::warn!(%error, "cannot read the kernel's thread and map limits"))
+        .ok();
+    let fits = limits::capacity(config.mode, fd_limit, kernel);
     let capacity = match config.max_connections {
         Some(asked) if asked > fits.max_connections => {
             tracing::warn!(

@@ -33,8 +33,9 @@ use tracing::Instrument;
 
 use super::connection::{Connection, Next};
 use super::{AcceptBackoff, ConnectionGuard, Shared, is_per_connection_accept_error, shutdown_signal};
+use crate::handshake::RejectReason;
 use crate::handshake::{self, Refusal};
-use crate::metrics::{self, RejectReason, Sampler};
+use crate::metrics::{self, Sampler};
 use crate::session::CloseReason;
 
 /// How long shutdown waits past the drain timeout for tasks to notice it and return.

@@ -25,8 +25,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::{Connection, Next};
 use super::{AcceptBackoff, ConnectionGuard, Shared, is_per_connection_accept_error, shutdown_signal};
+use crate::handshake::RejectReason;
 use crate::handshake::{self, Accepted, Head, Refusal};
-use crate::metrics::{self, RejectReason, Sampler};
+use crate::metrics::{self, Sampler};
 use crate::session::CloseReason;
 
 /// Connection threads' name (the kernel keeps 15 bytes).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use std::io::Write;
-use wsscale::procfs::ProcessStatus;
+use wsscale_host::proc::ProcessStatus;
 
 use crate::support::{Metrics, TestServer};
 

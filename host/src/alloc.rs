@@ -1,10 +1,10 @@
-//! A counting wrapper around the system allocator: `wsscale_heap_allocated_bytes` is the
-//! bytes the program asked for and has not freed, the same measure in both execution
-//! models. (jemalloc's per-thread caches would inflate thread-per-connection about 3x
-//! and so measure the allocator rather than the model.)
+//! A counting wrapper around the system allocator: live heap bytes are what the program
+//! asked for and has not freed, the same measure for every execution model and for the
+//! load generator. (jemalloc's per-thread caches would inflate thread-per-connection
+//! about 3x and so measure the allocator rather than the model.)
 //!
-//! The binary installs it with `#[global_allocator]`; where it is not installed (unit
-//! tests) [`allocated_bytes`] reads 0.
+//! The `wsscale` binary installs it with `#[global_allocator]`; where it is not installed
+//! (unit tests) [`allocated_bytes`] reads 0.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

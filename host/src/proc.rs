@@ -1,0 +1,165 @@
+//! /proc readings. The `procfs` crate parses what it covers (a process's status and
+//! memory, meminfo, loadavg, the vm and kernel sysctls); the two files it does not
+//! (/proc/net/sockstat, and statm read without building a `Process`) take a few lines.
+//!
+//! Host-wide figures (kernel stacks, TCP sockets) matter because part of what a
+//! connection costs is in no process's RSS: 16 KiB of kernel stack per thread, and the
+//! kernel's socket memory.
+
+use std::fs;
+use std::io;
+
+use procfs::{Current, Meminfo};
+
+fn to_io(error: procfs::ProcError) -> io::Error {
+    match error {
+        procfs::ProcError::Io(error, _) => error,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Bytes of kernel stacks on the host (`KernelStack` in /proc/meminfo): 16 KiB per thread.
+pub fn kernel_stack_bytes() -> io::Result<u64> {
+    Meminfo::current()
+        .map_err(to_io)?
+        .kernel_stack
+        .ok_or_else(|| missing("KernelStack", "/proc/meminfo"))
+}
+
+/// Total memory of the host, bytes.
+pub fn memory_total_bytes() -> io::Result<u64> {
+    Ok(Meminfo::current().map_err(to_io)?.mem_total)
+}
+
+/// TCP sockets in use on the host (`TCP: inuse N` in /proc/net/sockstat).
+pub fn tcp_sockets_inuse() -> io::Result<u64> {
+    let sockstat = fs::read_to_string("/proc/net/sockstat")?;
+    parse_sockstat_tcp_inuse(&sockstat).ok_or_else(|| missing("TCP inuse", "/proc/net/sockstat"))
+}
+
+/// Resident set size of this process in bytes (/proc/self/statm; cheap enough to read
+/// around every ramp).
+pub fn self_rss_bytes() -> io::Result<u64> {
+    let statm = fs::read_to_string("/proc/self/statm")?;
+    let resident_pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| missing("resident", "/proc/self/statm"))?;
+    Ok(resident_pages * page_size())
+}
+
+/// What /proc/PID/status says of a process: the figures /metrics must agree with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStatus {
+    pub vm_rss_bytes: u64,
+    pub threads: u64,
+}
+
+impl ProcessStatus {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let status = procfs::process::Process::new(pid as i32)
+            .and_then(|process| process.status())
+            .map_err(to_io)?;
+        Ok(ProcessStatus {
+            vm_rss_bytes: status
+                .vmrss
+                .ok_or_else(|| missing("VmRSS", &format!("/proc/{pid}/status")))?
+                * 1024,
+            threads: status.threads,
+        })
+    }
+}
+
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|process| process.fd_count())
+        .map(|count| count as u64)
+        .map_err(to_io)
+}
+
+/// The kernel's limits on threads and memory maps, and what the host already uses of
+/// them: what bounds thread-per-connection. A reading, so the arithmetic that uses it
+/// (`wsscale::limits`) can be tested with made-up values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// vm.max_map_count: memory maps one process may have.
+    pub max_map_count: u64,
+    /// Memory maps this process has now.
+    pub maps_in_use: u64,
+    /// kernel.pid_max: every thread takes a pid.
+    pub pid_max: u64,
+    /// kernel.threads-max.
+    pub threads_max: u64,
+    /// Kernel scheduling entities (threads) alive on the host now.
+    pub host_threads: u64,
+}
+
+impl KernelLimits {
+    /// Reads this host's limits and this process's use of them.
+    pub fn read() -> io::Result<KernelLimits> {
+        Ok(KernelLimits {
+            max_map_count: procfs::sys::vm::max_map_count().map_err(to_io)?,
+            maps_in_use: procfs::process::Process::myself()
+                .and_then(|process| process.maps())
+                .map_err(to_io)?
+                .len() as u64,
+            pid_max: procfs::sys::kernel::pid_max().map_err(to_io)? as u64,
+            threads_max: u64::from(procfs::sys::kernel::threads_max().map_err(to_io)?),
+            host_threads: u64::from(procfs::LoadAverage::current().map_err(to_io)?.max),
+        })
+    }
+}
+
+pub fn page_size() -> u64 {
+    procfs::page_size()
+}
+
+fn parse_sockstat_tcp_inuse(sockstat: &str) -> Option<u64> {
+    let fields: Vec<&str> = sockstat
+        .lines()
+        .find_map(|line| line.strip_prefix("TCP:"))?
+        .split_whitespace()
+        .collect();
+    fields
+        .windows(2)
+        .find(|pair| pair[0] == "inuse")
+        .and_then(|pair| pair[1].parse().ok())
+}
+
+fn missing(what: &str, path: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("no {what} in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sockstat() {
+        let sockstat = "sockets: used 290\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 1\nUDP: inuse 2 mem 0\n";
+        assert_eq!(parse_sockstat_tcp_inuse(sockstat), Some(12));
+        assert_eq!(parse_sockstat_tcp_inuse("UDP: inuse 2 mem 0\n"), None);
+    }
+
+    /// The readings parse on this kernel and agree with each other; no value of the host
+    /// is assumed.
+    #[test]
+    fn readings_parse_and_agree() {
+        let status = ProcessStatus::read(std::process::id()).unwrap();
+        assert!(status.threads >= 1);
+        let rss = self_rss_bytes().unwrap();
+        // Two reads a moment apart of the same process: the same order of magnitude.
+        assert!(
+            rss > status.vm_rss_bytes / 2 && rss < status.vm_rss_bytes * 2,
+            "{rss} vs {status:?}"
+        );
+        kernel_stack_bytes().unwrap();
+        tcp_sockets_inuse().unwrap();
+        let limits = KernelLimits::read().unwrap();
+        assert!(limits.host_threads >= status.threads, "{limits:?}");
+        assert!(limits.maps_in_use > 0, "{limits:?}");
+        assert!(open_fds(std::process::id()).unwrap() >= 3);
+    }
+}
