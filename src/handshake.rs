@@ -1,7 +1,7 @@
 //! The HTTP side of a WebSocket upgrade (RFC 6455 section 4.2), shared by both execution
-//! models: tasks mode feeds it hyper's parsed request, threads mode feeds it httparse's,
-//! and both send the response it builds. So the two models accept, and refuse, exactly
-//! the same requests with exactly the same answers.
+//! models: both run the same HTTP phase (hyper with the axum router, see
+//! `server::upgrade`), which asks [`check`] and sends the response built here. So the two
+//! models accept, and refuse, exactly the same requests with exactly the same answers.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
@@ -61,6 +61,8 @@ pub enum Refusal {
     BadRequest(&'static str),
     /// Every connection permit is taken.
     AtCapacity,
+    /// threads mode: the OS refused a thread for the connection.
+    ThreadUnavailable,
 }
 
 impl Refusal {
@@ -73,6 +75,7 @@ impl Refusal {
                 Some(RejectReason::BadRequest)
             }
             Refusal::AtCapacity => Some(RejectReason::Capacity),
+            Refusal::ThreadUnavailable => Some(RejectReason::ThreadSpawn),
         }
     }
 
@@ -91,6 +94,10 @@ impl Refusal {
             ),
             Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
             Refusal::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "server at capacity: try again later"),
+            Refusal::ThreadUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server cannot start a thread for this connection: try again later",
+            ),
         };
         let mut response = Response::new(format!("{body}\n"));
         *response.status_mut() = status;
@@ -104,7 +111,7 @@ impl Refusal {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
-        if self == Refusal::AtCapacity {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -112,7 +119,8 @@ impl Refusal {
 }
 
 /// Decides whether a request upgrades to WebSocket. Capacity is the caller's check, made
-/// after this one passes, so a malformed request never takes a permit.
+/// after this one passes, so a malformed request never takes a permit (and no request
+/// takes one before it has fully arrived).
 pub fn check(method: &Method, path: &str, version: Version, headers: &HeaderMap) -> Result<Accepted, Refusal> {
     if path != WEBSOCKET_PATH {
         return Err(Refusal::NotFound);
@@ -144,64 +152,6 @@ pub fn check(method: &Method, path: &str, version: Version, headers: &HeaderMap)
     })
 }
 
-/// Largest request head read before answering 400; an upgrade request is a few hundred
-/// bytes.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-
-/// What the bytes read so far from a connection say (threads mode, which has no hyper).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Head {
-    /// Not a complete request head yet: read more.
-    Incomplete,
-    /// A complete head (or one that can never be valid) of `len` bytes, and the verdict.
-    Complete {
-        verdict: Result<Accepted, Refusal>,
-        len: usize,
-    },
-}
-
-/// Parses a request head with httparse and runs [`check`] on it.
-pub fn parse_head(buf: &[u8]) -> Head {
-    let mut header_slots = [httparse::EMPTY_HEADER; 32];
-    let mut request = httparse::Request::new(&mut header_slots);
-    let refuse = |why| Head::Complete {
-        verdict: Err(Refusal::BadRequest(why)),
-        len: buf.len(),
-    };
-    match request.parse(buf) {
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => refuse("bad request: request head too large"),
-        Ok(httparse::Status::Partial) => Head::Incomplete,
-        Ok(httparse::Status::Complete(len)) => {
-            let mut headers = HeaderMap::new();
-            for header in request.headers.iter() {
-                let (Ok(name), Ok(value)) = (
-                    header::HeaderName::from_bytes(header.name.as_bytes()),
-                    HeaderValue::from_bytes(header.value),
-                ) else {
-                    return refuse("bad request: malformed header");
-                };
-                headers.append(name, value);
-            }
-            let Ok(method) = Method::from_bytes(request.method.unwrap_or_default().as_bytes()) else {
-                return refuse("bad request: malformed method");
-            };
-            let version = if request.version == Some(1) {
-                Version::HTTP_11
-            } else {
-                Version::HTTP_10
-            };
-            let path = request.path.unwrap_or_default();
-            let path = path.split('?').next().unwrap_or(path);
-            Head::Complete {
-                verdict: check(&method, path, version, &headers),
-                len,
-            }
-        }
-        Err(httparse::Error::TooManyHeaders) => refuse("bad request: too many headers"),
-        Err(_) => refuse("bad request: not an HTTP/1.1 request"),
-    }
-}
-
 /// The 101 response that completes an upgrade.
 pub fn switching_protocols(accepted: &Accepted) -> Response<String> {
     let mut response = Response::new(String::new());
@@ -214,29 +164,6 @@ pub fn switching_protocols(accepted: &Accepted) -> Response<String> {
         HeaderValue::from_str(&accepted.accept_key).expect("base64 is a valid header value"),
     );
     response
-}
-
-/// Serialises a response as HTTP/1.1 bytes, for threads mode which has no hyper.
-pub fn to_http1_bytes(response: &Response<String>) -> Vec<u8> {
-    let status = response.status();
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .into_bytes();
-    for (name, value) in response.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        out.extend_from_slice(format!("content-length: {}\r\n", response.body().len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(response.body().as_bytes());
-    out
 }
 
 /// True when a comma-separated header (any of its occurrences) holds `token`, ignoring
@@ -327,48 +254,22 @@ mod tests {
     }
 
     #[test]
-    fn parses_heads_from_the_wire() {
-        let request = b"GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nEXTRA";
-        assert_eq!(parse_head(&request[..20]), Head::Incomplete);
-        let Head::Complete { verdict, len } = parse_head(request) else {
-            panic!("incomplete")
-        };
-        assert_eq!(verdict.unwrap().accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(&request[len..], b"EXTRA");
-        let Head::Complete { verdict, .. } = parse_head(b"\x16\x03\x01garbage\r\n\r\n") else {
-            panic!()
-        };
-        assert!(matches!(verdict, Err(Refusal::BadRequest(_))));
-        let Head::Complete { verdict, .. } = parse_head(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n") else {
-            panic!()
-        };
-        assert_eq!(verdict, Err(Refusal::UpgradeRequired));
-        let huge = vec![b'a'; MAX_REQUEST_HEAD];
-        assert!(matches!(
-            parse_head(&huge),
-            Head::Complete {
-                verdict: Err(Refusal::BadRequest(_)),
-                ..
-            }
-        ));
-    }
-
-    #[test]
     fn refusals_are_one_line_and_close_the_connection() {
         for refusal in [
             Refusal::NotFound,
             Refusal::UpgradeRequired,
             Refusal::AtCapacity,
+            Refusal::ThreadUnavailable,
             Refusal::BadRequest("bad"),
         ] {
             let response = refusal.response();
             assert_eq!(response.body().lines().count(), 1);
-            let bytes = String::from_utf8(to_http1_bytes(&response)).unwrap();
-            assert!(bytes.contains("connection: close\r\n"), "{bytes}");
-            assert!(bytes.ends_with(response.body().as_str()));
+            assert_eq!(response.headers()[header::CONNECTION], "close", "{refusal:?}");
         }
-        let bytes = to_http1_bytes(&Refusal::AtCapacity.response());
-        assert!(bytes.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        for refusal in [Refusal::AtCapacity, Refusal::ThreadUnavailable] {
+            let response = refusal.response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
     }
 }

@@ -16,7 +16,9 @@
 //! - [`server`]: the two execution models, [`server::tasks`] (one Tokio task per
 //!   connection) and [`server::threads`] (one OS thread per connection), the connection
 //!   permits, and graceful shutdown.
-//! - [`metrics`]: metric names, the Prometheus recorder, /metrics and /healthz.
+//! - [`metrics`]: metric names and handles, the Prometheus recorder, the sampler thread
+//!   that reads /proc, and /metrics and /healthz.
+//! - [`exposition`]: reading a server's /metrics text (for `compare` and the tests).
 //! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound
 //!   thread-per-connection.
 //!
@@ -28,6 +30,7 @@
 pub mod child;
 pub mod compare;
 pub mod config;
+pub mod exposition;
 pub mod handshake;
 pub mod limits;
 pub mod metrics;

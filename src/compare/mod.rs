@@ -28,8 +28,8 @@ use wsscale_loadgen::stats::Stats;
 
 use crate::child::{ServeChild, http_get_body};
 use crate::config::{CompareArgs, Mode};
+use crate::exposition::sample_value;
 use crate::limits;
-use crate::metrics::sample_value;
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{KernelLimits, ProcessStatus};
 

@@ -1,7 +1,8 @@
 //! The IO of one WebSocket connection, shared by both execution models: read what the
 //! socket has into a pooled buffer, hand it to the [`Session`], write the answers. Each
-//! model only decides *when* to call in — Tokio readiness in tasks mode, poll(2) in
-//! threads mode — so both move the same bytes through the same code.
+//! model only reports *what* is ready — Tokio readiness in tasks mode, poll(2) in threads
+//! mode — through [`Wake`]; [`Connection::on_wake`] handles it in one order for both, so
+//! both move the same bytes through the same code.
 //!
 //! Buffers are borrowed from a [`BufferPool`] for the length of one read or write and
 //! given back, so an idle connection holds none: the only per-connection bytes are its
@@ -106,20 +107,27 @@ impl BufferPool {
     }
 }
 
+/// What woke a connection, as the execution model sees it. [`Connection::on_wake`] asks
+/// each source in its order and only when it matters (shutdown only while the session is
+/// open, writability only while answers wait, readability only while the connection
+/// reads), so a model that polls lazily (Tokio) registers interest in exactly those.
+pub trait Wake {
+    /// The server started shutting down.
+    fn signalled(&mut self) -> bool;
+    /// The socket takes writes (an error ends the connection).
+    fn writable(&mut self) -> io::Result<bool>;
+    /// The socket has data, EOF or an error to read (an error ends the connection).
+    fn readable(&mut self) -> io::Result<bool>;
+    /// The session's deadline (ping, idle timeout, drain) has passed.
+    fn timer_due(&mut self, deadline: Instant) -> bool;
+}
+
 /// One connection: its session, and the answers a slow peer has not taken yet.
 pub struct Connection {
     session: Session,
     /// Bytes produced but not yet accepted by the socket; empty (no allocation) unless
     /// the peer is not reading.
     unsent: Vec<u8>,
-}
-
-/// What the driver does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// The socket has been shut down for writing; drop it and count the connection closed.
-    Closed(CloseReason),
 }
 
 impl Connection {
@@ -140,6 +148,35 @@ impl Connection {
         self.session.is_open()
     }
 
+    /// Handles whatever woke the connection, in the one order both models follow:
+    /// shutdown (say 1001), then what a slow peer left unsent, then what the peer sent,
+    /// then the session's timer. [`Flow::Finish`] means the socket has been shut down for
+    /// writing: the driver drops it and closes the guard with the reason.
+    pub fn on_wake(&mut self, socket: &impl Socket, shared: &Shared, wake: &mut impl Wake) -> Flow {
+        let mut flow = Flow::Continue;
+        if self.heeds_shutdown() && wake.signalled() {
+            flow = self.on_shutdown(socket, shared);
+        }
+        if flow == Flow::Continue && self.wants_write() {
+            flow = match wake.writable() {
+                Ok(true) => self.on_writable(socket),
+                Ok(false) => Flow::Continue,
+                Err(_) => Flow::Finish(CloseReason::Error),
+            };
+        }
+        if flow == Flow::Continue && self.wants_read(shared) {
+            flow = match wake.readable() {
+                Ok(true) => self.on_readable(socket, shared),
+                Ok(false) => Flow::Continue,
+                Err(_) => Flow::Finish(CloseReason::Error),
+            };
+        }
+        if flow == Flow::Continue && wake.timer_due(self.deadline(shared)) {
+            flow = self.on_timer(socket, shared);
+        }
+        flow
+    }
+
     /// Whether the driver should wait for writability.
     pub fn wants_write(&self) -> bool {
         !self.unsent.is_empty()
@@ -152,9 +189,9 @@ impl Connection {
     }
 
     /// Bytes that arrived with the upgrade request, before the driver's first read.
-    pub fn on_early_bytes(&mut self, socket: &impl Socket, shared: &Shared, mut bytes: Vec<u8>) -> Next {
+    pub fn on_early_bytes(&mut self, socket: &impl Socket, shared: &Shared, mut bytes: Vec<u8>) -> Flow {
         if bytes.is_empty() {
-            return Next::Continue;
+            return Flow::Continue;
         }
         let (read, mut output) = shared.buffers.take();
         let mut tally = Tally::default();
@@ -166,7 +203,7 @@ impl Connection {
     }
 
     /// The socket is readable: read until it would block (or the budget is spent).
-    pub fn on_readable(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+    fn on_readable(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
         let (mut read, mut output) = shared.buffers.take();
         let mut budget = READ_BUDGET;
         let mut tally = Tally::default();
@@ -193,30 +230,30 @@ impl Connection {
     }
 
     /// The socket is writable again: send what was waiting.
-    pub fn on_writable(&mut self, socket: &impl Socket) -> Next {
+    fn on_writable(&mut self, socket: &impl Socket) -> Flow {
         match write_some(socket, &self.unsent) {
             Ok(written) if written == self.unsent.len() => {
                 // Keep no capacity once the peer has caught up.
                 self.unsent = Vec::new();
-                Next::Continue
+                Flow::Continue
             }
             Ok(written) => {
                 self.unsent.drain(..written);
-                Next::Continue
+                Flow::Continue
             }
-            Err(_) => Next::Closed(CloseReason::Error),
+            Err(_) => Flow::Finish(CloseReason::Error),
         }
     }
 
-    /// The session's deadline passed.
-    pub fn on_timer(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+    /// The session's deadline passed (or may have: the session checks its own clock).
+    fn on_timer(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
         let (read, mut output) = shared.buffers.take();
         let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut output);
         self.finish_wake(socket, shared, flow, read, output)
     }
 
     /// The server is shutting down.
-    pub fn on_shutdown(&mut self, socket: &impl Socket, shared: &Shared) -> Next {
+    fn on_shutdown(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
         let (read, mut output) = shared.buffers.take();
         self.session.begin_shutdown(Instant::now(), &shared.policy, &mut output);
         self.finish_wake(socket, shared, Flow::Continue, read, output)
@@ -231,13 +268,13 @@ impl Connection {
         flow: Flow,
         read: Vec<u8>,
         output: Vec<u8>,
-    ) -> Next {
-        let mut next = Next::Continue;
+    ) -> Flow {
+        let mut next = Flow::Continue;
         if !output.is_empty() {
             if self.unsent.is_empty() {
                 match write_some(socket, &output) {
                     Ok(written) => self.unsent.extend_from_slice(&output[written..]),
-                    Err(_) => next = Next::Closed(CloseReason::Error),
+                    Err(_) => next = Flow::Finish(CloseReason::Error),
                 }
             } else {
                 self.unsent.extend_from_slice(&output);
@@ -250,7 +287,7 @@ impl Connection {
                 let _ = write_some(socket, &self.unsent);
             }
             socket.shutdown_write();
-            return Next::Closed(reason);
+            return Flow::Finish(reason);
         }
         next
     }

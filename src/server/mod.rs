@@ -1,14 +1,21 @@
-//! The server: what both execution models share (configuration, permits, the connection
-//! guard that keeps the counts true), start-up, and the dispatch to [`tasks`] or
-//! [`threads`].
+//! The server: what both execution models share, and the one start-up.
 //!
 //! Start-up order: raise the fd limit, derive the connection cap, install the metrics
 //! recorder, bind both listeners, print the bound addresses on stdout (one line, for
-//! scripts and tests that bind port 0), then run the chosen model until SIGINT/SIGTERM.
+//! scripts and tests that bind port 0), build the runtime, start the sampler thread, then
+//! serve until SIGINT/SIGTERM and the drain that follows.
+//!
+//! Both models share everything up to the upgrade: one accept loop ([`accept_loop`]) and
+//! one HTTP phase ([`upgrade`]: hyper with the axum router, `handshake::check`, the
+//! permit, 101 or a refusal), run as one Tokio task per TCP connection. After the 101,
+//! [`tasks`] continues the session in that same task, and [`threads`] hands the socket
+//! to the thread the handler started for it. Either way the session runs the same
+//! [`connection::Connection`] code.
 
 pub mod connection;
 pub mod tasks;
 pub mod threads;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,18 +23,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Mode, ServeConfig};
 use crate::handshake::RejectReason;
 use crate::limits::{self, Bound, Capacity};
-use crate::metrics::{self, ConnectionCount, ServerMetrics};
+use crate::metrics::sampler::{ConnectionCount, SamplerHandle};
+use crate::metrics::{self, ServerMetrics};
 use crate::session::{CloseReason, SessionPolicy};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
 /// Free read and write buffers kept for reuse (more are freed when given back).
 const BUFFERS_KEPT: usize = 64;
+/// How long shutdown waits past the drain timeout for sessions to notice it and end.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 /// Everything the connection path of either model reads; one per server.
 pub struct Shared {
@@ -39,10 +52,18 @@ pub struct Shared {
     /// Most answers queued for a peer that is not reading before we stop reading it.
     pub max_unsent: usize,
     pub max_connections: usize,
-    /// One permit per WebSocket connection. A connection takes its permit when its
-    /// upgrade is accepted (tasks) or before its thread is spawned (threads) and gives it
-    /// back when it ends, so at most `max_connections` are held and the next client gets
-    /// a 503.
+    /// Cancelled on the first SIGINT/SIGTERM: the accept loop stops, HTTP phases end, and
+    /// every open session sends 1001 (threads mode relays it through a pipe, see
+    /// [`threads`]).
+    pub shutdown: CancellationToken,
+    /// Every connection's task, and a token held by every connection thread: shutdown
+    /// waits for all of them (up to the drain timeout).
+    pub tracker: TaskTracker,
+    /// What only threads mode needs; `None` in tasks mode.
+    threads: Option<threads::Threads>,
+    /// One permit per WebSocket connection, taken by a request that passed the handshake
+    /// check and given back when its connection ends: at most `max_connections` are held
+    /// and the next client gets a 503.
     permits: Arc<Semaphore>,
     /// Sessions running now: incremented when a session starts, decremented when its
     /// socket is closed. The source of `wsscale_connections_active`.
@@ -50,8 +71,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: ServeConfig, max_connections: usize) -> Self {
-        Shared {
+    pub fn new(config: ServeConfig, max_connections: usize) -> std::io::Result<Self> {
+        Ok(Shared {
             policy: SessionPolicy {
                 ping_interval: config.ping_interval,
                 idle_timeout: config.idle_timeout,
@@ -63,10 +84,16 @@ impl Shared {
             // Room for one maximum-size answer (with its frame header) at least.
             max_unsent: config.write_buffer_size.max(config.max_message_size + 14),
             max_connections,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            threads: match config.mode {
+                Mode::Tasks => None,
+                Mode::Threads => Some(threads::Threads::new()?),
+            },
             permits: Arc::new(Semaphore::new(max_connections)),
             active: AtomicUsize::new(0),
             config,
-        }
+        })
     }
 
     /// A permit for one more connection, or `None` at capacity.
@@ -90,9 +117,12 @@ impl ConnectionCount for Shared {
 }
 
 /// Proof that a session is running: created after the upgrade, dropped after its socket
-/// is closed. Keeps `active`, opened and closed counts true in both models.
+/// is closed. Keeps the active, opened and closed counts true in both models: a guard
+/// dropped without [`ConnectionGuard::close`] (a panic, a task dropped at the drain
+/// deadline) counts as `reason="error"`.
 pub struct ConnectionGuard {
     pub shared: Arc<Shared>,
+    reason: CloseReason,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -102,19 +132,21 @@ impl ConnectionGuard {
         shared.metrics.connections_opened.increment(1);
         ConnectionGuard {
             shared,
+            reason: CloseReason::Error,
             _permit: permit,
         }
     }
 
     /// Ends the connection under `reason`. Call after the socket is dropped.
-    pub fn close(self, reason: CloseReason) {
-        self.shared.metrics.closed(reason);
+    pub fn close(mut self, reason: CloseReason) {
+        self.reason = reason;
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.closed(self.reason);
     }
 }
 
@@ -151,7 +183,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install(config.mode)?;
     let listener = bind_websocket_listener(config.listen)
         .with_context(|| format!("binding the WebSocket listener on {}", config.listen))?;
-    let metrics_listener = metrics::bind(config.metrics_listen)
+    let metrics_listener = metrics::http::bind(config.metrics_listen)
         .with_context(|| format!("binding the metrics listener on {}", config.metrics_listen))?;
     let ws_addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
@@ -177,10 +209,110 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     println!("listening ws://{ws_addr}/ws metrics http://{metrics_addr}/metrics");
 
-    let shared = Arc::new(Shared::new(config, capacity.max_connections));
-    match shared.config.mode {
-        Mode::Tasks => tasks::run_blocking(listener, metrics_listener, prometheus, shared),
-        Mode::Threads => threads::run_blocking(listener, metrics_listener, prometheus, shared),
+    // Tasks mode: one worker per core. Threads mode: the connections are threads, and
+    // everything else (accept, HTTP phases, /metrics, signals, 503s) runs on the main
+    // thread.
+    let runtime = match config.mode {
+        Mode::Tasks => tokio::runtime::Builder::new_multi_thread()
+            .thread_name("wsscale-worker")
+            .enable_all()
+            .build()?,
+        Mode::Threads => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+    };
+    let shared = Arc::new(Shared::new(config, capacity.max_connections)?);
+    let sampler = SamplerHandle::start(
+        prometheus,
+        runtime.handle().clone(),
+        shared.clone(),
+        shared.metrics.clone(),
+        shared.max_connections,
+    )?;
+    runtime.block_on(run(listener, metrics_listener, sampler, shared))?;
+    // Idle pooled threads and leftover tasks must not hold the exit up.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// Serves until shutdown, then waits for every session to close (each sends 1001 and
+/// waits at most the drain timeout).
+async fn run(
+    listener: std::net::TcpListener,
+    metrics_listener: std::net::TcpListener,
+    sampler: SamplerHandle,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let metrics_listener = TcpListener::from_std(metrics_listener)?;
+    tokio::spawn(async move {
+        if let Err(error) = metrics::http::serve(metrics_listener, sampler).await {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    });
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            match wsscale_host::signal::terminated().await {
+                Ok(signal) => {
+                    tracing::info!(
+                        signal,
+                        "shutting down: no new connections, closing every session with 1001"
+                    );
+                    shared.shutdown.cancel();
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot install SIGINT/SIGTERM handlers; stop the server with SIGKILL")
+                }
+            }
+        }
+    });
+    if let Some(threads) = &shared.threads {
+        threads.relay_shutdown(&shared.shutdown);
+    }
+    accept_loop(listener, &shared).await;
+
+    shared.tracker.close();
+    let deadline = shared.config.drain_timeout + SHUTDOWN_MARGIN;
+    if tokio::time::timeout(deadline, shared.tracker.wait()).await.is_err() {
+        tracing::warn!(
+            left = shared.tracker.len(),
+            "drain timeout passed; dropping the connections left"
+        );
+    } else {
+        tracing::info!("every connection closed");
+    }
+    Ok(())
+}
+
+/// Accepts connections until shutdown; each gets one task in the tracker, which runs its
+/// HTTP phase and then what its execution model does after the upgrade.
+async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    let app = upgrade::router(shared.clone());
+    let mut backoff = AcceptBackoff::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.reset();
+                let http = upgrade::serve_http(stream, peer, app.clone(), shared.clone());
+                match shared.config.mode {
+                    Mode::Tasks => shared.tracker.spawn(tasks::ConnectionTask::new(http, shared.clone())),
+                    Mode::Threads => shared.tracker.spawn(threads::hand_over_after(http)),
+                };
+            }
+            Err(error) if is_per_connection_accept_error(&error) => {}
+            Err(error) => {
+                let pause = backoff.next_pause();
+                tracing::warn!(%error, ?pause, "accept failed; backing off");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
     }
 }
 
@@ -197,7 +329,7 @@ fn bind_websocket_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpLis
 
 /// True for accept errors that concern one client only (it hung up before we accepted);
 /// anything else (EMFILE, ENFILE, ENOBUFS, ENOMEM) is a resource shortage to back off from.
-pub fn is_per_connection_accept_error(error: &std::io::Error) -> bool {
+fn is_per_connection_accept_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         error.kind(),
@@ -207,7 +339,7 @@ pub fn is_per_connection_accept_error(error: &std::io::Error) -> bool {
 
 /// How long the accept loop pauses after a resource error: doubling from 10 ms to 1 s.
 #[derive(Debug)]
-pub struct AcceptBackoff {
+struct AcceptBackoff {
     next: Duration,
 }
 
@@ -215,41 +347,54 @@ impl AcceptBackoff {
     const FIRST: Duration = Duration::from_millis(10);
     const MAX: Duration = Duration::from_secs(1);
 
-    pub fn new() -> Self {
+    fn new() -> Self {
         AcceptBackoff { next: Self::FIRST }
     }
 
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.next = Self::FIRST;
     }
 
-    pub fn next_pause(&mut self) -> Duration {
+    fn next_pause(&mut self) -> Duration {
         let pause = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         pause
     }
 }
 
-impl Default for AcceptBackoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use metrics_exporter_prometheus::PrometheusBuilder;
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        tracing::error!("cannot install SIGINT/SIGTERM handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    tracing::info!(
-        signal = name,
-        "shutting down: no new connections, closing every session with 1001"
-    );
+    use super::*;
+    use crate::config::{Cli, Command};
+    use crate::exposition::sample_value;
+
+    fn shared_with_local_recorder() -> (Arc<Shared>, metrics_exporter_prometheus::PrometheusHandle) {
+        let Command::Serve(args) = Cli::parse_from(["wsscale", "serve"]).command else {
+            unreachable!("a serve command line")
+        };
+        let config = ServeConfig::try_from(args).unwrap();
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let shared = ::metrics::with_local_recorder(&recorder, || Shared::new(config, 4).unwrap());
+        (Arc::new(shared), handle)
+    }
+
+    #[test]
+    fn every_connection_is_counted_closed_once_even_without_close() {
+        let (shared, prometheus) = shared_with_local_recorder();
+        let closed =
+            |reason: &str| sample_value(&prometheus.render(), metrics::CONNECTIONS_CLOSED, &[("reason", reason)]);
+        let guard = ConnectionGuard::open(shared.clone(), shared.try_permit().unwrap());
+        assert_eq!(shared.active_connections(), 1);
+        guard.close(CloseReason::ClientClose);
+        // Dropped on a path that never said why (a panic, the drain deadline).
+        drop(ConnectionGuard::open(shared.clone(), shared.try_permit().unwrap()));
+        assert_eq!(closed("client_close"), Some(1.0));
+        assert_eq!(closed("error"), Some(1.0));
+        assert_eq!(shared.active_connections(), 0);
+        assert_eq!(shared.permits.available_permits(), 4, "both permits are back");
+    }
 }

@@ -1,0 +1,226 @@
+//! The server's metrics: names, the handles the connection path writes, and the
+//! Prometheus recorder. Split by job:
+//!
+//! - this module: metric names as constants, [`ServerMetrics`] (pre-registered handles),
+//!   [`install`] (the recorder with the global labels, every metric described);
+//! - [`sampler`]: the one thread that reads /proc and the allocator into gauges, folds
+//!   histogram samples in, and renders each scrape — so no /proc read ever runs on a
+//!   thread that serves connections;
+//! - [`http`]: GET /metrics and GET /healthz.
+//!
+//! Every series carries the `mode` label (a global label) so a tasks server and a threads
+//! server compare on one dashboard. Labels are bounded: close and reject reasons, memory
+//! source; never anything per connection. Every metric is described and written at start,
+//! so the first scrape already shows all of them.
+
+pub mod http;
+pub mod sampler;
+
+use std::sync::{Arc, Mutex};
+
+use metrics::{Counter, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::Mode;
+use crate::handshake::RejectReason;
+use crate::session::{CloseReason, Tally};
+
+pub const CONNECTIONS_ACTIVE: &str = "wsscale_connections_active";
+pub const CONNECTIONS_OPENED: &str = "wsscale_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "wsscale_connections_closed_total";
+pub const CONNECTIONS_REJECTED: &str = "wsscale_connections_rejected_total";
+pub const CONNECTIONS_MAX: &str = "wsscale_connections_max";
+pub const MESSAGES_RECEIVED: &str = "wsscale_messages_received_total";
+pub const MESSAGES_SENT: &str = "wsscale_messages_sent_total";
+pub const HANDSHAKE_DURATION: &str = "wsscale_handshake_duration_seconds";
+pub const HEAP_ALLOCATED: &str = "wsscale_heap_allocated_bytes";
+pub const MEMORY_PER_CONNECTION: &str = "wsscale_memory_per_connection_bytes";
+pub const TASKS_ALIVE: &str = "wsscale_tasks_alive";
+pub const RUNTIME_WORKERS: &str = "wsscale_runtime_workers";
+pub const HOST_KERNEL_STACK: &str = "wsscale_host_kernel_stack_bytes";
+pub const HOST_TCP_SOCKETS: &str = "wsscale_host_tcp_sockets_inuse";
+
+/// Handshake durations span loopback microseconds to slow clients' seconds.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Handles to the metrics the connection path writes, registered once so the hot path
+/// does no registry lookups.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub messages_received: Counter,
+    pub messages_sent: Counter,
+    pub connections_opened: Counter,
+    /// Handshake durations (seconds) waiting to be recorded by the metrics side. The
+    /// exporter's histogram storage is epoch-based (crossbeam-epoch) and keeps a few KiB
+    /// of per-thread state after each recording thread exits; recording from thousands of
+    /// short-lived connection threads would charge that to threads mode. So both modes
+    /// hand durations over here and [`ServerMetrics::flush_handshakes`] records them.
+    pending_handshakes: Arc<Mutex<Vec<f64>>>,
+    handshake_duration: Histogram,
+    closed: ByReason<CloseReason>,
+    rejected: ByReason<RejectReason>,
+}
+
+/// One counter per reason of a labelled counter, found by the reason itself (never by
+/// its position, so reordering an enum cannot move a count to another label).
+#[derive(Clone)]
+struct ByReason<R>(Vec<(R, Counter)>);
+
+impl<R: Copy + PartialEq> ByReason<R> {
+    /// Registers `name{reason=...}` for every reason and writes its zero.
+    fn register(name: &'static str, reasons: &[R], label: fn(R) -> &'static str) -> Self {
+        ByReason(
+            reasons
+                .iter()
+                .map(|&reason| {
+                    let counter = metrics::counter!(name, "reason" => label(reason));
+                    counter.increment(0);
+                    (reason, counter)
+                })
+                .collect(),
+        )
+    }
+
+    fn increment(&self, reason: R) {
+        if let Some((_, counter)) = self.0.iter().find(|(known, _)| *known == reason) {
+            counter.increment(1);
+        }
+    }
+}
+
+impl ServerMetrics {
+    /// Registers every connection-path metric with the installed recorder and writes its
+    /// zero, so it is present from the first scrape.
+    pub fn register() -> Self {
+        let zero = |counter: Counter| {
+            counter.increment(0);
+            counter
+        };
+        ServerMetrics {
+            messages_received: zero(metrics::counter!(MESSAGES_RECEIVED)),
+            messages_sent: zero(metrics::counter!(MESSAGES_SENT)),
+            connections_opened: zero(metrics::counter!(CONNECTIONS_OPENED)),
+            pending_handshakes: Arc::default(),
+            handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
+            closed: ByReason::register(CONNECTIONS_CLOSED, &CloseReason::ALL, CloseReason::as_str),
+            rejected: ByReason::register(CONNECTIONS_REJECTED, &RejectReason::ALL, RejectReason::as_str),
+        }
+    }
+
+    pub fn handshake(&self, seconds: f64) {
+        lock(&self.pending_handshakes).push(seconds);
+    }
+
+    /// Records the pending handshake durations into the histogram, on the caller's thread.
+    pub fn flush_handshakes(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending_handshakes));
+        for seconds in pending {
+            self.handshake_duration.record(seconds);
+        }
+    }
+
+    /// Adds what the session counted during one wake-up.
+    pub fn add(&self, tally: Tally) {
+        if tally.messages_received > 0 {
+            self.messages_received.increment(tally.messages_received);
+        }
+        if tally.messages_sent > 0 {
+            self.messages_sent.increment(tally.messages_sent);
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed.increment(reason);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected.increment(reason);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Installs the process-wide Prometheus recorder with the `mode` label and describes
+/// every metric this server exports.
+pub fn install(mode: Mode) -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .add_global_label("mode", mode.as_str())
+        .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "WebSocket connections open now.");
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        Unit::Count,
+        "Most WebSocket connections held at once (--max-connections or the limit-derived default)."
+    );
+    describe_counter!(
+        CONNECTIONS_OPENED,
+        Unit::Count,
+        "WebSocket connections upgraded since start."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "WebSocket connections ended, by reason: client_close, idle_timeout, error, shutdown."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        Unit::Count,
+        "Clients refused a WebSocket, by reason: capacity (503), handshake_timeout, bad_request (400/426), thread_spawn (503)."
+    );
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        Unit::Count,
+        "Text and binary messages received (control frames not counted)."
+    );
+    describe_counter!(
+        MESSAGES_SENT,
+        Unit::Count,
+        "Text and binary messages sent back (echoes; control frames not counted)."
+    );
+    describe_histogram!(
+        HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "Time from accepting the TCP connection to sending 101 Switching Protocols."
+    );
+    describe_gauge!(
+        HEAP_ALLOCATED,
+        Unit::Bytes,
+        "Live heap bytes (allocated, not freed) counted by a wrapper around the system allocator."
+    );
+    describe_gauge!(
+        MEMORY_PER_CONNECTION,
+        Unit::Bytes,
+        "(current - baseline at zero connections) / active connections, by source: rss or heap; 0 with no connections."
+    );
+    describe_gauge!(
+        TASKS_ALIVE,
+        Unit::Count,
+        "Tokio tasks alive on the server's runtime (num_alive_tasks)."
+    );
+    describe_gauge!(
+        RUNTIME_WORKERS,
+        Unit::Count,
+        "Worker threads of the server's Tokio runtime."
+    );
+    describe_gauge!(
+        HOST_KERNEL_STACK,
+        Unit::Bytes,
+        "Kernel stacks on the whole host (KernelStack in /proc/meminfo): 16 KiB per thread, in no process's RSS."
+    );
+    describe_gauge!(
+        HOST_TCP_SOCKETS,
+        Unit::Count,
+        "TCP sockets in use on the whole host (/proc/net/sockstat)."
+    );
+}
