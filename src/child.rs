@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a server may take to print its "listening" line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct ServeChild {
     child: Child,
     pub ws_addr: SocketAddr,
@@ -56,8 +59,31 @@ impl ServeChild {
             .stdout(Stdio::piped());
         configure(&mut command);
         let mut child = command.spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout is piped")).read_line(&mut line)?;
+        // The first line arrives on a thread of its own, so a server that never prints it
+        // cannot hang the caller; the thread then drains stdout until the server exits,
+        // so the pipe stays open (a later print must not fail) and never fills.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (first_line, first_line_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("serve-stdout".into())
+            .spawn(move || {
+                let mut stdout = BufReader::new(stdout);
+                let mut line = String::new();
+                let read = stdout.read_line(&mut line).map(|_| line);
+                let _ = first_line.send(read);
+                let _ = io::copy(&mut stdout, &mut io::sink());
+            })?;
+        let line = match first_line_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(read) => read?,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("wsscale serve printed no address within {STARTUP_TIMEOUT:?}"),
+                ));
+            }
+        };
         let addr_after = |prefix: &str| -> Option<SocketAddr> {
             let start = line.find(prefix)? + prefix.len();
             line[start..].split('/').next()?.parse().ok()
@@ -85,8 +111,14 @@ impl ServeChild {
         format!("ws://{}/ws", self.ws_addr)
     }
 
-    pub fn signal(&self, signal: i32) -> io::Result<()> {
-        // SAFETY: kill(2) on our own child's pid; it has not been reaped while `self` lives.
+    /// Sends `signal`, unless the process has already exited (and been reaped: its pid
+    /// may belong to another process by now).
+    pub fn signal(&mut self, signal: i32) -> io::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            return Err(io::Error::other(format!("wsscale serve has already exited ({status})")));
+        }
+        // SAFETY: kill(2) on our own child's pid, which try_wait has just shown is not
+        // reaped (only this struct reaps it).
         if unsafe { libc::kill(self.child.id() as i32, signal) } == 0 {
             Ok(())
         } else {

@@ -75,7 +75,7 @@ impl TestServer {
         }
     }
 
-    pub fn signal(&self, signal: i32) {
+    pub fn signal(&mut self, signal: i32) {
         self.child.signal(signal).unwrap();
     }
 
@@ -114,7 +114,7 @@ pub struct Metrics(pub String);
 
 impl Metrics {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        wsscale::metrics::sample_value(&self.0, name, labels)
+        wsscale::exposition::sample_value(&self.0, name, labels)
     }
 
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
