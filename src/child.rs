@@ -64,15 +64,13 @@ impl ServeChild {
         // so the pipe stays open (a later print must not fail) and never fills.
         let stdout = child.stdout.take().expect("stdout is piped");
         let (first_line, first_line_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("serve-stdout".into())
-            .spawn(move || {
-                let mut stdout = BufReader::new(stdout);
-                let mut line = String::new();
-                let read = stdout.read_line(&mut line).map(|_| line);
-                let _ = first_line.send(read);
-                let _ = io::copy(&mut stdout, &mut io::sink());
-            })?;
+        std::thread::Builder::new().name("serve-stdout".into()).spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line).map(|_| line);
+            let _ = first_line.send(read);
+            let _ = io::copy(&mut stdout, &mut io::sink());
+        })?;
         let line = match first_line_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(read) => read?,
             Err(_) => {

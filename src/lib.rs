@@ -11,7 +11,9 @@
 //!   both execution models so they accept and refuse exactly the same requests.
 //! - [`protocol`]: RFC 6455 framing without IO: a decoder that holds nothing between
 //!   frames, and the server's frame encoder.
-//! - [`session`]: the WebSocket session policy (echo, pings, idle timeout, close reasons),
+//! - [`lifecycle`]: when to ping, when a silent peer is dead, how shutdown and the drain
+//!   go, why a connection ended: the policy every engine follows; no IO.
+//! - [`session`]: the lean engine's session (echo, pong, close reply) on that lifecycle,
 //!   shared by both execution models; it does no IO.
 //! - [`server`]: the two execution models, [`server::tasks`] (one Tokio task per
 //!   connection) and [`server::threads`] (one OS thread per connection), the connection
@@ -32,6 +34,7 @@ pub mod compare;
 pub mod config;
 pub mod exposition;
 pub mod handshake;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

@@ -1,6 +1,6 @@
-//! The WebSocket session, shared by both execution models: what to answer to each frame
-//! (echo, pong, close reply), when to ping, when a silent peer is dead, how a connection
-//! ends and why.
+//! The lean engine's WebSocket session, shared by both execution models: what to answer
+//! to each frame (echo, pong, close reply), on the [`Lifecycle`] every engine follows
+//! (when to ping, when a silent peer is dead, how a connection ends and why).
 //!
 //! This module does no IO. It is fed the bytes the driver read and writes the bytes to
 //! send into a buffer the driver lends it; [`crate::server::connection`] moves them
@@ -8,40 +8,10 @@
 //! (Tokio readiness in tasks mode, poll(2) in threads mode). So the two models behave
 //! identically on the wire and count identically in the metrics.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::lifecycle::{CloseReason, Due, Flow, Lifecycle, SessionPolicy};
 use crate::protocol::{self, Decoder, Frame, close_code, opcode};
-
-/// Why a connection ended: the `reason` label of `wsscale_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer started the close handshake.
-    ClientClose,
-    /// No traffic from the peer within the idle timeout (pings went unanswered).
-    IdleTimeout,
-    /// A protocol violation, an oversized message, a reset, or EOF without a close frame.
-    Error,
-    /// The server is shutting down and sent 1001.
-    Shutdown,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
-        CloseReason::ClientClose,
-        CloseReason::IdleTimeout,
-        CloseReason::Error,
-        CloseReason::Shutdown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientClose => "client_close",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::Error => "error",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// What a session counted while handling one event, for the caller to add to the
 /// metrics (the session itself does no IO and records nothing).
@@ -53,65 +23,30 @@ pub struct Tally {
     pub messages_sent: u64,
 }
 
-/// The policy every session follows; one per server.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionPolicy {
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub max_message_size: usize,
-}
-
-/// What the driver does after handing the session an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// Write what the session produced and keep going.
-    Continue,
-    /// Write what the session produced (best effort), close the socket: the connection
-    /// ended for this reason.
-    Finish(CloseReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Open,
-    /// We sent a close frame and wait for the peer's until the deadline.
-    Closing {
-        reason: CloseReason,
-        deadline: Instant,
-    },
-}
-
-/// One connection's protocol state.
+/// One connection's protocol state: the decoder, and the [`Lifecycle`] every engine
+/// follows.
 #[derive(Debug)]
 pub struct Session {
     decoder: Decoder,
-    state: State,
-    last_activity: Instant,
-    next_ping: Instant,
+    life: Lifecycle,
 }
 
 impl Session {
     pub fn new(policy: &SessionPolicy, now: Instant) -> Self {
         Session {
             decoder: Decoder::default(),
-            state: State::Open,
-            last_activity: now,
-            next_ping: now + policy.ping_interval,
+            life: Lifecycle::new(policy, now),
         }
     }
 
     /// When the driver must call [`Session::on_timer`] if nothing else happens first.
     pub fn deadline(&self, policy: &SessionPolicy) -> Instant {
-        match self.state {
-            State::Closing { deadline, .. } => deadline,
-            State::Open => self.next_ping.min(self.last_activity + policy.idle_timeout),
-        }
+        self.life.deadline(policy)
     }
 
     /// True until the session starts closing; only an open session heeds shutdown.
     pub fn is_open(&self) -> bool {
-        self.state == State::Open
+        self.life.is_open()
     }
 
     /// Bytes from the peer; the answers go to `out`. `input` is unmasked in place.
@@ -123,28 +58,31 @@ impl Session {
         tally: &mut Tally,
         out: &mut Vec<u8>,
     ) -> Flow {
-        self.last_activity = now;
+        self.life.on_activity(now);
         let mut flow = Flow::Continue;
-        let state = self.state;
+        let life = self.life;
+        let open = life.is_open();
         let decoded = self.decoder.feed(input, policy.max_message_size, |frame| {
-            match (frame, state) {
-                (Frame::Message { text, payload }, State::Open) => {
+            match frame {
+                Frame::Message { text, payload } => {
                     tally.messages_received += 1;
-                    tally.messages_sent += 1;
-                    protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
-                }
-                (Frame::Message { .. }, State::Closing { .. }) => tally.messages_received += 1,
-                (Frame::Ping(payload), State::Open) => protocol::encode(out, opcode::PONG, payload),
-                (Frame::Ping(_) | Frame::Pong, _) => {}
-                (Frame::Close(code), State::Open) => {
-                    // Echo the peer's code (RFC 6455 5.5.1); the server then closes TCP.
-                    match code {
-                        Some(code) => protocol::encode_close(out, code, ""),
-                        None => protocol::encode(out, opcode::CLOSE, &[]),
+                    if open {
+                        tally.messages_sent += 1;
+                        protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
                     }
-                    flow = Flow::Finish(CloseReason::ClientClose);
                 }
-                (Frame::Close(_), State::Closing { reason, .. }) => flow = Flow::Finish(reason),
+                Frame::Ping(payload) if open => protocol::encode(out, opcode::PONG, payload),
+                Frame::Ping(_) | Frame::Pong => {}
+                Frame::Close(code) => {
+                    if open {
+                        // Echo the peer's code (RFC 6455 5.5.1); the server then closes TCP.
+                        match code {
+                            Some(code) => protocol::encode_close(out, code, ""),
+                            None => protocol::encode(out, opcode::CLOSE, &[]),
+                        }
+                    }
+                    flow = Flow::Finish(life.on_peer_close());
+                }
             }
             flow == Flow::Continue
         });
@@ -152,7 +90,7 @@ impl Session {
             Ok(()) => flow,
             Err(violation) => {
                 // Fail the connection (RFC 6455 7.1.7): say why, then close.
-                if self.state == State::Open {
+                if open {
                     protocol::encode_close(out, violation.code, violation.reason);
                 }
                 Flow::Finish(CloseReason::Error)
@@ -162,53 +100,39 @@ impl Session {
 
     /// The peer closed TCP (or reset it).
     pub fn on_eof(&self) -> CloseReason {
-        match self.state {
-            // We asked to close and the peer hung up instead of answering: still ours.
-            State::Closing { reason, .. } => reason,
-            State::Open => CloseReason::Error,
-        }
+        self.life.on_eof()
     }
 
     /// The deadline passed: ping, reap a silent peer, or give up on a close handshake.
     pub fn on_timer(&mut self, now: Instant, policy: &SessionPolicy, out: &mut Vec<u8>) -> Flow {
-        match self.state {
-            State::Closing { reason, deadline } => {
-                if now >= deadline {
-                    Flow::Finish(reason)
-                } else {
-                    Flow::Continue
-                }
+        match self.life.on_timer(now, policy) {
+            Due::Nothing => Flow::Continue,
+            Due::Ping => {
+                protocol::encode(out, opcode::PING, &[]);
+                Flow::Continue
             }
-            State::Open if now >= self.last_activity + policy.idle_timeout => {
+            Due::IdleTimeout => {
                 // Best effort: the peer is probably gone, so do not wait for it.
                 protocol::encode_close(out, close_code::NORMAL, "idle timeout");
                 Flow::Finish(CloseReason::IdleTimeout)
             }
-            State::Open => {
-                if now >= self.next_ping {
-                    self.next_ping = now + policy.ping_interval;
-                    protocol::encode(out, opcode::PING, &[]);
-                }
-                Flow::Continue
-            }
+            Due::Finish(reason) => Flow::Finish(reason),
         }
     }
 
     /// The server is shutting down: send 1001 and wait for the peer's close until the
     /// drain timeout.
     pub fn begin_shutdown(&mut self, now: Instant, policy: &SessionPolicy, out: &mut Vec<u8>) {
-        if self.state == State::Open {
+        if self.life.begin_shutdown(now, policy) {
             protocol::encode_close(out, close_code::GOING_AWAY, "server shutting down");
-            self.state = State::Closing {
-                reason: CloseReason::Shutdown,
-                deadline: now + policy.drain_timeout,
-            };
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const POLICY: SessionPolicy = SessionPolicy {

@@ -23,7 +23,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Mode;
 use crate::handshake::RejectReason;
-use crate::session::{CloseReason, Tally};
+use crate::lifecycle::CloseReason;
+use crate::session::Tally;
 
 pub const CONNECTIONS_ACTIVE: &str = "wsscale_connections_active";
 pub const CONNECTIONS_OPENED: &str = "wsscale_connections_opened_total";

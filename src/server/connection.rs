@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::Shared;
-use crate::session::{CloseReason, Flow, Session, Tally};
+use crate::lifecycle::{CloseReason, Flow};
+use crate::session::{Session, Tally};
 
 /// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
 /// others on its worker; the rest is read on the next wake-up.

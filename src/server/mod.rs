@@ -30,10 +30,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Mode, ServeConfig};
 use crate::handshake::RejectReason;
+use crate::lifecycle::{CloseReason, SessionPolicy};
 use crate::limits::{self, Bound, Capacity};
 use crate::metrics::sampler::{ConnectionCount, SamplerHandle};
 use crate::metrics::{self, ServerMetrics};
-use crate::session::{CloseReason, SessionPolicy};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;

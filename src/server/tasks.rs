@@ -21,7 +21,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::connection::{Connection, Wake};
 use super::upgrade::Upgrade;
 use super::{ConnectionGuard, Shared};
-use crate::session::Flow;
+use crate::lifecycle::Flow;
 
 /// The HTTP phase of one connection, boxed: it is used once and freed at the upgrade.
 type HttpPhase = Pin<Box<dyn Future<Output = Option<Upgrade>> + Send>>;

@@ -30,7 +30,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::connection::{Connection, Wake};
 use super::upgrade::Upgrade;
 use super::{ConnectionGuard, Shared};
-use crate::session::{CloseReason, Flow};
+use crate::lifecycle::{CloseReason, Flow};
 
 /// Connection threads' name (the kernel keeps 15 bytes).
 const THREAD_NAME: &str = "wsscale-conn";
