@@ -1,15 +1,20 @@
 //! The command line: clap derive structs, every flag with an environment variable, and
 //! their validation into the [`ServeConfig`] the server runs with.
 //!
-//! Defaults are chosen for tens of thousands of idle connections: a small read buffer
-//! (tungstenite's default of 128 KiB, allocated eagerly, would cost ~135 KB per idle
-//! connection), writes that go straight to the socket, and a modest thread stack.
+//! The buffer and size flags are optional: unset, each engine runs with its own defaults
+//! ([`Engine::defaults`]): the lean engine's are chosen for tens of thousands of idle
+//! connections (a small read buffer lent per read, writes straight to the socket, a
+//! modest thread stack); the stock engine's are the libraries' own (tungstenite's 128 KiB
+//! read buffer, allocated eagerly, costs ~135 KB per idle connection). Set, a flag means
+//! the same value in every engine and mode, and [`Buffers`] records where each value
+//! came from.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(name = "wsscale", version, about, long_about = None)]
@@ -42,7 +47,8 @@ pub enum Command {
 }
 
 /// The execution model: what each connection costs is what this tool measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// One Tokio task per connection on the multi-threaded scheduler (axum + hyper).
     Tasks,
@@ -66,11 +72,82 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// The WebSocket engine, orthogonal to the execution model: the same modes, permits,
+/// handshake policy, timers and metrics, with a different implementation of the protocol
+/// after the 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// wsscale's own RFC 6455 engine (protocol.rs, session.rs): an idle connection holds
+    /// no buffer.
+    Lean,
+    /// The stock stack, as tutorials write it: axum's WebSocketUpgrade on tokio-tungstenite
+    /// (tasks mode), blocking tungstenite on each connection's thread (threads mode).
+    Tungstenite,
+}
+
+impl Engine {
+    /// The value of the `engine` label on every metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Lean => "lean",
+            Engine::Tungstenite => "tungstenite",
+        }
+    }
+
+    /// The engine's own defaults for the buffer and size flags.
+    pub fn defaults(self) -> BufferDefaults {
+        match self {
+            Engine::Lean => BufferDefaults {
+                read_buffer_size: 4 * 1024,
+                write_buffer_size: 0,
+                max_message_size: 64 * 1024,
+                thread_stack_size: 256 * 1024,
+            },
+            // tungstenite's WebSocketConfig::default() and Rust's default thread stack.
+            Engine::Tungstenite => BufferDefaults {
+                read_buffer_size: 128 * 1024,
+                write_buffer_size: 128 * 1024,
+                max_message_size: 64 << 20,
+                thread_stack_size: rust_default_stack_size(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stack a std thread gets when none is asked for: RUST_MIN_STACK, else 2 MiB.
+fn rust_default_stack_size() -> usize {
+    std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(2 << 20)
+}
+
+/// An engine's defaults for the buffer and size flags, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferDefaults {
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+    pub max_message_size: usize,
+    pub thread_stack_size: usize,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Execution model: one Tokio task per connection, or one OS thread per connection.
     #[arg(long, env = "WSSCALE_MODE", value_enum, default_value_t = Mode::Tasks)]
     pub mode: Mode,
+
+    /// WebSocket engine: wsscale's own (lean), or the stock tokio-tungstenite/tungstenite
+    /// stack with the libraries' defaults (tungstenite). Orthogonal to --mode.
+    #[arg(long, env = "WSSCALE_ENGINE", value_enum, default_value_t = Engine::Lean)]
+    pub engine: Engine,
 
     /// Address for WebSocket clients (GET /ws). Port 0 picks a free port; the bound
     /// address is printed on stdout.
@@ -104,25 +181,31 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
 
-    /// Largest message (and frame) accepted; larger ones are closed with 1009.
-    /// Accepts units: 65536, 64KiB, 1MiB.
-    #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE", default_value = "64KiB")]
-    pub max_message_size: ByteSize,
+    /// Largest message (and frame) accepted; larger ones are closed with 1009. Accepts
+    /// units: 65536, 64KiB, 1MiB. [default: 64KiB (lean), 64MiB (tungstenite; frames
+    /// 16MiB)]
+    #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<ByteSize>,
 
-    /// Bytes read from a socket at a time, into a buffer lent for that read only (an idle
-    /// connection holds no read buffer).
-    #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE", default_value = "4KiB")]
-    pub read_buffer_size: ByteSize,
+    /// Bytes read from a socket at a time. Lean: into a buffer lent for that read only
+    /// (an idle connection holds none). Tungstenite: its read_buffer_size, allocated when
+    /// the connection opens and held for its life. [default: 4KiB (lean), 128KiB
+    /// (tungstenite)]
+    #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<ByteSize>,
 
     /// Most answers queued for a peer that does not read before the server stops reading
     /// from it (0: one maximum-size message). Answers are written as soon as they exist.
-    #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE", default_value = "0")]
-    pub write_buffer_size: ByteSize,
+    /// Tungstenite: write_buffer_size 0 and max_write_buffer_size this value. [default: 0
+    /// (lean); tungstenite's own: buffer 128KiB, no cap]
+    #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE")]
+    pub write_buffer_size: Option<ByteSize>,
 
     /// Stack size of each connection thread (threads mode). Only touched pages count in
-    /// RSS; the kernel adds its own 16 KiB stack per thread regardless.
-    #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE", default_value = "256KiB")]
-    pub thread_stack_size: ByteSize,
+    /// RSS; the kernel adds its own 16 KiB stack per thread regardless. [default: 256KiB
+    /// (lean), Rust's default of 2MiB (tungstenite)]
+    #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE")]
+    pub thread_stack_size: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,11 +263,95 @@ pub struct CompareArgs {
     pub thread_stack_size: Option<ByteSize>,
 }
 
-/// A validated server configuration. Both execution models read the same one, so a
-/// comparison measures the execution model and nothing else.
+/// Where a setting's value came from: the engine's defaults, or a flag (on the command
+/// line or in its environment variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    EngineDefault,
+    Flag,
+}
+
+/// One setting in force, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    pub value: usize,
+    pub source: Source,
+}
+
+impl Setting {
+    fn resolve(flag: Option<usize>, default: usize) -> Setting {
+        match flag {
+            Some(value) => Setting {
+                value,
+                source: Source::Flag,
+            },
+            None => Setting {
+                value: default,
+                source: Source::EngineDefault,
+            },
+        }
+    }
+
+    pub fn is_flag(&self) -> bool {
+        self.source == Source::Flag
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match self.source {
+            Source::EngineDefault => "engine default",
+            Source::Flag => "flag",
+        };
+        write!(f, "{} ({source})", self.value)
+    }
+}
+
+/// The buffer and size settings in force, bytes. Written to the startup log and to
+/// `compare`'s summary.json, so a figure always says what it was measured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buffers {
+    pub read_buffer_size: Setting,
+    pub write_buffer_size: Setting,
+    pub max_message_size: Setting,
+    pub thread_stack_size: Setting,
+}
+
+impl Buffers {
+    /// Most answers queued for a peer that does not read: --write-buffer-size, but room
+    /// for one maximum-size answer (with its frame header) at least.
+    pub fn max_unsent(&self) -> usize {
+        self.write_buffer_size.value.max(self.max_message_size.value + 14)
+    }
+
+    /// tungstenite's configuration for the stock engine: its own defaults, with every
+    /// flag that was set mapped onto it (--write-buffer-size V becomes write_buffer_size 0
+    /// and max_write_buffer_size max(V, one maximum-size message), as the lean engine
+    /// reads it; --max-message-size bounds messages and frames).
+    pub fn tungstenite_config(&self) -> tungstenite::protocol::WebSocketConfig {
+        let mut config = tungstenite::protocol::WebSocketConfig::default();
+        if self.read_buffer_size.is_flag() {
+            config = config.read_buffer_size(self.read_buffer_size.value);
+        }
+        if self.write_buffer_size.is_flag() {
+            config = config.write_buffer_size(0).max_write_buffer_size(self.max_unsent());
+        }
+        if self.max_message_size.is_flag() {
+            config = config
+                .max_message_size(Some(self.max_message_size.value))
+                .max_frame_size(Some(self.max_message_size.value));
+        }
+        config
+    }
+}
+
+/// A validated server configuration. Every execution model and engine reads the same
+/// one, so a comparison measures the model (or the engine) and nothing else.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub mode: Mode,
+    pub engine: Engine,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     /// `None` means "derive from the limits at start" (see [`crate::limits`]).
@@ -193,10 +360,7 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub drain_timeout: Duration,
-    pub max_message_size: usize,
-    pub read_buffer_size: usize,
-    pub write_buffer_size: usize,
-    pub thread_stack_size: usize,
+    pub buffers: Buffers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +404,10 @@ impl TryFrom<ServeArgs> for ServeConfig {
             });
         }
         const MAX_SIZE: u64 = 1 << 30;
-        let size = |flag: &'static str, value: ByteSize, allow_zero: bool| {
-            let value = value.as_u64();
+        let size = |flag: &'static str, value: Option<ByteSize>, allow_zero: bool| {
+            let Some(value) = value.map(|value| value.as_u64()) else {
+                return Ok(None);
+            };
             if value == 0 && !allow_zero {
                 Err(ConfigError::Zero { flag })
             } else if value > MAX_SIZE {
@@ -251,15 +417,34 @@ impl TryFrom<ServeArgs> for ServeConfig {
                     max: MAX_SIZE,
                 })
             } else {
-                Ok(value as usize)
+                Ok(Some(value as usize))
             }
         };
         let thread_stack_size = size("thread-stack-size", args.thread_stack_size, false)?;
-        if thread_stack_size < 64 * 1024 {
-            return Err(ConfigError::StackTooSmall(thread_stack_size as u64));
+        if let Some(stack) = thread_stack_size
+            && stack < 64 * 1024
+        {
+            return Err(ConfigError::StackTooSmall(stack as u64));
         }
+        let defaults = args.engine.defaults();
+        let buffers = Buffers {
+            read_buffer_size: Setting::resolve(
+                size("read-buffer-size", args.read_buffer_size, false)?,
+                defaults.read_buffer_size,
+            ),
+            write_buffer_size: Setting::resolve(
+                size("write-buffer-size", args.write_buffer_size, true)?,
+                defaults.write_buffer_size,
+            ),
+            max_message_size: Setting::resolve(
+                size("max-message-size", args.max_message_size, false)?,
+                defaults.max_message_size,
+            ),
+            thread_stack_size: Setting::resolve(thread_stack_size, defaults.thread_stack_size),
+        };
         Ok(ServeConfig {
             mode: args.mode,
+            engine: args.engine,
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             max_connections: args.max_connections,
@@ -267,10 +452,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             idle_timeout,
             handshake_timeout,
             drain_timeout: args.drain_timeout.into(),
-            max_message_size: size("max-message-size", args.max_message_size, false)?,
-            read_buffer_size: size("read-buffer-size", args.read_buffer_size, false)?,
-            write_buffer_size: size("write-buffer-size", args.write_buffer_size, true)?,
-            thread_stack_size,
+            buffers,
         })
     }
 }
@@ -293,10 +475,49 @@ mod tests {
     fn defaults_are_for_many_idle_connections() {
         let config = parse(&[]).unwrap();
         assert_eq!(config.mode, Mode::Tasks);
-        assert_eq!(config.read_buffer_size, 4096);
-        assert_eq!(config.write_buffer_size, 0);
-        assert_eq!(config.max_message_size, 64 * 1024);
+        assert_eq!(config.engine, Engine::Lean);
+        let buffers = config.buffers;
+        assert_eq!(buffers.read_buffer_size.value, 4096);
+        assert_eq!(buffers.write_buffer_size.value, 0);
+        assert_eq!(buffers.max_message_size.value, 64 * 1024);
+        assert_eq!(buffers.thread_stack_size.value, 256 * 1024);
+        assert_eq!(buffers.read_buffer_size.source, Source::EngineDefault);
         assert!(config.idle_timeout > config.ping_interval);
+    }
+
+    #[test]
+    fn the_stock_engine_runs_with_the_libraries_defaults() {
+        let config = parse(&["--engine", "tungstenite"]).unwrap();
+        let buffers = config.buffers;
+        assert_eq!(buffers.read_buffer_size.value, 128 * 1024);
+        assert_eq!(buffers.max_message_size.value, 64 << 20);
+        // Nothing set, nothing changed (WebSocketConfig has no PartialEq).
+        assert_eq!(
+            format!("{:?}", buffers.tungstenite_config()),
+            format!("{:?}", tungstenite::protocol::WebSocketConfig::default())
+        );
+        let set = parse(&[
+            "--engine",
+            "tungstenite",
+            "--read-buffer-size",
+            "4KiB",
+            "--write-buffer-size",
+            "0",
+            "--max-message-size",
+            "1MiB",
+        ])
+        .unwrap();
+        let tungstenite = set.buffers.tungstenite_config();
+        assert_eq!(set.buffers.read_buffer_size.source, Source::Flag);
+        assert_eq!(tungstenite.read_buffer_size, 4096);
+        assert_eq!(tungstenite.write_buffer_size, 0);
+        assert_eq!(
+            tungstenite.max_write_buffer_size,
+            (1 << 20) + 14,
+            "0 means one maximum-size message, as in the lean engine"
+        );
+        assert_eq!(tungstenite.max_message_size, Some(1 << 20));
+        assert_eq!(tungstenite.max_frame_size, Some(1 << 20));
     }
 
     #[test]
@@ -315,8 +536,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.mode, Mode::Threads);
-        assert_eq!(config.read_buffer_size, 1024);
-        assert_eq!(config.max_message_size, 1 << 20);
+        assert_eq!(config.buffers.read_buffer_size.value, 1024);
+        assert_eq!(config.buffers.max_message_size.value, 1 << 20);
         assert_eq!(config.ping_interval, Duration::from_millis(500));
     }
 

@@ -8,8 +8,8 @@
 //!   thread that serves connections;
 //! - [`http`]: GET /metrics and GET /healthz.
 //!
-//! Every series carries the `mode` label (a global label) so a tasks server and a threads
-//! server compare on one dashboard. Labels are bounded: close and reject reasons, memory
+//! Every series carries the `mode` and `engine` labels (global labels) so every server
+//! compares on one dashboard. Labels are bounded: close and reject reasons, memory
 //! source; never anything per connection. Every metric is described and written at start,
 //! so the first scrape already shows all of them.
 
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Mode;
+use crate::config::{Engine, Mode};
 use crate::handshake::RejectReason;
 use crate::lifecycle::CloseReason;
 use crate::session::Tally;
@@ -145,11 +145,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Installs the process-wide Prometheus recorder with the `mode` label and describes
-/// every metric this server exports.
-pub fn install(mode: Mode) -> anyhow::Result<PrometheusHandle> {
+/// Installs the process-wide Prometheus recorder with the `mode` and `engine` labels and
+/// describes every metric this server exports.
+pub fn install(mode: Mode, engine: Engine) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .add_global_label("mode", mode.as_str())
+        .add_global_label("engine", engine.as_str())
         .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .install_recorder()?;
     describe();

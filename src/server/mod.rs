@@ -13,6 +13,7 @@
 //! [`connection::Connection`] code.
 
 pub mod connection;
+mod stock;
 pub mod tasks;
 pub mod threads;
 mod upgrade;
@@ -77,12 +78,11 @@ impl Shared {
                 ping_interval: config.ping_interval,
                 idle_timeout: config.idle_timeout,
                 drain_timeout: config.drain_timeout,
-                max_message_size: config.max_message_size,
+                max_message_size: config.buffers.max_message_size.value,
             },
             metrics: ServerMetrics::register(),
-            buffers: connection::BufferPool::new(config.read_buffer_size, BUFFERS_KEPT),
-            // Room for one maximum-size answer (with its frame header) at least.
-            max_unsent: config.write_buffer_size.max(config.max_message_size + 14),
+            buffers: connection::BufferPool::new(config.buffers.read_buffer_size.value, BUFFERS_KEPT),
+            max_unsent: config.buffers.max_unsent(),
             max_connections,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -180,7 +180,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => fits,
     };
 
-    let prometheus = metrics::install(config.mode)?;
+    let prometheus = metrics::install(config.mode, config.engine)?;
     let listener = bind_websocket_listener(config.listen)
         .with_context(|| format!("binding the WebSocket listener on {}", config.listen))?;
     let metrics_listener = metrics::http::bind(config.metrics_listen)
@@ -190,6 +190,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     tracing::info!(
         mode = %config.mode,
+        engine = %config.engine,
         listen = %ws_addr,
         metrics_listen = %metrics_addr,
         max_connections = capacity.max_connections,
@@ -197,10 +198,10 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         fd_soft_before = fd_limit.soft_before,
         fd_soft = fd_limit.soft,
         fd_hard = fd_limit.hard,
-        read_buffer = config.read_buffer_size,
-        write_buffer = config.write_buffer_size,
-        max_message = config.max_message_size,
-        thread_stack = config.thread_stack_size,
+        read_buffer = %config.buffers.read_buffer_size,
+        write_buffer = %config.buffers.write_buffer_size,
+        max_message = %config.buffers.max_message_size,
+        thread_stack = %config.buffers.thread_stack_size,
         ping_interval = ?config.ping_interval,
         idle_timeout = ?config.idle_timeout,
         handshake_timeout = ?config.handshake_timeout,

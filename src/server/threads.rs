@@ -29,7 +29,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::connection::{Connection, Wake};
 use super::upgrade::Upgrade;
-use super::{ConnectionGuard, Shared};
+use super::{ConnectionGuard, Shared, stock};
+use crate::config::Engine;
 use crate::lifecycle::{CloseReason, Flow};
 
 /// Connection threads' name (the kernel keeps 15 bytes).
@@ -80,7 +81,7 @@ impl Threads {
         let token = shared.tracker.token();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
-            .stack_size(shared.config.thread_stack_size)
+            .stack_size(shared.config.buffers.thread_stack_size.value)
             .spawn(move || connection_thread(inbox, &shared, &shutdown, token))?;
         Ok(handoff)
     }
@@ -119,7 +120,10 @@ fn connection_thread(
         let span = tracing::debug_span!("conn", peer = %handover.peer);
         let _entered = span.enter();
         let guard = ConnectionGuard::open(shared.clone(), handover.permit);
-        let reason = run_session(handover.stream, handover.early, shared, shutdown);
+        let reason = match shared.config.engine {
+            Engine::Lean => run_session(handover.stream, handover.early, shared, shutdown),
+            Engine::Tungstenite => stock::serve_blocking(handover.stream, handover.early, shared, shutdown),
+        };
         guard.close(reason);
     }
     drop(token);
@@ -127,7 +131,7 @@ fn connection_thread(
 
 /// The signal every connection thread waits on: a pipe that becomes readable (and stays
 /// so, nobody reads it) when shutdown starts.
-struct ShutdownPipe {
+pub(super) struct ShutdownPipe {
     requested: AtomicBool,
     reader: io::PipeReader,
     writer: io::PipeWriter,
@@ -149,7 +153,7 @@ impl ShutdownPipe {
         }
     }
 
-    fn fd(&self) -> RawFd {
+    pub(super) fn fd(&self) -> RawFd {
         self.reader.as_raw_fd()
     }
 }
@@ -187,12 +191,12 @@ fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared, shu
 
 /// What poll(2) reported.
 #[derive(Debug, Default)]
-struct Ready {
+pub(super) struct Ready {
     /// The socket has data, EOF or an error to read.
-    readable: bool,
-    writable: bool,
+    pub readable: bool,
+    pub writable: bool,
     /// The shutdown pipe is readable.
-    shutdown: bool,
+    pub shutdown: bool,
 }
 
 impl Wake for Ready {
@@ -215,7 +219,7 @@ impl Wake for Ready {
 
 /// Blocks until `fd` is readable (when asked) or writable (when asked), `shutdown_fd` is
 /// readable, or `timeout` passes (never, with `None`). EINTR returns an empty [`Ready`].
-fn poll(
+pub(super) fn poll(
     fd: RawFd,
     want_read: bool,
     want_write: bool,

@@ -26,7 +26,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{Shared, threads};
+use super::{Shared, stock, threads};
+use crate::config::{Engine, Mode};
 use crate::handshake::{self, Refusal, RejectReason};
 
 /// A connection the HTTP phase upgraded: the bare socket, the bytes that came with the
@@ -159,6 +160,16 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
     let Some(permit) = shared.try_permit() else {
         return refuse(&shared, Refusal::AtCapacity);
     };
+    let accepted_at = request.extensions().get::<AcceptedAt>().map(|at| at.0);
+    if shared.config.mode == Mode::Tasks && shared.config.engine == Engine::Tungstenite {
+        let Ok(response) = stock::upgrade_with_axum(&shared, request, permit).await else {
+            return refuse(&shared, Refusal::BadRequest("bad request: not a WebSocket upgrade"));
+        };
+        if let Some(accepted_at) = accepted_at {
+            shared.record_handshake(accepted_at);
+        }
+        return response;
+    }
     let (Some(on_upgrade), Some(slot)) = (
         request.extensions_mut().remove::<OnUpgrade>(),
         request.extensions_mut().remove::<UpgradeSlot>(),
@@ -184,8 +195,8 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         permit,
         thread,
     });
-    if let Some(AcceptedAt(accepted_at)) = request.extensions().get::<AcceptedAt>() {
-        shared.record_handshake(*accepted_at);
+    if let Some(accepted_at) = accepted_at {
+        shared.record_handshake(accepted_at);
     }
     handshake::switching_protocols(&accepted).map(Body::from)
 }

@@ -1,4 +1,5 @@
-//! RFC 6455 conformance: the Autobahn|Testsuite fuzzing client against /ws, both modes.
+//! RFC 6455 conformance: the Autobahn|Testsuite fuzzing client against /ws, both modes,
+//! both engines.
 //! Every case must be OK, NON-STRICT or INFORMATIONAL, with close behaviour OK or
 //! INFORMATIONAL. The suite runs on Python 2.7; scripts/autobahn.sh installs it where
 //! missing, and this test fails (never passes silently) where it cannot run.
@@ -10,14 +11,16 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use wsscale::child::ServeChild;
 
-crate::both_modes!(autobahn_fuzzing_client_passes_every_case);
+use crate::support::Kind;
 
-async fn autobahn_fuzzing_client_passes_every_case(mode: &'static str) {
+crate::every_server!(autobahn_fuzzing_client_passes_every_case);
+
+async fn autobahn_fuzzing_client_passes_every_case(kind: Kind) {
     // Autobahn's 9.* cases send messages of up to 16 MiB.
     let server = ServeChild::spawn(
         Path::new(env!("CARGO_BIN_EXE_wsscale")),
-        mode,
-        ["--max-message-size", "20MiB"],
+        kind.mode,
+        kind.args(&["--max-message-size", "20MiB"]),
         Stdio::inherit(),
     )
     .unwrap();
@@ -25,12 +28,13 @@ async fn autobahn_fuzzing_client_passes_every_case(mode: &'static str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/autobahn.sh");
     let url = server.url();
     let outdir = reports.path().to_owned();
+    let agent = kind.to_string();
     let status = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg(script)
             .arg(&url)
             .arg(&outdir)
-            .arg(mode)
+            .arg(&agent)
             .status()
     })
     .await
@@ -43,7 +47,7 @@ async fn autobahn_fuzzing_client_passes_every_case(mode: &'static str) {
 
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(reports.path().join("index.json")).unwrap()).unwrap();
-    let cases = index[mode].as_object().expect("results for this agent");
+    let cases = index[kind.to_string()].as_object().expect("results for this agent");
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     for (case, result) in cases {
@@ -56,11 +60,11 @@ async fn autobahn_fuzzing_client_passes_every_case(mode: &'static str) {
             failures.push(format!("{case}: {behavior}/{close}"));
         }
     }
-    println!("autobahn {mode}: {} cases {tally:?}", cases.len());
+    println!("autobahn {kind}: {} cases {tally:?}", cases.len());
     assert!(cases.len() >= 300, "only {} cases ran", cases.len());
     assert!(
         failures.is_empty(),
-        "{mode}: {} cases fail: {failures:?}",
+        "{kind}: {} cases fail: {failures:?}",
         failures.len()
     );
 }

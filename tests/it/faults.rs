@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Metrics, TestServer};
+use crate::support::{Kind, Metrics, TestServer};
 
-crate::both_modes!(
+crate::every_server!(
     a_killed_load_generator_is_reaped_and_memory_returns,
     repeated_cycles_leave_nothing_behind,
     sigterm_sends_1001_to_thousands_and_exits_0,
@@ -59,9 +59,12 @@ fn load_command(url: &str, connections: usize, hold: &str) -> tokio::process::Co
     command
 }
 
-async fn a_killed_load_generator_is_reaped_and_memory_returns(mode: &'static str) {
+/// Heap the exporter may still hold per recorded handshake when an idle reading is taken.
+const LATE_RECLAMATION_PER_HANDSHAKE: usize = 8;
+
+async fn a_killed_load_generator_is_reaped_and_memory_returns(kind: Kind) {
     const HELD: usize = 3000;
-    let server = TestServer::start(mode, &["--ping-interval", "1s", "--idle-timeout", "3s"]);
+    let server = TestServer::start(kind, &["--ping-interval", "1s", "--idle-timeout", "3s"]);
     let idle_threads = server.metrics().await.value("process_threads", &[]);
     // The baseline is the idle server after one ordinary run of the same size, so what
     // grows once to fit the load (queues, tables) is in it and only leaks are not.
@@ -82,9 +85,13 @@ async fn a_killed_load_generator_is_reaped_and_memory_returns(mode: &'static str
         .await;
     let after = wait_until_idle(&server, idle_threads).await;
     let heap_after = after.value("wsscale_heap_allocated_bytes", &[]);
+    // The exporter frees drained histogram blocks late (epoch-based reclamation, ~8 B per
+    // handshake recorded; see repeated_cycles_leave_nothing_behind), so allow that much;
+    // a leak of a connection's task or session (hundreds of bytes each) is far above it.
+    let allowance = (HELD * LATE_RECLAMATION_PER_HANDSHAKE) as f64;
     assert!(
-        heap_after <= heap_before * 1.05,
-        "{mode}: heap {heap_before} before, {heap_after} after {HELD} connections came and went"
+        heap_after <= heap_before + allowance,
+        "{kind}: heap {heap_before} before, {heap_after} after {HELD} connections came and went"
     );
     let closed: f64 = ["client_close", "idle_timeout", "error"]
         .iter()
@@ -93,10 +100,10 @@ async fn a_killed_load_generator_is_reaped_and_memory_returns(mode: &'static str
     assert_eq!(closed, (2 * HELD) as f64);
 }
 
-async fn repeated_cycles_leave_nothing_behind(mode: &'static str) {
+async fn repeated_cycles_leave_nothing_behind(kind: Kind) {
     const CYCLES: usize = 5;
     const CONNECTIONS: usize = 5000;
-    let server = TestServer::start(mode, &[]);
+    let server = TestServer::start(kind, &[]);
     let idle_threads = server.metrics().await.value("process_threads", &[]);
     let mut readings = Vec::new();
     for _ in 0..CYCLES {
@@ -118,10 +125,10 @@ async fn repeated_cycles_leave_nothing_behind(mode: &'static str) {
     for (cycle, (heap, fds, threads)) in readings.iter().enumerate().skip(1) {
         assert!(
             *heap <= heap_first + SLACK,
-            "{mode} cycle {cycle}: heap grew: {readings:?}"
+            "{kind} cycle {cycle}: heap grew: {readings:?}"
         );
-        assert_eq!(*fds, fds_first, "{mode} cycle {cycle}: open fds {readings:?}");
-        assert_eq!(*threads, threads_first, "{mode} cycle {cycle}: threads {readings:?}");
+        assert_eq!(*fds, fds_first, "{kind} cycle {cycle}: open fds {readings:?}");
+        assert_eq!(*threads, threads_first, "{kind} cycle {cycle}: threads {readings:?}");
     }
     let metrics = server.metrics().await;
     assert_eq!(
@@ -130,9 +137,9 @@ async fn repeated_cycles_leave_nothing_behind(mode: &'static str) {
     );
 }
 
-async fn sigterm_sends_1001_to_thousands_and_exits_0(mode: &'static str) {
+async fn sigterm_sends_1001_to_thousands_and_exits_0(kind: Kind) {
     const HELD: usize = 2000;
-    let mut server = TestServer::start(mode, &["--drain-timeout", "5s"]);
+    let mut server = TestServer::start(kind, &["--drain-timeout", "5s"]);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("summary.json");
     let mut load = load_command(&server.url(), HELD, "10m");
@@ -144,7 +151,7 @@ async fn sigterm_sends_1001_to_thousands_and_exits_0(mode: &'static str) {
     let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(5 + 3)))
         .await
         .unwrap();
-    assert!(status.success(), "{mode}: {status:?}");
+    assert!(status.success(), "{kind}: {status:?}");
     // The generator has seen every connection closed by the server; stop its hold.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
@@ -153,6 +160,6 @@ async fn sigterm_sends_1001_to_thousands_and_exits_0(mode: &'static str) {
     assert_eq!(summary["opened"], HELD);
     assert_eq!(
         summary["lost"]["close_1001"], HELD,
-        "{mode}: every client received close 1001: {summary:#}"
+        "{kind}: every client received close 1001: {summary:#}"
     );
 }

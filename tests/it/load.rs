@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::TestServer;
+use crate::support::{Kind, TestServer};
 
 crate::both_modes!(holds_2000_connections_and_measures_them);
 
@@ -41,8 +41,8 @@ fn describe(output: &Output) -> String {
     )
 }
 
-async fn holds_2000_connections_and_measures_them(mode: &'static str) {
-    let server = TestServer::start(mode, &[]);
+async fn holds_2000_connections_and_measures_them(kind: Kind) {
+    let server = TestServer::start(kind, &[]);
     let url = server.url();
     let run = tokio::spawn(async move {
         load(&[
@@ -113,7 +113,7 @@ async fn classifies_refused_connections() {
 
 #[tokio::test]
 async fn classifies_503_from_a_server_at_capacity() {
-    let server = TestServer::start("tasks", &["--max-connections", "50"]);
+    let server = TestServer::start(Kind::TASKS_LEAN, &["--max-connections", "50"]);
     let (output, summary) = load(&["--url", &server.url(), "--connections", "80", "--hold", "1s"]).await;
     assert!(output.status.success(), "{}", describe(&output));
     let summary = summary.unwrap();
@@ -123,7 +123,7 @@ async fn classifies_503_from_a_server_at_capacity() {
 
 #[tokio::test]
 async fn shards_across_processes_into_one_summary() {
-    let server = TestServer::start("tasks", &[]);
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
     let url = server.url();
     let args = [
         "--url",
@@ -158,7 +158,7 @@ async fn shards_across_processes_into_one_summary() {
 
 #[tokio::test]
 async fn json_summary_has_every_documented_field() {
-    let server = TestServer::start("tasks", &[]);
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
     let (output, summary) = load(&["--url", &server.url(), "--connections", "10", "--hold", "0s"]).await;
     assert!(output.status.success(), "{}", describe(&output));
     let summary = summary.unwrap();
@@ -192,7 +192,7 @@ async fn json_summary_has_every_documented_field() {
 
 #[tokio::test]
 async fn preflight_refuses_a_run_one_process_cannot_hold() {
-    let server = TestServer::start("tasks", &[]);
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
     let (output, summary) = load(&["--url", &server.url(), "--connections", "30000", "--processes", "1"]).await;
     assert!(!output.status.success());
     assert!(summary.is_none(), "nothing was run");

@@ -8,14 +8,14 @@ use futures_util::StreamExt;
 use std::io::Write;
 use wsscale_host::proc::ProcessStatus;
 
-use crate::support::{Metrics, TestServer};
+use crate::support::{Kind, Metrics, TestServer};
 
-crate::both_modes!(agrees_with_the_test_and_with_proc, passes_promtool);
+crate::every_server!(agrees_with_the_test_and_with_proc, passes_promtool);
 
 const CONNECTIONS: usize = 500;
 
-async fn agrees_with_the_test_and_with_proc(mode: &'static str) {
-    let server = TestServer::start(mode, &[]);
+async fn agrees_with_the_test_and_with_proc(kind: Kind) {
+    let server = TestServer::start(kind, &[]);
     let before = server.metrics().await;
     for name in [
         "wsscale_connections_active",
@@ -27,7 +27,9 @@ async fn agrees_with_the_test_and_with_proc(mode: &'static str) {
         "wsscale_runtime_workers",
     ] {
         assert!(
-            before.get(name, &[("mode", mode)]).is_some(),
+            before
+                .get(name, &[("mode", kind.mode), ("engine", kind.engine)])
+                .is_some(),
             "{name} missing from the first scrape"
         );
     }
@@ -50,7 +52,7 @@ async fn agrees_with_the_test_and_with_proc(mode: &'static str) {
 
     let threads = held.value("process_threads", &[]);
     let tasks = held.value("wsscale_tasks_alive", &[]);
-    match mode {
+    match kind.mode {
         "threads" => assert!(
             threads - threads_before >= CONNECTIONS as f64,
             "threads {threads_before} -> {threads}"
@@ -93,8 +95,8 @@ async fn agrees_with_the_test_and_with_proc(mode: &'static str) {
     assert_eq!(after.value("wsscale_connections_opened_total", &[]), CONNECTIONS as f64);
 }
 
-async fn passes_promtool(mode: &'static str) {
-    let server = TestServer::start(mode, &[]);
+async fn passes_promtool(kind: Kind) {
+    let server = TestServer::start(kind, &[]);
     // With traffic behind it, so histograms and labelled counters have values.
     let mut client = server.connect().await;
     futures_util::SinkExt::send(&mut client, "x".into()).await.unwrap();

@@ -7,9 +7,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{TestServer, assert_all_echo, assert_echo, body, http_exchange, http_get};
+use crate::support::{Kind, TestServer, assert_all_echo, assert_echo, body, http_exchange, http_get};
 
-crate::both_modes!(
+crate::every_server!(
     upgrades_and_echoes,
     answers_plain_http,
     refuses_past_capacity_and_keeps_serving,
@@ -17,8 +17,8 @@ crate::both_modes!(
     sigterm_closes_every_connection_with_1001
 );
 
-async fn upgrades_and_echoes(mode: &'static str) {
-    let server = TestServer::start(mode, &[]);
+async fn upgrades_and_echoes(kind: Kind) {
+    let server = TestServer::start(kind, &[]);
     let mut client = server.connect().await;
     client.send(Message::text("hello")).await.unwrap();
     assert_eq!(client.next().await.unwrap().unwrap(), Message::text("hello"));
@@ -47,8 +47,8 @@ async fn upgrades_and_echoes(mode: &'static str) {
     assert_eq!(metrics.value("wsscale_handshake_duration_seconds_count", &[]), 1.0);
 }
 
-async fn answers_plain_http(mode: &'static str) {
-    let server = TestServer::start(mode, &[]);
+async fn answers_plain_http(kind: Kind) {
+    let server = TestServer::start(kind, &[]);
     let (status, response) = http_get(server.ws_addr, "/elsewhere", &[]).await;
     assert_eq!(status, 404, "{response}");
     let (status, response) = http_get(server.ws_addr, "/ws", &[]).await;
@@ -74,8 +74,8 @@ async fn answers_plain_http(mode: &'static str) {
     assert_echo(&mut client, "still here").await;
 }
 
-async fn refuses_past_capacity_and_keeps_serving(mode: &'static str) {
-    let server = TestServer::start(mode, &["--max-connections", "5"]);
+async fn refuses_past_capacity_and_keeps_serving(kind: Kind) {
+    let server = TestServer::start(kind, &["--max-connections", "5"]);
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(server.connect().await);
@@ -103,8 +103,8 @@ async fn refuses_past_capacity_and_keeps_serving(mode: &'static str) {
     server.connect().await;
 }
 
-async fn reaps_silent_peers(mode: &'static str) {
-    let server = TestServer::start(mode, &["--ping-interval", "100ms", "--idle-timeout", "400ms"]);
+async fn reaps_silent_peers(kind: Kind) {
+    let server = TestServer::start(kind, &["--ping-interval", "100ms", "--idle-timeout", "400ms"]);
     // A peer that never reads never answers pings: it is dead to the server.
     let _silent = server.connect().await;
     // A peer that reads answers every ping and stays, well past the idle timeout.
@@ -136,8 +136,8 @@ async fn reaps_silent_peers(mode: &'static str) {
     );
 }
 
-async fn sigterm_closes_every_connection_with_1001(mode: &'static str) {
-    let mut server = TestServer::start(mode, &["--drain-timeout", "5s"]);
+async fn sigterm_closes_every_connection_with_1001(kind: Kind) {
+    let mut server = TestServer::start(kind, &["--drain-timeout", "5s"]);
     let mut clients = Vec::new();
     for _ in 0..50 {
         clients.push(server.connect().await);

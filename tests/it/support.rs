@@ -13,23 +13,55 @@ use wsscale::child::ServeChild;
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Which server a test runs against: an execution model and an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub mode: &'static str,
+    pub engine: &'static str,
+}
+
+impl Kind {
+    pub const TASKS_LEAN: Kind = Kind {
+        mode: "tasks",
+        engine: "lean",
+    };
+
+    pub fn is_lean(self) -> bool {
+        self.engine == "lean"
+    }
+
+    /// `--engine ENGINE` followed by `extra_args`, for `wsscale serve --mode MODE`.
+    pub fn args<'a>(self, extra_args: &[&'a str]) -> Vec<&'a str> {
+        let engine: &'static str = self.engine;
+        let mut args = vec!["--engine", engine];
+        args.extend_from_slice(extra_args);
+        args
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.mode, self.engine)
+    }
+}
+
 /// A `wsscale serve` child process; killed on drop.
 pub struct TestServer {
     child: ServeChild,
-    pub mode: &'static str,
+    pub kind: Kind,
     pub ws_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
 }
 
 impl TestServer {
-    pub fn start(mode: &'static str, extra_args: &[&str]) -> TestServer {
+    pub fn start(kind: Kind, extra_args: &[&str]) -> TestServer {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_wsscale"));
-        let child = ServeChild::spawn_configured(program, mode, extra_args, |command| {
+        let child = ServeChild::spawn_configured(program, kind.mode, kind.args(extra_args), |command| {
             command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
         })
         .expect("wsscale serve starts");
         TestServer {
-            mode,
+            kind,
             ws_addr: child.ws_addr,
             metrics_addr: child.metrics_addr,
             child,
@@ -69,7 +101,7 @@ impl TestServer {
             assert!(
                 Instant::now() < deadline,
                 "{name}{labels:?} is {current:?}, expected {value} ({})",
-                self.mode
+                self.kind
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
