@@ -121,3 +121,49 @@ async fn passes_promtool(kind: Kind) {
         "promtool check metrics:\n{report}"
     );
 }
+
+/// The stock engine measures what it claims to: tungstenite's default 128 KiB read buffer
+/// is allocated for every connection when it opens, and `--read-buffer-size` is what
+/// changes it. If either figure drifted, `compare` would be measuring something else.
+/// Measured as `compare` does: the RSS slope between two connection counts, so what the
+/// first connections warm up once (runtime, allocator arenas) is not charged to each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stock_connection_costs_its_read_buffer() {
+    const FIRST: usize = 1000;
+    const MORE: usize = 2000;
+    let stock = Kind {
+        mode: "tasks",
+        engine: "tungstenite",
+    };
+    let mut slopes = Vec::new();
+    for extra in [&[][..], &["--read-buffer-size", "4KiB"][..]] {
+        let server = TestServer::start(stock, extra);
+        let mut clients = Vec::with_capacity(FIRST + MORE);
+        let mut rss = Vec::new();
+        for target in [FIRST, FIRST + MORE] {
+            while clients.len() < target {
+                clients.push(server.connect().await);
+            }
+            let held = server
+                .wait_for_metric(
+                    "wsscale_connections_active",
+                    &[],
+                    target as f64,
+                    Duration::from_secs(30),
+                )
+                .await;
+            rss.push(held.value("process_resident_memory_bytes", &[]));
+        }
+        slopes.push((rss[1] - rss[0]) / MORE as f64);
+    }
+    let (defaults, small_buffer) = (slopes[0], slopes[1]);
+    println!("stock tasks RSS per connection: defaults {defaults:.0} B, --read-buffer-size 4KiB {small_buffer:.0} B");
+    assert!(
+        defaults > 64.0 * 1024.0,
+        "default stock connection: {defaults:.0} B of RSS, expected tungstenite's 128 KiB read buffer in it"
+    );
+    assert!(
+        small_buffer < 8.0 * 1024.0,
+        "stock connection with a 4 KiB read buffer: {small_buffer:.0} B of RSS"
+    );
+}
