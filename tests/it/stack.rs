@@ -3,7 +3,7 @@
 //! the dashboard's model, and every panel query against a real Prometheus scraping a real
 //! server in each mode and a real load run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,11 +14,11 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 const DATASOURCE_UID: &str = "wsscale-prometheus";
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn yaml(path: &Path) -> Yaml {
+pub fn yaml(path: &Path) -> Yaml {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     YamlLoader::load_from_str(&text)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -31,7 +31,7 @@ fn dashboard() -> Value {
 }
 
 /// Runs a checker that must be installed (.ci/run installs it) and must pass.
-fn must_pass(program: &str, args: &[&str], install_hint: &str) {
+pub fn must_pass(program: &str, args: &[&str], install_hint: &str) {
     let output = Command::new(program)
         .args(args)
         .current_dir(root())
@@ -45,6 +45,73 @@ fn must_pass(program: &str, args: &[&str], install_hint: &str) {
     );
 }
 
+/// docker-compose.yml with YAML merge keys (`<<: *anchor`) applied, as compose reads it.
+fn compose() -> Yaml {
+    fn merge_keys(node: Yaml) -> Yaml {
+        match node {
+            Yaml::Hash(hash) => {
+                let merge = Yaml::String("<<".into());
+                let mut merged = yaml_rust2::yaml::Hash::new();
+                for (key, value) in hash.iter().filter(|(key, _)| **key != merge) {
+                    merged.insert(key.clone(), merge_keys(value.clone()));
+                }
+                let sources = match hash.get(&merge) {
+                    Some(Yaml::Array(sources)) => sources.clone(),
+                    Some(source) => vec![source.clone()],
+                    None => Vec::new(),
+                };
+                for source in sources {
+                    for (key, value) in source.into_hash().expect("`<<` merges mappings") {
+                        merged.entry(key).or_insert_with(|| merge_keys(value));
+                    }
+                }
+                Yaml::Hash(merged)
+            }
+            Yaml::Array(items) => Yaml::Array(items.into_iter().map(merge_keys).collect()),
+            other => other,
+        }
+    }
+    merge_keys(yaml(&root().join("docker-compose.yml")))
+}
+
+fn services(compose: &Yaml) -> impl Iterator<Item = (&str, &Yaml)> {
+    compose["services"]
+        .as_hash()
+        .expect("services")
+        .iter()
+        .map(|(name, service)| (name.as_str().unwrap(), service))
+}
+
+/// A service's environment variable (map syntax, as docker-compose.yml writes it).
+fn service_env<'a>(service: &'a Yaml, name: &str) -> Option<&'a str> {
+    service["environment"][name].as_str()
+}
+
+fn port_of(address: &str) -> u16 {
+    address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The host ports a service publishes at a fixed number (`"8080:8080"`, or `published:`
+/// in the long syntax); `"8080"` alone lets Docker pick the host port.
+fn fixed_host_ports(service: &Yaml) -> Vec<String> {
+    service["ports"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(|port| match port {
+            Yaml::String(short) => {
+                let parts: Vec<&str> = short.split(':').collect();
+                (parts.len() >= 2 && !parts[parts.len() - 2].is_empty()).then(|| short.clone())
+            }
+            Yaml::Hash(_) => port["published"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| port["published"].as_i64().map(|p| p.to_string())),
+            _ => Some(format!("{port:?}")),
+        })
+        .collect()
+}
+
 #[test]
 fn compose_file_is_valid_and_everything_it_mounts_exists() {
     must_pass(
@@ -52,10 +119,9 @@ fn compose_file_is_valid_and_everything_it_mounts_exists() {
         &["--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
         "pip install check-jsonschema",
     );
-    let compose = yaml(&root().join("docker-compose.yml"));
-    let services = compose["services"].as_hash().expect("services");
+    let compose = compose();
     let mut mounts = 0;
-    for (name, service) in services {
+    for (name, service) in services(&compose) {
         if let Some(context) = service["build"].as_str() {
             assert!(
                 root().join(context).join("Dockerfile").is_file(),
@@ -63,6 +129,11 @@ fn compose_file_is_valid_and_everything_it_mounts_exists() {
             );
         }
         for volume in service["volumes"].as_vec().into_iter().flatten() {
+            // Inputs in the short syntax must exist; an output folder is a long-syntax
+            // bind that Docker creates.
+            if volume["bind"]["create_host_path"].as_bool() == Some(true) {
+                continue;
+            }
             let source = volume.as_str().unwrap().split(':').next().unwrap();
             if source.starts_with('.') {
                 assert!(
@@ -74,17 +145,198 @@ fn compose_file_is_valid_and_everything_it_mounts_exists() {
         }
     }
     assert!(
-        mounts >= 3,
-        "the Prometheus config, the provisioning and the dashboard are mounted"
+        mounts >= 4,
+        "the Prometheus config, the provisioning, the dashboard and the balancer's config are mounted"
     );
-    for service in ["server-tasks", "server-threads", "loadgen", "prometheus", "grafana"] {
+    for service in [
+        "server-tasks",
+        "server-threads",
+        "server-tungstenite",
+        "lb",
+        "loadgen-0",
+        "loadgen-1",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(!compose["services"][service].is_badvalue(), "no {service} service");
     }
-    assert_eq!(
-        compose["services"]["loadgen"]["profiles"][0].as_str(),
-        Some("load"),
-        "`up` does not start a load run"
+    for (name, service) in services(&compose).filter(|(name, _)| name.starts_with("loadgen")) {
+        assert_eq!(
+            service["profiles"][0].as_str(),
+            Some("load"),
+            "`up` does not start {name}"
+        );
+    }
+    let tungstenite = &compose["services"]["server-tungstenite"];
+    assert_eq!(service_env(tungstenite, "WSSCALE_ENGINE"), Some("tungstenite"));
+    assert_eq!(service_env(tungstenite, "WSSCALE_MODE"), Some("tasks"));
+    assert_eq!(fixed_host_ports(tungstenite), ["8082:8080", "9102:9100"]);
+}
+
+/// The backends of deploy/haproxy/haproxy.cfg: (backend, `server-template` host, port).
+fn balancer_backends(config: &str) -> Vec<(String, String, u16)> {
+    let mut backend = String::new();
+    let mut found = Vec::new();
+    for line in config.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["backend", name, ..] => backend = (*name).to_owned(),
+            ["server-template", _prefix, _count, target, ..] => {
+                let (host, port) = target.split_once(':').unwrap();
+                found.push((backend.clone(), host.to_owned(), port.parse().unwrap()));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Scaled servers publish no fixed host port (their replicas would collide on it): the
+/// balancer reaches every replica, health-checked on its metrics listener, and
+/// Prometheus finds every replica through Docker's DNS.
+#[test]
+fn scaled_servers_sit_behind_the_balancer_and_publish_no_fixed_port() {
+    let compose = compose();
+    let config = std::fs::read_to_string(root().join("deploy/haproxy/haproxy.cfg")).unwrap();
+    let backends = balancer_backends(&config);
+    let scaled: BTreeSet<&str> = services(&compose)
+        .filter(|(_, service)| service["deploy"]["replicas"].as_i64().unwrap_or(1) > 1)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(scaled, BTreeSet::from(["server-tasks", "server-threads"]));
+    let behind: BTreeSet<&str> = backends.iter().map(|(_, host, _)| host.as_str()).collect();
+    assert_eq!(behind, scaled, "the balancer fronts exactly the scaled services");
+    let health_port: u16 = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("default-server "))
+        .and_then(|options| options.split_whitespace().skip_while(|w| *w != "port").nth(1))
+        .expect("default-server checks a port")
+        .parse()
+        .unwrap();
+    for (backend, host, port) in &backends {
+        let service = &compose["services"][host.as_str()];
+        assert!(
+            fixed_host_ports(service).is_empty(),
+            "{host} is scaled but publishes {:?}",
+            fixed_host_ports(service)
+        );
+        assert_eq!(
+            port_of(service_env(service, "WSSCALE_LISTEN").unwrap()),
+            *port,
+            "{backend}"
+        );
+        assert_eq!(
+            port_of(service_env(service, "WSSCALE_METRICS_LISTEN").unwrap()),
+            health_port,
+            "{backend} is health-checked on the metrics listener"
+        );
+    }
+    // The balancer publishes what its frontends bind.
+    let published = fixed_host_ports(&compose["services"]["lb"]);
+    for line in config.lines().map(str::trim) {
+        if let Some(bind) = line.strip_prefix("bind ") {
+            let port = port_of(bind.split_whitespace().next().unwrap());
+            assert!(
+                published.contains(&format!("{port}:{port}")),
+                "lb binds {port} but does not publish it: {published:?}"
+            );
+        }
+    }
+
+    // Prometheus: every server and load segment by DNS, on its metrics port.
+    let prometheus = yaml(&root().join("dashboards/prometheus.yml"));
+    let mut discovered: BTreeMap<String, i64> = BTreeMap::new();
+    for job in prometheus["scrape_configs"].as_vec().unwrap() {
+        assert!(
+            job["static_configs"].is_badvalue(),
+            "replicas are found by DNS, not listed"
+        );
+        for dns in job["dns_sd_configs"].as_vec().unwrap() {
+            assert_eq!(dns["type"].as_str(), Some("A"));
+            for name in dns["names"].as_vec().unwrap() {
+                discovered.insert(name.as_str().unwrap().to_owned(), dns["port"].as_i64().unwrap());
+            }
+        }
+    }
+    for (name, service) in services(&compose) {
+        let metrics = match service["command"][0].as_str() {
+            Some("serve") => service_env(service, "WSSCALE_METRICS_LISTEN"),
+            Some("load") => service_env(service, "WSSCALE_LOAD_METRICS_LISTEN"),
+            _ => continue,
+        };
+        assert_eq!(
+            discovered.get(name).copied(),
+            Some(i64::from(port_of(metrics.unwrap()))),
+            "Prometheus does not find {name} on its metrics port"
+        );
+    }
+}
+
+#[test]
+fn balancer_configuration_passes_haproxy_check() {
+    // -dW: a warning (an unresolvable name without `init-addr none`, say) fails too.
+    must_pass(
+        "haproxy",
+        &["-dW", "-c", "-f", "deploy/haproxy/haproxy.cfg"],
+        "Debian package haproxy; .ci/run installs it",
     );
+    let config = std::fs::read_to_string(root().join("deploy/haproxy/haproxy.cfg")).unwrap();
+    let setting = |name: &str| {
+        config
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no `{name}` in haproxy.cfg"))
+    };
+    // WebSocket: once upgraded, `timeout tunnel` governs; it must outlast the servers'
+    // idle timeout so that the servers decide when an idle connection ends.
+    let tunnel: Duration = setting("timeout tunnel").parse::<humantime::Duration>().unwrap().into();
+    assert!(tunnel > Duration::from_secs(90), "timeout tunnel {tunnel:?}");
+    assert_eq!(setting("nameserver"), "dns 127.0.0.11:53", "Docker's embedded DNS");
+    assert!(setting("default-server").contains("init-addr none"));
+    assert!(setting("default-server").contains("resolvers docker"));
+    let backends = config.split("\nbackend ").skip(1);
+    let mut count = 0;
+    for backend in backends {
+        let section = backend.split("\n\n").next().unwrap();
+        assert!(section.contains("balance leastconn"), "{section}");
+        assert!(section.contains("http-check send meth GET uri /healthz"), "{section}");
+        count += 1;
+    }
+    assert_eq!(count, balancer_backends(&config).len());
+}
+
+/// The load segments of compose cover the run exactly once: `I/N` for every I below N,
+/// each writing its own summary, all starting at the time given in the shell.
+#[test]
+fn compose_load_segments_cover_the_run_once() {
+    let compose = compose();
+    let segments: Vec<(&str, &Yaml)> = services(&compose)
+        .filter(|(_, service)| service["command"][0].as_str() == Some("load"))
+        .collect();
+    let mut indexes = BTreeSet::new();
+    let mut outputs = BTreeSet::new();
+    for (name, service) in &segments {
+        let segment = service_env(service, "WSSCALE_LOAD_SEGMENT").unwrap_or_else(|| panic!("{name}"));
+        let (index, count) = segment.split_once('/').unwrap();
+        assert_eq!(count.parse::<usize>().unwrap(), segments.len(), "{name}");
+        assert_eq!(
+            name.strip_prefix("loadgen-"),
+            Some(index),
+            "{name} runs segment {segment}"
+        );
+        indexes.insert(index.parse::<usize>().unwrap());
+        outputs.insert(service_env(service, "WSSCALE_LOAD_JSON").unwrap().to_owned());
+        for passed_through in ["WSSCALE_LOAD_START_AT", "WSSCALE_LOAD_RUN_ID"] {
+            let environment = service["environment"].as_hash().unwrap();
+            assert!(
+                environment.get(&Yaml::String(passed_through.into())) == Some(&Yaml::Null),
+                "{name} takes {passed_through} from the shell"
+            );
+        }
+    }
+    assert_eq!(indexes, (0..segments.len()).collect(), "every segment once");
+    assert_eq!(outputs.len(), segments.len(), "one summary file each");
 }
 
 #[test]
@@ -162,7 +414,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process killed on drop.
-struct Running(Child);
+pub struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -171,7 +423,7 @@ impl Drop for Running {
     }
 }
 
-fn get_json(url: &str, query: &[(&str, &str)]) -> Option<Value> {
+pub fn get_json(url: &str, query: &[(&str, &str)]) -> Option<Value> {
     let mut request = ureq::get(url);
     for (key, value) in query {
         request = request.query(*key, *value);
@@ -181,7 +433,7 @@ fn get_json(url: &str, query: &[(&str, &str)]) -> Option<Value> {
 }
 
 /// Polls until `check` returns Some, or panics with `what` after `within`.
-fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check() {
