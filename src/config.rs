@@ -177,6 +177,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: humantime::Duration,
 
+    /// Most connections in their HTTP phase (accepted, upgrade not yet answered) at once,
+    /// apart from the connection cap: past it, accept pauses and new clients wait in the
+    /// kernel's listen backlog until a handshake finishes or times out. A connection in
+    /// its HTTP phase holds no connection permit and no thread, in any mode.
+    #[arg(long, env = "WSSCALE_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+
     /// On SIGINT/SIGTERM, how long to wait for connections to finish closing.
     #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
@@ -359,6 +366,7 @@ pub struct ServeConfig {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
     pub drain_timeout: Duration,
     pub buffers: Buffers,
 }
@@ -397,6 +405,9 @@ impl TryFrom<ServeArgs> for ServeConfig {
             return Err(ConfigError::Zero {
                 flag: "handshake-timeout",
             });
+        }
+        if args.max_handshakes == 0 {
+            return Err(ConfigError::Zero { flag: "max-handshakes" });
         }
         if args.max_connections == Some(0) {
             return Err(ConfigError::Zero {
@@ -451,6 +462,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             ping_interval,
             idle_timeout,
             handshake_timeout,
+            max_handshakes: args.max_handshakes,
             drain_timeout: args.drain_timeout.into(),
             buffers,
         })

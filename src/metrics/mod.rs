@@ -34,6 +34,8 @@ pub const CONNECTIONS_MAX: &str = "wsscale_connections_max";
 pub const MESSAGES_RECEIVED: &str = "wsscale_messages_received_total";
 pub const MESSAGES_SENT: &str = "wsscale_messages_sent_total";
 pub const HANDSHAKE_DURATION: &str = "wsscale_handshake_duration_seconds";
+pub const HANDSHAKES_IN_FLIGHT: &str = "wsscale_handshakes_in_flight";
+pub const HANDSHAKES_MAX: &str = "wsscale_handshakes_max";
 pub const HEAP_ALLOCATED: &str = "wsscale_heap_allocated_bytes";
 pub const MEMORY_PER_CONNECTION: &str = "wsscale_memory_per_connection_bytes";
 pub const TASKS_ALIVE: &str = "wsscale_tasks_alive";
@@ -189,6 +191,16 @@ fn describe() {
         MESSAGES_SENT,
         Unit::Count,
         "Text and binary messages sent back (echoes; control frames not counted)."
+    );
+    describe_gauge!(
+        HANDSHAKES_IN_FLIGHT,
+        Unit::Count,
+        "Connections in their HTTP phase (accepted, upgrade not yet answered) now."
+    );
+    describe_gauge!(
+        HANDSHAKES_MAX,
+        Unit::Count,
+        "Most connections in their HTTP phase at once (--max-handshakes); past it accept waits."
     );
     describe_histogram!(
         HANDSHAKE_DURATION,

@@ -18,17 +18,19 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use wsscale_host::{alloc, proc};
 
 use super::{
-    CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK, HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION,
-    RUNTIME_WORKERS, ServerMetrics, TASKS_ALIVE,
+    CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HANDSHAKES_IN_FLIGHT, HANDSHAKES_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK,
+    HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, RUNTIME_WORKERS, ServerMetrics, TASKS_ALIVE,
 };
 
 /// How often histogram samples are folded in (and, with no connection open, the
 /// baseline is read) between scrapes.
 const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 
-/// The figure a scrape reads off the running server besides /proc.
+/// The figures a scrape reads off the running server besides /proc.
 pub trait ConnectionCount: Send + Sync {
     fn active_connections(&self) -> usize;
+    /// Connections in their HTTP phase now.
+    fn handshakes_in_flight(&self) -> usize;
 }
 
 /// Memory at the last moment the server held no connection: the baseline of the
@@ -49,6 +51,7 @@ struct Sampler {
     server_metrics: ServerMetrics,
     baseline: Option<Baseline>,
     active: Gauge,
+    handshakes_in_flight: Gauge,
     heap: Gauge,
     rss_per_connection: Gauge,
     heap_per_connection: Gauge,
@@ -77,10 +80,12 @@ impl SamplerHandle {
         connections: Arc<dyn ConnectionCount>,
         server_metrics: ServerMetrics,
         max_connections: usize,
+        max_handshakes: usize,
     ) -> std::io::Result<SamplerHandle> {
         let process = metrics_process::Collector::default();
         process.describe();
         metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+        metrics::gauge!(HANDSHAKES_MAX).set(max_handshakes as f64);
         let mut sampler = Sampler {
             prometheus,
             process,
@@ -89,6 +94,7 @@ impl SamplerHandle {
             server_metrics,
             baseline: None,
             active: metrics::gauge!(CONNECTIONS_ACTIVE),
+            handshakes_in_flight: metrics::gauge!(HANDSHAKES_IN_FLIGHT),
             heap: metrics::gauge!(HEAP_ALLOCATED),
             rss_per_connection: metrics::gauge!(MEMORY_PER_CONNECTION, "source" => "rss"),
             heap_per_connection: metrics::gauge!(MEMORY_PER_CONNECTION, "source" => "heap"),
@@ -145,6 +151,8 @@ impl Sampler {
             }
         };
         self.active.set(active as f64);
+        self.handshakes_in_flight
+            .set(self.connections.handshakes_in_flight() as f64);
         self.heap.set(now.heap_bytes as f64);
         self.rss_per_connection
             .set(per_connection(now.rss_bytes, baseline.rss_bytes));

@@ -66,6 +66,14 @@ pub struct Shared {
     /// check and given back when its connection ends: at most `max_connections` are held
     /// and the next client gets a 503.
     permits: Arc<Semaphore>,
+    /// One permit per connection in its HTTP phase, taken before accept and given back
+    /// when the phase ends (upgrade, refusal or timeout): at most `--max-handshakes` are
+    /// in flight, and past it accept waits. Apart from `permits`, so clients that never
+    /// finish their request cannot take the places of upgraded connections.
+    handshakes: Arc<Semaphore>,
+    /// HTTP phases running now (the accept loop's permit, taken before a connection
+    /// arrives, is not one): the source of `wsscale_handshakes_in_flight`.
+    handshakes_in_flight: AtomicUsize,
     /// Sessions running now: incremented when a session starts, decremented when its
     /// socket is closed. The source of `wsscale_connections_active`.
     active: AtomicUsize,
@@ -91,6 +99,8 @@ impl Shared {
                 Mode::Threads => Some(threads::Threads::new()?),
             },
             permits: Arc::new(Semaphore::new(max_connections)),
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            handshakes_in_flight: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             config,
         })
@@ -113,6 +123,33 @@ impl Shared {
 impl ConnectionCount for Shared {
     fn active_connections(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    fn handshakes_in_flight(&self) -> usize {
+        self.handshakes_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's HTTP phase: holds its handshake permit and counts it in flight from
+/// accept until the phase ends, whichever way.
+pub(super) struct HandshakeGuard {
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HandshakeGuard {
+    fn new(shared: Arc<Shared>, permit: OwnedSemaphorePermit) -> Self {
+        shared.handshakes_in_flight.fetch_add(1, Ordering::Relaxed);
+        HandshakeGuard {
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.shared.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -194,6 +231,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         listen = %ws_addr,
         metrics_listen = %metrics_addr,
         max_connections = capacity.max_connections,
+        max_handshakes = config.max_handshakes,
         bound_by = %capacity.bound,
         fd_soft_before = fd_limit.soft_before,
         fd_soft = fd_limit.soft,
@@ -227,6 +265,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shared.clone(),
         shared.metrics.clone(),
         shared.max_connections,
+        shared.config.max_handshakes,
     )?;
     runtime.block_on(run(listener, metrics_listener, sampler, shared))?;
     // Idle pooled threads and leftover tasks must not hold the exit up.
@@ -286,11 +325,17 @@ async fn run(
 }
 
 /// Accepts connections until shutdown; each gets one task in the tracker, which runs its
-/// HTTP phase and then what its execution model does after the upgrade.
+/// HTTP phase and then what its execution model does after the upgrade. A handshake
+/// permit is taken before each accept, so with `--max-handshakes` phases in flight the
+/// loop waits and new clients queue in the listen backlog.
 async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
     let app = upgrade::router(shared.clone());
     let mut backoff = AcceptBackoff::new();
     loop {
+        let handshake = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            permit = shared.handshakes.clone().acquire_owned() => permit.expect("the handshake semaphore is never closed"),
+        };
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -298,7 +343,8 @@ async fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                let http = upgrade::serve_http(stream, peer, app.clone(), shared.clone());
+                let handshake = HandshakeGuard::new(shared.clone(), handshake);
+                let http = upgrade::serve_http(stream, peer, app.clone(), shared.clone(), handshake);
                 match shared.config.mode {
                     Mode::Tasks => shared.tracker.spawn(tasks::ConnectionTask::new(http, shared.clone())),
                     Mode::Threads => shared.tracker.spawn(threads::hand_over_after(http)),

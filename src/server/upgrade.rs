@@ -26,7 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{Shared, stock, threads};
+use super::{HandshakeGuard, Shared, stock, threads};
 use crate::config::{Engine, Mode};
 use crate::handshake::{self, Refusal, RejectReason};
 
@@ -64,14 +64,17 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves HTTP/1 with the axum router until the request is answered (a refusal: None)
-/// or upgraded. Bounded by the handshake timeout and cut short by shutdown.
+/// or upgraded. Bounded by the handshake timeout and cut short by shutdown; holds its
+/// handshake permit until it returns.
 pub(super) async fn serve_http(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     shared: Arc<Shared>,
+    handshake: HandshakeGuard,
 ) -> Option<Upgrade> {
     async move {
+        let _handshake = handshake;
         let accepted_at = Instant::now();
         let slot: UpgradeSlot = Arc::default();
         let service = app.map_request({

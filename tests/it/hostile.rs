@@ -17,6 +17,8 @@ crate::every_server!(
     malformed_frames_fail_the_connection,
     a_flood_past_capacity_gets_only_503s,
     accept_recovers_from_descriptor_exhaustion,
+    half_open_clients_hold_no_permit_and_no_thread,
+    the_handshake_bound_holds_under_2000_half_open_clients,
 );
 
 const SLOW_CLIENTS: usize = 200;
@@ -349,4 +351,91 @@ async fn a_refused_thread_is_a_503_and_nothing_else(kind: Kind) {
         &[("reason", "thread_spawn")],
     );
     assert_eq!(counted, Some(refused as f64), "{metrics}");
+}
+
+/// Opens `count` TCP connections that send the start of an upgrade request and nothing
+/// more (the server cannot tell them from a slow client until the handshake timeout).
+async fn half_open(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        streams.push(stream);
+    }
+    streams
+}
+
+async fn half_open_clients_hold_no_permit_and_no_thread(kind: Kind) {
+    let server = TestServer::start(kind, &["--max-connections", "100", "--handshake-timeout", "10s"]);
+    let idle_threads = server.metrics().await.value("process_threads", &[]);
+    let _half_open = half_open(server.ws_addr, 300).await;
+    let metrics = server
+        .wait_for_metric("wsscale_handshakes_in_flight", &[], 300.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        metrics.value("process_threads", &[]),
+        idle_threads,
+        "{kind}: a half-open connection holds no thread"
+    );
+    // Every permit is still free: 100 real clients upgrade and echo.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(server.connect().await);
+    }
+    assert_all_echo(&mut held).await;
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("{kind}: expected 503 past the cap of 100, got {other:?}"),
+    }
+}
+
+async fn the_handshake_bound_holds_under_2000_half_open_clients(kind: Kind) {
+    const BOUND: usize = 500;
+    let server = TestServer::start(kind, &["--max-handshakes", "500", "--handshake-timeout", "3s"]);
+    let idle = server.metrics().await;
+    let idle_threads = idle.value("process_threads", &[]);
+    let first = half_open(server.ws_addr, BOUND).await;
+    let at_bound = server
+        .wait_for_metric(
+            "wsscale_handshakes_in_flight",
+            &[],
+            BOUND as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    // 1,500 more wait in the listen backlog: accept pauses, nothing grows.
+    let rest = half_open(server.ws_addr, 2000 - BOUND).await;
+    let past_bound = server.metrics().await;
+    assert_eq!(
+        past_bound.value("wsscale_handshakes_in_flight", &[]),
+        BOUND as f64,
+        "{kind}: --max-handshakes bounds the HTTP phases in flight"
+    );
+    assert_eq!(
+        past_bound.value("process_threads", &[]),
+        idle_threads,
+        "{kind}: threads stay flat"
+    );
+    let heap = |metrics: &crate::support::Metrics| metrics.value("wsscale_heap_allocated_bytes", &[]);
+    // Each phase in flight holds its task and hyper's buffers (~27 KiB in this debug
+    // build); the waiting ones hold nothing of ours.
+    assert!(
+        heap(&past_bound) - heap(&idle) < BOUND as f64 * 64.0 * 1024.0,
+        "{kind}: heap {} -> {} with {BOUND} handshakes in flight",
+        heap(&idle),
+        heap(&past_bound)
+    );
+    assert!(
+        heap(&past_bound) <= heap(&at_bound) * 1.1,
+        "{kind}: heap grew from {} to {} while the extra clients waited",
+        heap(&at_bound),
+        heap(&past_bound)
+    );
+    // The clients hang up: the phases in flight end at their EOF, the waiting ones are
+    // accepted and end the same way, and a real client is served.
+    drop((first, rest));
+    server
+        .wait_for_metric("wsscale_handshakes_in_flight", &[], 0.0, Duration::from_secs(30))
+        .await;
+    assert_echo(&mut server.connect().await, "after the flood").await;
 }
