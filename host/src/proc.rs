@@ -31,6 +31,12 @@ pub fn memory_total_bytes() -> io::Result<u64> {
     Ok(Meminfo::current().map_err(to_io)?.mem_total)
 }
 
+/// Memory the host can give to new work without swapping (`MemAvailable`), bytes.
+pub fn memory_available_bytes() -> io::Result<u64> {
+    let meminfo = Meminfo::current().map_err(to_io)?;
+    Ok(meminfo.mem_available.unwrap_or(meminfo.mem_free))
+}
+
 /// TCP sockets in use on the host (`TCP: inuse N` in /proc/net/sockstat).
 pub fn tcp_sockets_inuse() -> io::Result<u64> {
     let sockstat = fs::read_to_string("/proc/net/sockstat")?;
@@ -68,6 +74,57 @@ impl ProcessStatus {
                 * 1024,
             threads: status.threads,
         })
+    }
+}
+
+/// A process and all its descendants, summed: what a server costs when it forks workers
+/// or runs under a shell (`wsscale compare --server` measures any command this way).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeUsage {
+    pub processes: u64,
+    pub rss_bytes: u64,
+    pub threads: u64,
+    pub open_fds: u64,
+    /// User + system CPU time, seconds.
+    pub cpu_seconds: f64,
+}
+
+impl TreeUsage {
+    /// Reads `root` and every process descended from it. Processes that exit while being
+    /// read are skipped.
+    pub fn read(root: u32) -> io::Result<TreeUsage> {
+        let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+        for process in procfs::process::all_processes().map_err(to_io)?.flatten() {
+            if let Ok(stat) = process.stat() {
+                children.entry(stat.ppid).or_default().push(stat.pid);
+            }
+        }
+        let ticks = procfs::ticks_per_second() as f64;
+        let mut usage = TreeUsage::default();
+        let mut pending = vec![root as i32];
+        while let Some(pid) = pending.pop() {
+            if let Some(kids) = children.get(&pid) {
+                pending.extend(kids);
+            }
+            let Ok(process) = procfs::process::Process::new(pid) else {
+                continue;
+            };
+            let (Ok(stat), Ok(status)) = (process.stat(), process.status()) else {
+                continue;
+            };
+            usage.processes += 1;
+            usage.rss_bytes += status.vmrss.unwrap_or(0) * 1024;
+            usage.threads += status.threads;
+            usage.open_fds += process.fd_count().unwrap_or(0) as u64;
+            usage.cpu_seconds += (stat.utime + stat.stime) as f64 / ticks;
+        }
+        if usage.processes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("process {root} is gone"),
+            ));
+        }
+        Ok(usage)
     }
 }
 
@@ -161,5 +218,20 @@ mod tests {
         assert!(limits.host_threads >= status.threads, "{limits:?}");
         assert!(limits.maps_in_use > 0, "{limits:?}");
         assert!(open_fds(std::process::id()).unwrap() >= 3);
+        assert!(memory_available_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_children() {
+        let me = TreeUsage::read(std::process::id()).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let with_child = TreeUsage::read(std::process::id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let with_child = with_child.unwrap();
+        assert_eq!(with_child.processes, me.processes + 1);
+        assert!(with_child.threads > me.threads);
+        assert!(with_child.rss_bytes > 0);
+        assert!(TreeUsage::read(child.id()).is_err(), "a reaped child is gone");
     }
 }

@@ -1,33 +1,41 @@
 //! The report's charts, as SVG (plotters): memory vs connections, threads and tasks vs
-//! connections, and memory per connection by component. Each has a title, axis labels
-//! with units and a legend.
+//! connections, and memory per connection by component, one colour per run. Each has a
+//! title, axis labels with units and a legend.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::ModeResult;
-use super::report::{ModeSummary, Summaries};
+use super::summary::{RunSummary, Summaries};
 
 pub const MEMORY_CHART: &str = "memory_vs_connections.svg";
 pub const THREADS_CHART: &str = "threads_and_tasks_vs_connections.svg";
 pub const PER_CONNECTION_CHART: &str = "memory_per_connection.svg";
 
 const SIZE: (u32, u32) = (900, 560);
-const TASKS_COLOR: RGBColor = RGBColor(31, 119, 180);
-const THREADS_COLOR: RGBColor = RGBColor(214, 39, 40);
+/// One colour per run, in the order measured (tab10).
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
 
-fn mode_color(mode: &str) -> RGBColor {
-    if mode == "tasks" { TASKS_COLOR } else { THREADS_COLOR }
+fn run_color(index: usize) -> RGBColor {
+    PALETTE[index % PALETTE.len()]
 }
 
 /// Writes every chart into `out`; returns (file name, title) pairs.
-pub fn write_all(out: &Path, results: &[ModeResult], summaries: &Summaries) -> anyhow::Result<Vec<(String, String)>> {
+pub fn write_all(out: &Path, summaries: &Summaries) -> anyhow::Result<Vec<(String, String)>> {
     let charts = [
         (
             MEMORY_CHART,
             "Server memory vs idle connections",
-            memory as fn(&Path, &str, &[ModeResult], &Summaries) -> Result<(), String>,
+            memory as fn(&Path, &str, &Summaries) -> Result<(), String>,
         ),
         (
             THREADS_CHART,
@@ -42,7 +50,7 @@ pub fn write_all(out: &Path, results: &[ModeResult], summaries: &Summaries) -> a
     ];
     let mut written = Vec::new();
     for (file, title, draw) in charts {
-        draw(&out.join(file), title, results, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
+        draw(&out.join(file), title, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
         written.push((file.to_owned(), title.to_owned()));
     }
     Ok(written)
@@ -57,13 +65,15 @@ struct Line {
     points: Vec<(f64, f64)>,
 }
 
-fn memory(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Result<(), String> {
+fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
     const MIB: f64 = 1048576.0;
     // User memory, and user + the kernel stacks added since the first step.
-    let lines = results
+    let lines = summaries
+        .runs
         .iter()
-        .flat_map(|result| {
-            let mode = result.mode.as_str();
+        .enumerate()
+        .flat_map(|(index, result)| {
+            let name = &result.spec.name;
             let base_stack = result.samples.first().map_or(0, |s| s.kernel_stack_bytes) as f64;
             let rss = result
                 .samples
@@ -82,14 +92,14 @@ fn memory(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Re
                 .collect();
             [
                 Line {
-                    label: format!("{mode}: RSS"),
-                    color: mode_color(mode),
+                    label: format!("{name}: RSS"),
+                    color: run_color(index),
                     dashed: false,
                     points: rss,
                 },
                 Line {
-                    label: format!("{mode}: RSS + kernel stacks"),
-                    color: mode_color(mode),
+                    label: format!("{name}: RSS + kernel stacks"),
+                    color: run_color(index),
                     dashed: true,
                     points: with_kernel,
                 },
@@ -99,35 +109,36 @@ fn memory(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Re
     line_chart(path, title, "memory (MiB)", lines)
 }
 
-fn threads_and_tasks(path: &Path, title: &str, results: &[ModeResult], _: &Summaries) -> Result<(), String> {
-    let lines = results
+fn threads_and_tasks(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+    let lines = summaries
+        .runs
         .iter()
-        .flat_map(|result| {
-            let mode = result.mode.as_str();
+        .enumerate()
+        .flat_map(|(index, result)| {
+            let name = &result.spec.name;
             let threads = result
                 .samples
                 .iter()
                 .map(|s| (s.connections as f64, s.threads as f64))
                 .collect();
-            let tasks = result
+            let tasks: Option<Vec<(f64, f64)>> = result
                 .samples
                 .iter()
-                .map(|s| (s.connections as f64, s.tasks_alive as f64))
+                .map(|s| Some((s.connections as f64, s.tasks_alive? as f64)))
                 .collect();
-            [
-                Line {
-                    label: format!("{mode}: OS threads"),
-                    color: mode_color(mode),
-                    dashed: false,
-                    points: threads,
-                },
-                Line {
-                    label: format!("{mode}: Tokio tasks alive"),
-                    color: mode_color(mode),
-                    dashed: true,
-                    points: tasks,
-                },
-            ]
+            let threads = Line {
+                label: format!("{name}: OS threads"),
+                color: run_color(index),
+                dashed: false,
+                points: threads,
+            };
+            let tasks = tasks.map(|points| Line {
+                label: format!("{name}: Tokio tasks alive"),
+                color: run_color(index),
+                dashed: true,
+                points,
+            });
+            std::iter::once(threads).chain(tasks)
         })
         .collect();
     line_chart(path, title, "count (threads, tasks)", lines)
@@ -183,24 +194,25 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
     root.present().map_err(|e| e.to_string())
 }
 
-fn per_connection(path: &Path, title: &str, _: &[ModeResult], summaries: &Summaries) -> Result<(), String> {
+fn per_connection(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+    let summaries = &summaries.runs;
     const COMPONENTS: [(&str, RGBColor); 3] = [
         ("user RSS", RGBColor(44, 160, 44)),
         ("of which heap", RGBColor(255, 127, 14)),
         ("kernel stack", RGBColor(148, 103, 189)),
     ];
-    let values = |summary: &ModeSummary| {
+    let values = |summary: &RunSummary| {
         [
             summary.slope_bytes_per_connection,
-            summary.heap_slope_bytes_per_connection,
+            summary.heap_slope_bytes_per_connection.unwrap_or(0.0),
             summary.kernel_stack_slope_bytes_per_connection.max(0.0),
         ]
         .map(|bytes| bytes.max(0.0) / 1024.0)
     };
-    let y_max = summaries.iter().flat_map(|(_, s)| values(s)).fold(1.0, f64::max) * 1.15;
+    let y_max = summaries.iter().flat_map(values).fold(1.0, f64::max) * 1.15;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let names: Vec<String> = summaries.iter().map(|(mode, _)| format!("{mode} mode")).collect();
+    let names: Vec<String> = summaries.iter().map(|run| run.spec.name.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
@@ -220,7 +232,7 @@ fn per_connection(path: &Path, title: &str, _: &[ModeResult], summaries: &Summar
                 String::new()
             }
         })
-        .x_desc("execution model")
+        .x_desc("server (execution model - engine)")
         .y_desc("bytes per connection (KiB)")
         .axis_desc_style(("sans-serif", 16))
         .draw()
@@ -229,7 +241,7 @@ fn per_connection(path: &Path, title: &str, _: &[ModeResult], summaries: &Summar
     for (component, (name, color)) in COMPONENTS.iter().enumerate() {
         let left = |mode: usize| mode as f64 - 1.5 * BAR + component as f64 * BAR;
         chart
-            .draw_series(summaries.iter().enumerate().map(|(mode, (_, summary))| {
+            .draw_series(summaries.iter().enumerate().map(|(mode, summary)| {
                 Rectangle::new(
                     [(left(mode), 0.0), (left(mode) + BAR * 0.9, values(summary)[component])],
                     color.filled(),
@@ -239,7 +251,7 @@ fn per_connection(path: &Path, title: &str, _: &[ModeResult], summaries: &Summar
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled()));
         chart
-            .draw_series(summaries.iter().enumerate().map(|(mode, (_, summary))| {
+            .draw_series(summaries.iter().enumerate().map(|(mode, summary)| {
                 let value = values(summary)[component];
                 Text::new(
                     format!("{value:.1}"),

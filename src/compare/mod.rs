@@ -1,16 +1,21 @@
 //! `wsscale compare`: the one command that shows what an idle connection costs as a
-//! Tokio task and as an OS thread.
+//! Tokio task and as an OS thread, with wsscale's lean engine and with the stock
+//! tungstenite stack — and, with `--server`, in any other WebSocket server.
 //!
-//! For each mode it starts `wsscale serve` as a child process (so every figure is the
+//! For each run it starts the server as a child process (so every figure is the
 //! server's alone), grows a pool of client connections in this process step by step,
-//! waits at each step until the server's memory is steady, samples its /metrics and
-//! cross-checks them against /proc/PID, then stops the server gracefully. Both modes get
-//! the same steps and the same server flags. [`fit`] turns the samples into bytes per
-//! connection, [`report`] writes summary.json and report.md, [`charts`] the SVGs.
+//! waits at each step until the server's memory is steady, samples it — a wsscale
+//! server's /metrics cross-checked against /proc/PID; any other server from /proc, as a
+//! process tree ([`external`]) — then stops the server. Every run gets the same steps,
+//! the same clients and (wsscale servers) the same flags. [`summary`] fits the samples
+//! into bytes per connection and the ratios, [`report`] writes summary.json and
+//! report.md, [`charts`] the SVGs.
 
 pub mod charts;
+pub mod external;
 pub mod fit;
 pub mod report;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,19 +24,21 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use wsscale_host::fd::FdLimit;
+use wsscale_host::proc::{KernelLimits, ProcessStatus, TreeUsage};
 use wsscale_loadgen::client::ClientSettings;
 use wsscale_loadgen::pool::Pool;
 use wsscale_loadgen::report::Percentiles;
 use wsscale_loadgen::stats::Stats;
 
+use self::external::ExternalServer;
 use crate::child::{ServeChild, http_get_body};
-use crate::config::{CompareArgs, Mode};
+use crate::config::{Buffers, Cli, Command, CompareArgs, Engine, Mode, ServeConfig};
 use crate::exposition::sample_value;
 use crate::limits;
-use wsscale_host::fd::FdLimit;
-use wsscale_host::proc::{KernelLimits, ProcessStatus};
 
 /// Descriptors this process keeps for itself beyond the client sockets.
 const CLIENT_FD_RESERVE: usize = 128;
@@ -41,23 +48,105 @@ const SETTLE_POLL: Duration = Duration::from_millis(250);
 const SETTLE_POLLS: usize = 4;
 /// ...to within this fraction of RSS.
 const SETTLE_TOLERANCE: f64 = 0.005;
-/// How long the server may take to exit after SIGTERM (its drain has nothing left to do).
+/// How long a wsscale server may take to exit after SIGTERM (its drain has nothing left).
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Fraction of the host's available memory one run may plan to use.
+const MEMORY_BUDGET: f64 = 0.8;
+/// What the client side holds per connection (the generator's own measured ~2 KB, with
+/// room), in the memory preflight.
+const CLIENT_BYTES_PER_CONNECTION: u64 = 4 * 1024;
+
+/// What one run measures.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `wsscale serve` in a mode, with an engine, and the buffer settings it will resolve.
+    Wsscale {
+        mode: Mode,
+        engine: Engine,
+        settings: Buffers,
+    },
+    /// Any server, started from a command line (`--server NAME=COMMAND`).
+    External { command: String },
+}
+
+/// One run of the comparison: its name (the table's column, `serve-NAME.log`), the
+/// server it starts, and (wsscale's own) the mode, engine and settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSpec {
+    pub name: String,
+    /// The command line: `wsscale serve ...`, or the `--server` command (with `{port}`).
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// Each buffer and size setting in force, and whether it is the engine's default or
+    /// a flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Buffers>,
+    #[serde(skip)]
+    pub target: Target,
+}
+
+impl RunSpec {
+    fn wsscale(mode: Mode, engine: Engine, settings: Buffers, serve_args: &[String]) -> Self {
+        RunSpec {
+            name: builtin_name(mode, engine),
+            server: format!("wsscale serve --mode {mode} --engine {engine} {}", serve_args.join(" "))
+                .trim_end()
+                .to_owned(),
+            mode: Some(mode),
+            engine: Some(engine),
+            settings: Some(settings),
+            target: Target::Wsscale { mode, engine, settings },
+        }
+    }
+
+    fn external(name: &str, command: &str) -> Self {
+        RunSpec {
+            name: name.to_owned(),
+            server: command.to_owned(),
+            mode: None,
+            engine: None,
+            settings: None,
+            target: Target::External {
+                command: command.to_owned(),
+            },
+        }
+    }
+
+    /// The mode and engine of a wsscale run.
+    pub fn builtin(&self) -> Option<(Mode, Engine)> {
+        match self.target {
+            Target::Wsscale { mode, engine, .. } => Some((mode, engine)),
+            Target::External { .. } => None,
+        }
+    }
+}
+
+/// `tasks-lean`, `threads-tungstenite`, ...
+pub fn builtin_name(mode: Mode, engine: Engine) -> String {
+    format!("{mode}-{engine}")
+}
 
 /// What will be run: validated options, steps that fit the limits, and the server flags
-/// both modes share.
+/// every wsscale run shares.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub steps: Vec<usize>,
-    pub modes: Vec<&'static str>,
-    #[serde(skip)]
-    pub mode_list: Vec<Mode>,
+    pub modes: Vec<Mode>,
+    pub engines: Vec<Engine>,
+    pub runs: Vec<RunSpec>,
     pub out: PathBuf,
     pub rate: f64,
     pub concurrency: usize,
     pub settle_timeout_secs: f64,
     pub client_ping_interval_secs: f64,
+    /// Flags every wsscale server gets besides its --mode and --engine.
     pub serve_args: Vec<String>,
+    /// The path external servers upgrade on.
+    pub path: String,
+    pub server_start_timeout_secs: f64,
     /// Limits found by the preflight, one line each.
     pub limits: Vec<String>,
     #[serde(skip)]
@@ -68,44 +157,98 @@ pub struct Plan {
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let fd = wsscale_host::fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let kernel = KernelLimits::read().ok();
-    let plan = plan(args, fd, kernel)?;
+    let available = wsscale_host::proc::memory_available_bytes().ok();
+    let plan = plan(args, fd, kernel, available)?;
+    let names: Vec<&str> = plan.runs.iter().map(|run| run.name.as_str()).collect();
     eprintln!(
-        "wsscale compare: steps {:?} in {} mode(s); limits:",
+        "wsscale compare: steps {:?} for {}; limits:",
         plan.steps,
-        plan.modes.join(" and ")
+        names.join(", ")
     );
     for line in &plan.limits {
         eprintln!("  {line}");
     }
+    std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // A server that cannot start fails the comparison now, not after the others ran.
+    runtime.block_on(check_external_servers(&plan))?;
     let stop = CancellationToken::new();
     let mut results = Vec::new();
-    for &mode in &plan.mode_list {
-        let result = runtime.block_on(measure_mode(&plan, mode, &stop))?;
-        results.push(result);
+    for run in &plan.runs {
+        results.push(runtime.block_on(measure(&plan, run, &stop))?);
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     let machine = report::Machine::read(fd, kernel);
-    let summaries = report::summarize(&results);
-    let written = report::write(&plan, &machine, &results, &summaries)?;
+    let summaries = summary::Summaries::of(&results);
+    let written = report::write(&plan, &machine, &summaries)?;
     println!("{}", report::comparison_table(&summaries));
     println!("report written to {}", written.display());
     Ok(())
 }
 
-/// Validates the options, checks the limits each mode needs, and fixes the steps.
-pub fn plan(args: CompareArgs, fd: FdLimit, kernel: Option<KernelLimits>) -> anyhow::Result<Plan> {
-    if args.modes.is_empty() {
-        bail!("--modes needs at least one of tasks, threads");
+/// Starts and stops every `--server` once: each must start and upgrade a connection.
+async fn check_external_servers(plan: &Plan) -> anyhow::Result<()> {
+    for run in &plan.runs {
+        let Target::External { command } = &run.target else {
+            continue;
+        };
+        eprintln!("[{}] checking that it starts and upgrades", run.name);
+        let log = plan.out.join(format!("serve-{}.log", run.name));
+        let timeout = Duration::from_secs_f64(plan.server_start_timeout_secs);
+        let server = ExternalServer::start(&run.name, command, &plan.path, timeout, &log).await?;
+        tokio::task::spawn_blocking(move || server.stop()).await?;
     }
+    Ok(())
+}
+
+/// Validates the options, resolves every run's settings, checks the limits each run
+/// needs, and fixes the steps.
+pub fn plan(
+    args: CompareArgs,
+    fd: FdLimit,
+    kernel: Option<KernelLimits>,
+    memory_available: Option<u64>,
+) -> anyhow::Result<Plan> {
     if args.concurrency == 0 {
         bail!("--concurrency must be greater than zero");
     }
     if !args.rate.is_finite() || args.rate < 0.0 {
         bail!("--rate must be a number of connections per second, 0 (unpaced) or more");
     }
+    if !args.path.starts_with('/') {
+        bail!("--path {:?} must start with /", args.path);
+    }
     let mut steps = parse_steps(args.steps.as_deref(), args.connections)?;
     let wanted = *steps.last().expect("steps are never empty");
+
+    let mut serve_args: Vec<String> = Vec::new();
+    for (flag, value) in [
+        ("--read-buffer-size", args.read_buffer_size),
+        ("--write-buffer-size", args.write_buffer_size),
+        ("--max-message-size", args.max_message_size),
+        ("--thread-stack-size", args.thread_stack_size),
+    ] {
+        if let Some(value) = value {
+            serve_args.extend([flag.to_owned(), value.as_u64().to_string()]);
+        }
+    }
+    let mut runs = Vec::new();
+    for &engine in &args.engines {
+        for &mode in &args.modes {
+            let settings = resolve_settings(mode, engine, &serve_args)?;
+            runs.push(RunSpec::wsscale(mode, engine, settings, &serve_args));
+        }
+    }
+    for server in &args.servers {
+        let (name, command) = parse_server(server)?;
+        if runs.iter().any(|run| run.name == name) {
+            bail!("--server {name}=...: {name} is already the name of another run");
+        }
+        runs.push(RunSpec::external(name, command));
+    }
+    if runs.is_empty() {
+        bail!("nothing to measure: give --modes and --engines, or --server");
+    }
 
     // The client sockets live in this process; each server holds as many.
     let mut limits = Vec::new();
@@ -137,9 +280,35 @@ pub fn plan(args: CompareArgs, fd: FdLimit, kernel: Option<KernelLimits>) -> any
             fits = fits.min(capacity.max_connections);
         }
     }
+    if let Some(available) = memory_available {
+        let budget = (available as f64 * MEMORY_BUDGET) as u64;
+        for run in &runs {
+            let Target::Wsscale { mode, engine, settings } = &run.target else {
+                continue;
+            };
+            let per_connection = estimated_bytes_per_connection(*mode, *engine, settings) + CLIENT_BYTES_PER_CONNECTION;
+            let room = (budget / per_connection) as usize;
+            limits.push(format!(
+                "{} memory: ~{} KiB per connection (server + client) in {} MiB ({:.0}% of MemAvailable) -> {room} connections",
+                run.name,
+                per_connection / 1024,
+                budget >> 20,
+                MEMORY_BUDGET * 100.0
+            ));
+            if wanted > room {
+                shortfalls.push(format!(
+                    "{}: about {} KiB per connection (its read buffer and stack) does not fit {wanted} connections in {} MiB; free memory, or set --read-buffer-size",
+                    run.name,
+                    per_connection / 1024,
+                    budget >> 20
+                ));
+                fits = fits.min(room);
+            }
+        }
+    }
     if fits < wanted {
         let message = format!(
-            "{wanted} connections do not fit on this machine; the largest count that fits every mode is {fits}:\n  {}",
+            "{wanted} connections do not fit on this machine; the largest count that fits every run is {fits}:\n  {}",
             shortfalls.join("\n  ")
         );
         if !args.fit_limits {
@@ -150,26 +319,80 @@ pub fn plan(args: CompareArgs, fd: FdLimit, kernel: Option<KernelLimits>) -> any
         steps.push(fits);
     }
 
-    let mut serve_args = vec!["--max-connections".to_owned(), (fits + 16).to_string()];
-    if let Some(size) = args.read_buffer_size {
-        serve_args.extend(["--read-buffer-size".to_owned(), size.as_u64().to_string()]);
-    }
-    if let Some(size) = args.thread_stack_size {
-        serve_args.extend(["--thread-stack-size".to_owned(), size.as_u64().to_string()]);
-    }
+    let mut all_serve_args = vec!["--max-connections".to_owned(), (fits + 16).to_string()];
+    all_serve_args.extend(serve_args);
     Ok(Plan {
         steps,
-        modes: args.modes.iter().map(|mode| mode.as_str()).collect(),
-        mode_list: args.modes,
+        modes: args.modes,
+        engines: args.engines,
+        runs,
         out: args.out,
         rate: args.rate,
         concurrency: args.concurrency,
         settle_timeout_secs: Duration::from(args.settle_timeout).as_secs_f64(),
         client_ping_interval_secs: Duration::from(args.ping_interval).as_secs_f64(),
-        serve_args,
+        serve_args: all_serve_args,
+        path: args.path,
+        server_start_timeout_secs: Duration::from(args.server_start_timeout).as_secs_f64(),
         limits,
         program: std::env::current_exe().context("locating this executable to start servers")?,
     })
+}
+
+/// The settings `wsscale serve --mode MODE --engine ENGINE SERVE_ARGS` will run with,
+/// resolved by the server's own configuration code.
+fn resolve_settings(mode: Mode, engine: Engine, serve_args: &[String]) -> anyhow::Result<Buffers> {
+    let mut argv = vec![
+        "wsscale".to_owned(),
+        "serve".to_owned(),
+        "--mode".to_owned(),
+        mode.to_string(),
+        "--engine".to_owned(),
+        engine.to_string(),
+    ];
+    argv.extend(serve_args.iter().cloned());
+    let Command::Serve(args) = Cli::try_parse_from(argv)?.command else {
+        unreachable!("a serve command line")
+    };
+    Ok(ServeConfig::try_from(args)?.buffers)
+}
+
+/// A rough upper estimate of what one idle connection of a wsscale run costs (user +
+/// kernel), for the memory preflight: the stock engine holds its read buffer for the
+/// connection's life (the lean engine lends one per read); a thread adds its touched
+/// stack and 16 KiB of kernel stack.
+fn estimated_bytes_per_connection(mode: Mode, engine: Engine, settings: &Buffers) -> u64 {
+    let held_buffer = match engine {
+        Engine::Lean => 0,
+        Engine::Tungstenite => settings.read_buffer_size.value as u64,
+    };
+    let engine = held_buffer + 8 * 1024;
+    let thread = match mode {
+        Mode::Tasks => 0,
+        Mode::Threads => 32 * 1024 + 16 * 1024,
+    };
+    engine + thread
+}
+
+/// `NAME=COMMAND`.
+fn parse_server(spec: &str) -> anyhow::Result<(&str, &str)> {
+    let Some((name, command)) = spec.split_once('=') else {
+        bail!("--server {spec:?}: expected NAME=COMMAND");
+    };
+    let (name, command) = (name.trim(), command.trim());
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("--server {spec:?}: NAME must be letters, digits, '-', '_' or '.'");
+    }
+    let builtin = [Mode::Tasks, Mode::Threads]
+        .iter()
+        .flat_map(|&mode| [Engine::Lean, Engine::Tungstenite].map(|engine| builtin_name(mode, engine)));
+    if builtin.clone().any(|builtin| builtin == name) {
+        bail!("--server {name}=...: {name} is the name of one of wsscale's own runs; choose another");
+    }
+    if command.is_empty() {
+        bail!("--server {name}=: the command is empty");
+    }
+    Ok((name, command))
 }
 
 /// `--steps`: None → 0, 10%, 25%, 50%, 75%, 100%; "K" → K even steps after 0; "a,b,c" →
@@ -213,17 +436,21 @@ pub fn parse_steps(spec: Option<&str>, connections: usize) -> anyhow::Result<Vec
 /// One step's reading of the server.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
-    /// Connections open on the server (its wsscale_connections_active).
+    /// Connections open at this step: the server's wsscale_connections_active, or (an
+    /// external server) the connections the clients hold.
     pub connections: u64,
     /// Connections this step asked for.
     pub target: usize,
     pub rss_bytes: u64,
-    /// (rss − rss at 0 connections) ÷ connections, from the server's own gauge.
+    /// (rss − rss at 0 connections) ÷ connections: the server's own gauge, or computed
+    /// here for an external server.
     pub rss_per_connection_bytes: f64,
-    pub heap_bytes: u64,
-    pub heap_per_connection_bytes: f64,
+    /// Live heap (wsscale servers only: their counting allocator).
+    pub heap_bytes: Option<u64>,
+    pub heap_per_connection_bytes: Option<f64>,
     pub threads: u64,
-    pub tasks_alive: u64,
+    /// Tokio tasks alive (wsscale servers only).
+    pub tasks_alive: Option<u64>,
     /// Host KernelStack: 16 KiB per thread, in no process's RSS.
     pub kernel_stack_bytes: u64,
     /// KernelStack added since the step before.
@@ -236,92 +463,190 @@ pub struct Sample {
     pub ping_rtt_p50_ms: Option<f64>,
     pub ping_rtt_p99_ms: Option<f64>,
     pub cpu_seconds: f64,
-    /// The same moment read from /proc/PID/status, as a cross-check.
+    /// The same moment read from /proc/PID/status, as a cross-check (an external
+    /// server's figures are these).
     pub proc_vm_rss_bytes: u64,
     pub proc_threads: u64,
-    /// /metrics within 5% of VmRSS and threads equal to /proc's.
-    pub cross_check_ok: bool,
+    /// /metrics within 5% of VmRSS and threads equal to /proc's; none for an external
+    /// server (its figures come from /proc itself).
+    pub cross_check_ok: Option<bool>,
     /// False when the settle timeout passed before memory was steady.
     pub steady: bool,
 }
 
-/// Everything measured in one mode.
+/// Everything measured in one run.
 #[derive(Debug, Clone)]
-pub struct ModeResult {
-    pub mode: Mode,
+pub struct RunResult {
+    pub spec: RunSpec,
     pub samples: Vec<Sample>,
 }
 
-async fn measure_mode(plan: &Plan, mode: Mode, stop: &CancellationToken) -> anyhow::Result<ModeResult> {
-    std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
-    let log_path = plan.out.join(format!("serve-{mode}.log"));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let program = plan.program.clone();
-    let serve_args = plan.serve_args.clone();
-    let mut server =
-        tokio::task::spawn_blocking(move || ServeChild::spawn(&program, mode.as_str(), &serve_args, Stdio::from(log)))
-            .await?
-            .with_context(|| format!("starting wsscale serve --mode {mode} (log: {})", log_path.display()))?;
-    eprintln!("[{mode}] server pid {} on {}", server.pid(), server.ws_addr);
+/// The server of one run, while it runs.
+enum Server {
+    Wsscale(ServeChild),
+    External(ExternalServer),
+}
+
+/// One poll of a server while a step settles.
+struct Reading {
+    /// Connections the server holds (wsscale: its gauge; external: the clients' count).
+    connections: u64,
+    rss_bytes: u64,
+    /// A wsscale server's scrape, sampled from when the step has settled.
+    scrape: Option<String>,
+    /// An external server's process tree.
+    tree: Option<TreeUsage>,
+}
+
+impl Server {
+    async fn start(plan: &Plan, run: &RunSpec) -> anyhow::Result<Server> {
+        let log_path = plan.out.join(format!("serve-{}.log", run.name));
+        match &run.target {
+            Target::Wsscale { mode, engine, .. } => {
+                let log =
+                    std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+                let program = plan.program.clone();
+                let mut args = vec!["--engine".to_owned(), engine.to_string()];
+                args.extend(plan.serve_args.iter().cloned());
+                let mode = mode.as_str();
+                let child =
+                    tokio::task::spawn_blocking(move || ServeChild::spawn(&program, mode, &args, Stdio::from(log)))
+                        .await?
+                        .with_context(|| format!("starting {} (log: {})", run.name, log_path.display()))?;
+                Ok(Server::Wsscale(child))
+            }
+            Target::External { command } => {
+                let timeout = Duration::from_secs_f64(plan.server_start_timeout_secs);
+                Ok(Server::External(
+                    ExternalServer::start(&run.name, command, &plan.path, timeout, &log_path).await?,
+                ))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Wsscale(child) => child.pid(),
+            Server::External(server) => server.pid(),
+        }
+    }
+
+    fn url(&self, plan: &Plan) -> String {
+        match self {
+            Server::Wsscale(child) => child.url(),
+            Server::External(server) => server.url(&plan.path),
+        }
+    }
+
+    async fn read(&self, clients_open: u64) -> anyhow::Result<Reading> {
+        match self {
+            Server::Wsscale(child) => {
+                let text = http_get_body(child.metrics_addr, "/metrics")
+                    .await
+                    .context("scraping the server")?;
+                let value = |name: &str| sample_value(&text, name, &[]).unwrap_or(-1.0);
+                Ok(Reading {
+                    connections: value(crate::metrics::CONNECTIONS_ACTIVE) as u64,
+                    rss_bytes: value("process_resident_memory_bytes") as u64,
+                    scrape: Some(text),
+                    tree: None,
+                })
+            }
+            Server::External(server) => {
+                let tree = TreeUsage::read(server.pid()).with_context(|| format!("server {} exited", server.name))?;
+                Ok(Reading {
+                    connections: clients_open,
+                    rss_bytes: tree.rss_bytes,
+                    scrape: None,
+                    tree: Some(tree),
+                })
+            }
+        }
+    }
+
+    /// Stops the server; a warning if it did not stop cleanly.
+    async fn stop(self, name: &str) -> anyhow::Result<()> {
+        let clean = match self {
+            Server::Wsscale(mut child) => {
+                child.signal(libc::SIGTERM)?;
+                let status = tokio::task::spawn_blocking(move || child.wait_exit(SERVER_EXIT_TIMEOUT)).await??;
+                status.is_some_and(|status| status.success())
+            }
+            Server::External(server) => tokio::task::spawn_blocking(move || server.stop()).await?,
+        };
+        if !clean {
+            eprintln!("[{name}] warning: the server did not exit cleanly on SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> anyhow::Result<RunResult> {
+    let name = &run.name;
+    let server = Server::start(plan, run).await?;
+    let url = server.url(plan);
+    eprintln!("[{name}] server pid {} at {url}", server.pid());
 
     let stats = Arc::new(Stats::default());
     let ping_interval = Some(Duration::from_secs_f64(plan.client_ping_interval_secs)).filter(|d| !d.is_zero());
-    let settings = ClientSettings::new(
-        url::Url::parse(&server.url())?,
-        server.ws_addr,
-        Duration::from_secs(10),
-        ping_interval,
-        None,
-        0,
-    );
+    let url = url::Url::parse(&url)?;
+    let target = url
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .context("the server's address")?;
+    let settings = ClientSettings::new(url, target, Duration::from_secs(10), ping_interval, None, 0);
     let last_step = *plan.steps.last().expect("steps are never empty");
-    let sources = wsscale_loadgen::config::auto_source_ips(server.ws_addr, last_step);
+    let sources = wsscale_loadgen::config::auto_source_ips(target, last_step);
     let mut pool = Pool::new(settings, sources, 0, stats.clone());
 
     let mut samples: Vec<Sample> = Vec::new();
     let mut open_now = 0usize;
-    for (index, &target) in plan.steps.iter().enumerate() {
+    for (index, &step) in plan.steps.iter().enumerate() {
         let mut open_rate = None;
-        if target > open_now {
+        if step > open_now {
             eprintln!(
-                "[{mode}] step {}/{}: opening {} more connections",
+                "[{name}] step {}/{}: opening {} more connections",
                 index + 1,
                 plan.steps.len(),
-                target - open_now
+                step - open_now
             );
-            let ramp = pool.open(target - open_now, plan.rate, plan.concurrency, stop).await;
+            let ramp = pool.open(step - open_now, plan.rate, plan.concurrency, stop).await;
             let opened = stats.open_now.load(Ordering::Relaxed) as usize;
             open_rate = Some(opened.saturating_sub(open_now) as f64 / ramp.duration.as_secs_f64().max(1e-9));
             open_now = opened;
         }
         // Round trips from here on belong to this step.
         let _ = stats.progress();
-        let (text, steady) = settle(
+        let (reading, steady) = settle(
             &server,
+            &stats,
             open_now as u64,
             Duration::from_secs_f64(plan.settle_timeout_secs),
         )
         .await?;
-        let proc_status = ProcessStatus::read(server.pid())?;
         let rtt = Percentiles::of(&stats.progress().recent.ping_rtt_us);
-        let previous_kernel_stack = samples.last().map(|sample| sample.kernel_stack_bytes);
         let sample = Sample::read(
-            &text,
-            target,
-            proc_status,
-            previous_kernel_stack,
-            open_rate,
-            &stats,
-            rtt,
-            steady,
-        );
+            reading,
+            &server,
+            StepContext {
+                target: step,
+                previous: samples.first().zip(samples.last()),
+                open_rate,
+                failed: stats.failed.load(Ordering::Relaxed),
+                rtt,
+                steady,
+            },
+        )?;
         eprintln!(
-            "[{mode}] {} connections: RSS {:.1} MiB ({:.0} B/conn), {} threads, {} tasks, kernel stack +{} KiB{}",
+            "[{name}] {} connections: RSS {:.1} MiB ({:.0} B/conn), {} threads{}, kernel stack +{} KiB{}",
             sample.connections,
             sample.rss_bytes as f64 / 1048576.0,
             sample.rss_per_connection_bytes,
             sample.threads,
-            sample.tasks_alive,
+            sample
+                .tasks_alive
+                .map_or(String::new(), |tasks| format!(", {tasks} tasks")),
             sample.kernel_stack_delta_bytes / 1024,
             if steady {
                 ""
@@ -329,9 +654,9 @@ async fn measure_mode(plan: &Plan, mode: Mode, stop: &CancellationToken) -> anyh
                 " (not steady at the settle timeout)"
             }
         );
-        if !sample.cross_check_ok {
+        if sample.cross_check_ok == Some(false) {
             eprintln!(
-                "[{mode}] warning: /metrics disagrees with /proc/{}: RSS {} vs VmRSS {}, threads {} vs {}",
+                "[{name}] warning: /metrics disagrees with /proc/{}: RSS {} vs VmRSS {}, threads {} vs {}",
                 server.pid(),
                 sample.rss_bytes,
                 sample.proc_vm_rss_bytes,
@@ -342,30 +667,24 @@ async fn measure_mode(plan: &Plan, mode: Mode, stop: &CancellationToken) -> anyh
         samples.push(sample);
     }
 
-    eprintln!("[{mode}] closing {open_now} connections and stopping the server");
+    eprintln!("[{name}] closing {open_now} connections and stopping the server");
     pool.close_all(Duration::from_secs(30)).await;
-    server.signal(libc::SIGTERM)?;
-    let status = tokio::task::spawn_blocking(move || server.wait_exit(SERVER_EXIT_TIMEOUT)).await??;
-    match status {
-        Some(status) if status.success() => {}
-        other => eprintln!("[{mode}] warning: the server did not exit cleanly: {other:?}"),
-    }
-    Ok(ModeResult { mode, samples })
+    server.stop(name).await?;
+    Ok(RunResult {
+        spec: run.clone(),
+        samples,
+    })
 }
 
-/// Polls /metrics until the server holds `expected` connections and its RSS has stayed
-/// within tolerance for a few polls; returns the last scrape and whether it settled.
-async fn settle(server: &ServeChild, expected: u64, timeout: Duration) -> anyhow::Result<(String, bool)> {
+/// Polls the server until it holds `expected` connections and its RSS has stayed within
+/// tolerance for a few polls; returns the last reading and whether it settled.
+async fn settle(server: &Server, stats: &Stats, expected: u64, timeout: Duration) -> anyhow::Result<(Reading, bool)> {
     let deadline = Instant::now() + timeout;
     let mut recent_rss: Vec<f64> = Vec::new();
     loop {
-        let text = http_get_body(server.metrics_addr, "/metrics")
-            .await
-            .context("scraping the server")?;
-        let active = sample_value(&text, crate::metrics::CONNECTIONS_ACTIVE, &[]).unwrap_or(-1.0);
-        let rss = sample_value(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
-        if active == expected as f64 {
-            recent_rss.push(rss);
+        let reading = server.read(stats.open_now.load(Ordering::Relaxed)).await?;
+        if reading.connections == expected {
+            recent_rss.push(reading.rss_bytes as f64);
         } else {
             recent_rss.clear();
         }
@@ -375,55 +694,107 @@ async fn settle(server: &ServeChild, expected: u64, timeout: Duration) -> anyhow
                 .iter()
                 .fold((f64::MAX, 0f64), |(low, high), &rss| (low.min(rss), high.max(rss)));
             if high - low <= high * SETTLE_TOLERANCE {
-                return Ok((text, true));
+                return Ok((reading, true));
             }
         }
         if Instant::now() >= deadline {
-            return Ok((text, false));
+            return Ok((reading, false));
         }
         tokio::time::sleep(SETTLE_POLL).await;
     }
 }
 
+/// What a sample knows besides the server's reading.
+struct StepContext<'a> {
+    target: usize,
+    /// The first (0 connections) and the latest samples of this run, if any.
+    previous: Option<(&'a Sample, &'a Sample)>,
+    open_rate: Option<f64>,
+    failed: u64,
+    rtt: Percentiles,
+    steady: bool,
+}
+
 impl Sample {
-    #[allow(clippy::too_many_arguments)]
-    fn read(
-        text: &str,
-        target: usize,
-        proc_status: ProcessStatus,
-        previous_kernel_stack: Option<u64>,
-        open_rate_per_sec: Option<f64>,
-        stats: &Stats,
-        rtt: Percentiles,
-        steady: bool,
-    ) -> Sample {
-        let value = |name: &str, labels: &[(&str, &str)]| sample_value(text, name, labels).unwrap_or(0.0);
-        let rss_bytes = value("process_resident_memory_bytes", &[]) as u64;
-        let threads = value("process_threads", &[]) as u64;
-        let kernel_stack_bytes = value(crate::metrics::HOST_KERNEL_STACK, &[]) as u64;
-        let vm_rss = proc_status.vm_rss_bytes as f64;
-        Sample {
-            connections: value(crate::metrics::CONNECTIONS_ACTIVE, &[]) as u64,
-            target,
-            rss_bytes,
-            rss_per_connection_bytes: value(crate::metrics::MEMORY_PER_CONNECTION, &[("source", "rss")]),
-            heap_bytes: value(crate::metrics::HEAP_ALLOCATED, &[]) as u64,
-            heap_per_connection_bytes: value(crate::metrics::MEMORY_PER_CONNECTION, &[("source", "heap")]),
-            threads,
-            tasks_alive: value(crate::metrics::TASKS_ALIVE, &[]) as u64,
-            kernel_stack_bytes,
-            kernel_stack_delta_bytes: previous_kernel_stack
-                .map_or(0, |before| kernel_stack_bytes as i64 - before as i64),
-            open_fds: value("process_open_fds", &[]) as u64,
-            open_rate_per_sec,
-            failed_connections: stats.failed.load(Ordering::Relaxed),
-            ping_rtt_p50_ms: (rtt.count > 0).then_some(rtt.p50),
-            ping_rtt_p99_ms: (rtt.count > 0).then_some(rtt.p99),
-            cpu_seconds: value("process_cpu_seconds_total", &[]),
-            proc_vm_rss_bytes: proc_status.vm_rss_bytes,
-            proc_threads: proc_status.threads,
-            cross_check_ok: (rss_bytes as f64 - vm_rss).abs() <= vm_rss * 0.05 && threads == proc_status.threads,
-            steady,
+    fn read(reading: Reading, server: &Server, context: StepContext<'_>) -> anyhow::Result<Sample> {
+        let kernel_stack_delta = |kernel_stack_bytes: u64| {
+            context.previous.map_or(0, |(_, last)| {
+                kernel_stack_bytes as i64 - last.kernel_stack_bytes as i64
+            })
+        };
+        let (ping_rtt_p50_ms, ping_rtt_p99_ms) = match context.rtt.count {
+            0 => (None, None),
+            _ => (Some(context.rtt.p50), Some(context.rtt.p99)),
+        };
+        match (reading.scrape, reading.tree) {
+            (Some(text), _) => {
+                let proc_status = ProcessStatus::read(server.pid())?;
+                let value = |name: &str, labels: &[(&str, &str)]| sample_value(&text, name, labels).unwrap_or(0.0);
+                let rss_bytes = value("process_resident_memory_bytes", &[]) as u64;
+                let threads = value("process_threads", &[]) as u64;
+                let kernel_stack_bytes = value(crate::metrics::HOST_KERNEL_STACK, &[]) as u64;
+                let vm_rss = proc_status.vm_rss_bytes as f64;
+                Ok(Sample {
+                    connections: reading.connections,
+                    target: context.target,
+                    rss_bytes,
+                    rss_per_connection_bytes: value(crate::metrics::MEMORY_PER_CONNECTION, &[("source", "rss")]),
+                    heap_bytes: Some(value(crate::metrics::HEAP_ALLOCATED, &[]) as u64),
+                    heap_per_connection_bytes: Some(value(
+                        crate::metrics::MEMORY_PER_CONNECTION,
+                        &[("source", "heap")],
+                    )),
+                    threads,
+                    tasks_alive: Some(value(crate::metrics::TASKS_ALIVE, &[]) as u64),
+                    kernel_stack_bytes,
+                    kernel_stack_delta_bytes: kernel_stack_delta(kernel_stack_bytes),
+                    open_fds: value("process_open_fds", &[]) as u64,
+                    open_rate_per_sec: context.open_rate,
+                    failed_connections: context.failed,
+                    ping_rtt_p50_ms,
+                    ping_rtt_p99_ms,
+                    cpu_seconds: value("process_cpu_seconds_total", &[]),
+                    proc_vm_rss_bytes: proc_status.vm_rss_bytes,
+                    proc_threads: proc_status.threads,
+                    cross_check_ok: Some(
+                        (rss_bytes as f64 - vm_rss).abs() <= vm_rss * 0.05 && threads == proc_status.threads,
+                    ),
+                    steady: context.steady,
+                })
+            }
+            (None, Some(tree)) => {
+                let kernel_stack_bytes = wsscale_host::proc::kernel_stack_bytes().unwrap_or(0);
+                let baseline = context.previous.map(|(first, _)| first.rss_bytes);
+                let rss_per_connection_bytes = match (baseline, reading.connections) {
+                    (Some(base), connections) if connections > 0 => {
+                        tree.rss_bytes.saturating_sub(base) as f64 / connections as f64
+                    }
+                    _ => 0.0,
+                };
+                Ok(Sample {
+                    connections: reading.connections,
+                    target: context.target,
+                    rss_bytes: tree.rss_bytes,
+                    rss_per_connection_bytes,
+                    heap_bytes: None,
+                    heap_per_connection_bytes: None,
+                    threads: tree.threads,
+                    tasks_alive: None,
+                    kernel_stack_bytes,
+                    kernel_stack_delta_bytes: kernel_stack_delta(kernel_stack_bytes),
+                    open_fds: tree.open_fds,
+                    open_rate_per_sec: context.open_rate,
+                    failed_connections: context.failed,
+                    ping_rtt_p50_ms,
+                    ping_rtt_p99_ms,
+                    cpu_seconds: tree.cpu_seconds,
+                    proc_vm_rss_bytes: tree.rss_bytes,
+                    proc_threads: tree.threads,
+                    cross_check_ok: None,
+                    steady: context.steady,
+                })
+            }
+            (None, None) => unreachable!("a reading is a scrape or a process tree"),
         }
     }
 }
@@ -442,25 +813,106 @@ mod tests {
         args
     }
 
+    const FD: FdLimit = FdLimit {
+        soft_before: 1024,
+        soft: 5000,
+        hard: 5000,
+    };
+
     #[test]
     fn a_run_that_does_not_fit_is_refused_with_the_limit_and_the_largest_count() {
-        let fd = FdLimit {
-            soft_before: 1024,
-            soft: 5000,
-            hard: 5000,
-        };
-        let error = plan(args(&["--connections", "8000"]), fd, None)
+        let error = plan(args(&["--connections", "8000"]), FD, None, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("RLIMIT_NOFILE"), "{error}");
-        assert!(error.contains("largest count that fits every mode is 4744"), "{error}");
+        assert!(error.contains("largest count that fits every run is 4744"), "{error}");
         assert!(error.contains("--fit-limits"), "{error}");
-        let fitted = plan(args(&["--connections", "8000", "--fit-limits"]), fd, None).unwrap();
+        let fitted = plan(args(&["--connections", "8000", "--fit-limits"]), FD, None, None).unwrap();
         assert_eq!(fitted.steps, vec![0, 800, 2000, 4000, 4744]);
         assert_eq!(
             fitted.serve_args[..2],
             ["--max-connections".to_owned(), "4760".to_owned()]
         );
+    }
+
+    #[test]
+    fn stock_buffers_that_do_not_fit_in_memory_are_refused_with_the_count_that_fits() {
+        // 256 MiB available: tungstenite's 128 KiB read buffer per connection fits far
+        // fewer than the lean engine.
+        let error = plan(args(&["--connections", "3000"]), FD, None, Some(256 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tasks-tungstenite"), "{error}");
+        assert!(!error.contains("tasks-lean:"), "the lean runs fit: {error}");
+        let small_buffers = plan(
+            args(&["--connections", "3000", "--read-buffer-size", "4KiB"]),
+            FD,
+            None,
+            Some(256 << 20),
+        );
+        assert!(small_buffers.is_ok(), "{small_buffers:?}");
+    }
+
+    #[test]
+    fn every_mode_runs_with_every_engine_and_external_servers_after() {
+        let plan = plan(
+            args(&[
+                "--connections",
+                "1000",
+                "--server",
+                "node-ws=node server.js {port}",
+                "--read-buffer-size",
+                "4KiB",
+            ]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap();
+        let names: Vec<&str> = plan.runs.iter().map(|run| run.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tasks-lean",
+                "threads-lean",
+                "tasks-tungstenite",
+                "threads-tungstenite",
+                "node-ws"
+            ]
+        );
+        let Target::Wsscale { settings, .. } = &plan.runs[2].target else {
+            panic!("a wsscale run")
+        };
+        assert_eq!(
+            settings.read_buffer_size.value, 4096,
+            "the flag applies to every engine"
+        );
+        assert!(settings.read_buffer_size.is_flag());
+        assert_eq!(settings.max_message_size.value, 64 << 20, "unset: tungstenite's own");
+    }
+
+    #[test]
+    fn server_names_are_checked() {
+        for (spec, complaint) in [
+            ("no-equals-sign", "NAME=COMMAND"),
+            ("tasks-lean=node x.js", "wsscale's own runs"),
+            ("bad name=cmd", "letters, digits"),
+            ("empty=", "empty"),
+        ] {
+            let error = plan(args(&["-n", "1000", "--server", spec]), FD, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(complaint), "{spec}: {error}");
+        }
+        let error = plan(
+            args(&["-n", "1000", "--server", "a=x", "--server", "a=y"]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("already"), "{error}");
     }
 
     #[test]

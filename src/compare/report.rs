@@ -1,16 +1,19 @@
-//! The comparison's outputs: summary.json (every sample, the fits, the configuration,
-//! the machine), report.md (the table and the conclusions in numbers) and the charts.
+//! The comparison's outputs: summary.json (every sample, the fits, the ratios, the
+//! configuration, the machine), report.md (the tables and the conclusions in numbers)
+//! and the charts.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
-
-use super::fit::{self, Fit};
-use super::{ModeResult, Plan, Sample, charts};
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{self, KernelLimits};
+
+use super::summary::{Ratio, Ratios, RunSummary, Summaries};
+use super::{Plan, charts};
+use crate::config::{Engine, Mode};
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -43,97 +46,31 @@ impl Machine {
     }
 }
 
-/// One mode's samples and what they fit to.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModeSummary {
-    pub samples: Vec<Sample>,
-    /// RSS bytes per connection (least-squares slope over the steps).
-    pub slope_bytes_per_connection: f64,
-    /// R² of that fit.
-    pub r2: f64,
-    pub heap_slope_bytes_per_connection: f64,
-    pub heap_r2: f64,
-    /// Host KernelStack bytes per connection (threads: ~16 KiB each).
-    pub kernel_stack_slope_bytes_per_connection: f64,
-    /// RSS slope + kernel stack slope.
-    pub user_plus_kernel_bytes_per_connection: f64,
-    pub threads_at_max: u64,
-    pub tasks_alive_at_max: u64,
-}
-
-impl ModeSummary {
-    pub fn of(result: &ModeResult) -> ModeSummary {
-        let fit_of = |value: fn(&Sample) -> f64| {
-            let points: Vec<(f64, f64)> = result
-                .samples
-                .iter()
-                .map(|s| (s.connections as f64, value(s)))
-                .collect();
-            fit::linear(&points).unwrap_or(Fit {
-                slope: 0.0,
-                intercept: 0.0,
-                r2: 0.0,
-            })
-        };
-        let rss = fit_of(|s| s.rss_bytes as f64);
-        let heap = fit_of(|s| s.heap_bytes as f64);
-        let kernel_stack = fit_of(|s| s.kernel_stack_bytes as f64);
-        let last = result.samples.last();
-        ModeSummary {
-            samples: result.samples.clone(),
-            slope_bytes_per_connection: rss.slope,
-            r2: rss.r2,
-            heap_slope_bytes_per_connection: heap.slope,
-            heap_r2: heap.r2,
-            kernel_stack_slope_bytes_per_connection: kernel_stack.slope,
-            user_plus_kernel_bytes_per_connection: rss.slope + kernel_stack.slope,
-            threads_at_max: last.map_or(0, |s| s.threads),
-            tasks_alive_at_max: last.map_or(0, |s| s.tasks_alive),
-        }
-    }
-}
-
-/// threads ÷ tasks, when both modes ran.
-#[derive(Debug, Clone, Serialize)]
-pub struct Ratios {
-    pub user_memory: f64,
-    pub user_plus_kernel_memory: f64,
-}
-
+/// summary.json.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary<'a> {
     pub wsscale_version: &'static str,
     pub generated_unix_secs: u64,
     pub config: &'a Plan,
     pub machine: &'a Machine,
-    pub modes: std::collections::BTreeMap<&'static str, &'a ModeSummary>,
-    pub ratios_threads_over_tasks: Option<Ratios>,
-}
-
-/// Each mode's fits, computed once for the table, the report and the charts.
-pub type Summaries = Vec<(&'static str, ModeSummary)>;
-
-pub fn summarize(results: &[ModeResult]) -> Summaries {
-    results
-        .iter()
-        .map(|result| (result.mode.as_str(), ModeSummary::of(result)))
-        .collect()
+    /// The lean engine's runs by mode, as before engines existed (readers of the first
+    /// format keep working).
+    pub modes: BTreeMap<Mode, &'a RunSummary>,
+    /// Lean threads ÷ lean tasks, as before engines existed.
+    pub ratios_threads_over_tasks: Option<Ratio>,
+    /// Every run, in the order measured.
+    pub runs: &'a [RunSummary],
+    pub ratios: &'a Ratios,
 }
 
 /// Writes summary.json, report.md and the charts into the plan's folder; returns it.
-pub fn write(plan: &Plan, machine: &Machine, results: &[ModeResult], summaries: &Summaries) -> anyhow::Result<PathBuf> {
+pub fn write(plan: &Plan, machine: &Machine, summaries: &Summaries) -> anyhow::Result<PathBuf> {
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let modes: std::collections::BTreeMap<&'static str, &ModeSummary> =
-        summaries.iter().map(|(mode, summary)| (*mode, summary)).collect();
-    let ratios = match (modes.get("tasks"), modes.get("threads")) {
-        (Some(tasks), Some(threads)) => Some(Ratios {
-            user_memory: threads.slope_bytes_per_connection / tasks.slope_bytes_per_connection,
-            user_plus_kernel_memory: threads.user_plus_kernel_bytes_per_connection
-                / tasks.user_plus_kernel_bytes_per_connection,
-        }),
-        _ => None,
-    };
+    let modes = [Mode::Tasks, Mode::Threads]
+        .into_iter()
+        .filter_map(|mode| Some((mode, summaries.builtin(mode, Engine::Lean)?)))
+        .collect();
     let summary = Summary {
         wsscale_version: env!("CARGO_PKG_VERSION"),
         generated_unix_secs: std::time::SystemTime::now()
@@ -142,17 +79,16 @@ pub fn write(plan: &Plan, machine: &Machine, results: &[ModeResult], summaries: 
         config: plan,
         machine,
         modes,
-        ratios_threads_over_tasks: ratios,
+        ratios_threads_over_tasks: summaries.ratios.threads_over_tasks.get(&Engine::Lean).copied(),
+        runs: &summaries.runs,
+        ratios: &summaries.ratios,
     };
     write_file(
         &out.join("summary.json"),
         &(serde_json::to_string_pretty(&summary)? + "\n"),
     )?;
-    let chart_files = charts::write_all(out, results, summaries)?;
-    write_file(
-        &out.join("report.md"),
-        &markdown(&summary, results, summaries, &chart_files),
-    )?;
+    let chart_files = charts::write_all(out, summaries)?;
+    write_file(&out.join("report.md"), &markdown(&summary, summaries, &chart_files))?;
     Ok(out.clone())
 }
 
@@ -160,82 +96,66 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The side-by-side table printed at the end and put at the top of report.md.
+/// The side-by-side tables printed at the end and put at the top of report.md: every
+/// run's figures per idle connection, then the ratios.
 pub fn comparison_table(summaries: &Summaries) -> String {
+    let runs = &summaries.runs;
     let mut out = String::new();
     let _ = write!(out, "| per idle connection |");
-    for (mode, _) in summaries {
-        let _ = write!(out, " {mode} |");
-    }
-    let both = summaries.len() == 2 && summaries[0].0 == "tasks";
-    if both {
-        let _ = write!(out, " threads ÷ tasks |");
+    for run in runs {
+        let _ = write!(out, " {} |", run.spec.name);
     }
     let _ = write!(out, "\n|---|");
-    for _ in 0..summaries.len() + usize::from(both) {
+    for _ in runs {
         let _ = write!(out, "---:|");
     }
     out.push('\n');
-    let row = |out: &mut String, name: &str, value: &dyn Fn(&ModeSummary) -> f64, ratio: bool| {
+    let row = |out: &mut String, name: &str, value: &dyn Fn(&RunSummary) -> String| {
         let _ = write!(out, "| {name} |");
-        for (_, summary) in summaries {
-            let _ = write!(out, " {} |", bytes(value(summary)));
-        }
-        if both {
-            if ratio {
-                let _ = write!(out, " {:.1}× |", value(&summaries[1].1) / value(&summaries[0].1));
-            } else {
-                let _ = write!(out, " |");
-            }
+        for run in runs {
+            let _ = write!(out, " {} |", value(run));
         }
         out.push('\n');
     };
-    row(
-        &mut out,
-        "user memory (RSS slope)",
-        &|s| s.slope_bytes_per_connection,
-        true,
-    );
-    row(&mut out, "heap (slope)", &|s| s.heap_slope_bytes_per_connection, false);
-    row(
-        &mut out,
-        "kernel stack (KernelStack slope)",
-        &|s| s.kernel_stack_slope_bytes_per_connection,
-        false,
-    );
-    row(
-        &mut out,
-        "user + kernel",
-        &|s| s.user_plus_kernel_bytes_per_connection,
-        true,
-    );
-    let plain = |out: &mut String, name: &str, value: &dyn Fn(&ModeSummary) -> String| {
-        let _ = write!(out, "| {name} |");
-        for (_, summary) in summaries {
-            let _ = write!(out, " {} |", value(summary));
-        }
-        if both {
-            let _ = write!(out, " |");
-        }
-        out.push('\n');
-    };
-    plain(&mut out, "R² of the RSS fit", &|s| format!("{:.4}", s.r2));
-    plain(&mut out, "connections at the last step", &|s| {
+    row(&mut out, "user memory (RSS slope)", &|s| {
+        bytes(s.slope_bytes_per_connection)
+    });
+    row(&mut out, "heap (slope)", &|s| {
+        s.heap_slope_bytes_per_connection.map_or("-".to_owned(), bytes)
+    });
+    row(&mut out, "kernel stack (KernelStack slope)", &|s| {
+        bytes(s.kernel_stack_slope_bytes_per_connection)
+    });
+    row(&mut out, "user + kernel", &|s| {
+        bytes(s.user_plus_kernel_bytes_per_connection)
+    });
+    row(&mut out, "R² of the RSS fit", &|s| format!("{:.4}", s.r2));
+    row(&mut out, "read buffer in force", &|s| {
+        s.spec.settings.map_or("-".to_owned(), |settings| {
+            let read = settings.read_buffer_size;
+            format!(
+                "{}{}",
+                bytes(read.value as f64),
+                if read.is_flag() { " (flag)" } else { "" }
+            )
+        })
+    });
+    row(&mut out, "connections at the last step", &|s| {
         s.samples.last().map_or(0, |x| x.connections).to_string()
     });
-    plain(&mut out, "OS threads at the last step", &|s| {
+    row(&mut out, "OS threads at the last step", &|s| {
         s.threads_at_max.to_string()
     });
-    plain(&mut out, "Tokio tasks alive at the last step", &|s| {
-        s.tasks_alive_at_max.to_string()
+    row(&mut out, "Tokio tasks alive at the last step", &|s| {
+        s.tasks_alive_at_max.map_or("-".to_owned(), |tasks| tasks.to_string())
     });
-    plain(&mut out, "opening rate, last step", &|s| {
+    row(&mut out, "opening rate, last step", &|s| {
         s.samples
             .last()
             .and_then(|x| x.open_rate_per_sec)
             .map_or("-".to_owned(), |rate| format!("{rate:.0}/s"))
     });
-    plain(&mut out, "ping RTT p50 / p99, last step", &|s| {
+    row(&mut out, "ping RTT p50 / p99, last step", &|s| {
         s.samples
             .last()
             .map_or("-".to_owned(), |x| match (x.ping_rtt_p50_ms, x.ping_rtt_p99_ms) {
@@ -243,7 +163,43 @@ pub fn comparison_table(summaries: &Summaries) -> String {
                 _ => "-".to_owned(),
             })
     });
+
+    let ratios = ratio_rows(&summaries.ratios);
+    if !ratios.is_empty() {
+        let _ = write!(out, "\n| ratio | user memory | user + kernel |\n|---|---:|---:|\n");
+        for (name, ratio) in ratios {
+            let _ = writeln!(
+                out,
+                "| {name} | {:.1}× | {:.1}× |",
+                ratio.user_memory, ratio.user_plus_kernel_memory
+            );
+        }
+    }
     out
+}
+
+/// The ratio table's rows, named for a reader.
+fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
+    let mut rows = Vec::new();
+    for (engine, ratio) in &ratios.threads_over_tasks {
+        rows.push((format!("threads ÷ tasks ({engine} engine)"), *ratio));
+    }
+    for (mode, ratio) in &ratios.stock_over_lean {
+        rows.push((format!("tungstenite ÷ lean ({mode} mode)"), *ratio));
+    }
+    let builtin = |name: &str| {
+        [Mode::Tasks, Mode::Threads].iter().any(|&mode| {
+            [Engine::Lean, Engine::Tungstenite]
+                .iter()
+                .any(|&engine| super::builtin_name(mode, engine) == name)
+        })
+    };
+    for (name, ratio) in &ratios.over_lean_tasks {
+        if !builtin(name) {
+            rows.push((format!("{name} ÷ tasks-lean"), *ratio));
+        }
+    }
+    rows
 }
 
 /// Bytes with a unit a person reads at a glance.
@@ -257,18 +213,90 @@ pub fn bytes(value: f64) -> String {
     }
 }
 
-fn markdown(
-    summary: &Summary<'_>,
-    results: &[ModeResult],
-    summaries: &Summaries,
-    charts: &[(String, String)],
-) -> String {
+/// What the numbers say, in numbers: each run's cost; how much of the stock engine's cost
+/// is buffers (stock − lean in one mode) and how much is the execution model (threads −
+/// tasks in one engine); and which flag changes it.
+fn conclusions(summaries: &Summaries) -> String {
+    let mut out = String::new();
+    for run in &summaries.runs {
+        let heap = run
+            .heap_slope_bytes_per_connection
+            .map_or(String::new(), |heap| format!(", of which {} is live heap", bytes(heap)));
+        let _ = writeln!(
+            out,
+            "- **{}**: each idle connection adds {} of RSS (R² {:.4}){heap}, plus {} of kernel stack outside \
+             any RSS: {} in all.",
+            run.spec.name,
+            bytes(run.slope_bytes_per_connection),
+            run.r2,
+            bytes(run.kernel_stack_slope_bytes_per_connection),
+            bytes(run.user_plus_kernel_bytes_per_connection)
+        );
+    }
+    for engine in [Engine::Lean, Engine::Tungstenite] {
+        let (Some(tasks), Some(threads)) = (
+            summaries.builtin(Mode::Tasks, engine),
+            summaries.builtin(Mode::Threads, engine),
+        ) else {
+            continue;
+        };
+        let ratio = summaries.ratios.threads_over_tasks[&engine];
+        let _ = writeln!(
+            out,
+            "- The execution model, {engine} engine: a thread per connection costs {} more than a task per \
+             connection ({} vs {} user + kernel: **{:.1}×**, {:.1}× in user memory alone). Beyond the heap, the \
+             difference is the thread itself: its touched stack, TLS and signal stack in RSS, and 16 KiB of \
+             kernel stack.",
+            bytes(threads.user_plus_kernel_bytes_per_connection - tasks.user_plus_kernel_bytes_per_connection),
+            bytes(threads.user_plus_kernel_bytes_per_connection),
+            bytes(tasks.user_plus_kernel_bytes_per_connection),
+            ratio.user_plus_kernel_memory,
+            ratio.user_memory
+        );
+    }
+    for mode in [Mode::Tasks, Mode::Threads] {
+        let (Some(lean), Some(stock)) = (
+            summaries.builtin(mode, Engine::Lean),
+            summaries.builtin(mode, Engine::Tungstenite),
+        ) else {
+            continue;
+        };
+        let extra = stock.slope_bytes_per_connection - lean.slope_bytes_per_connection;
+        let read_buffer = stock.spec.settings.map(|settings| settings.read_buffer_size);
+        let buffer_share = read_buffer.map_or(String::new(), |read| {
+            format!(
+                "; tungstenite allocates its read buffer, {} ({}), when the connection opens and keeps it for the \
+                 connection's life — that is {:.0}% of the difference, and `--read-buffer-size` is the flag that \
+                 changes it",
+                bytes(read.value as f64),
+                if read.is_flag() { "set by flag" } else { "its default" },
+                100.0 * read.value as f64 / extra.max(1.0)
+            )
+        });
+        let _ = writeln!(
+            out,
+            "- The engine, {mode} mode: the stock stack costs {} of RSS per connection against the lean engine's \
+             {} (**{:.1}×**): {} more, buffers held while idle{buffer_share}.",
+            bytes(stock.slope_bytes_per_connection),
+            bytes(lean.slope_bytes_per_connection),
+            summaries.ratios.stock_over_lean[&mode].user_memory,
+            bytes(extra),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- Not counted in any: the kernel's socket buffers and TCP state (slab), the same per socket in every run."
+    );
+    out
+}
+
+fn markdown(summary: &Summary<'_>, summaries: &Summaries, charts: &[(String, String)]) -> String {
     let machine = summary.machine;
     let plan = summary.config;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# What an idle WebSocket connection costs: Tokio task vs OS thread\n"
+        "# What an idle WebSocket connection costs: Tokio task vs OS thread, lean engine vs stock tungstenite\n"
     );
     let _ = writeln!(
         out,
@@ -285,51 +313,26 @@ fn markdown(
     );
     let _ = writeln!(
         out,
-        "Steps: {:?} connections; server flags `{}` in every mode; client pings every {} s; wsscale {}.\n",
-        plan.steps,
-        plan.serve_args.join(" "),
-        plan.client_ping_interval_secs,
-        summary.wsscale_version
+        "Steps: {:?} connections; client pings every {} s; wsscale {}. Servers:\n",
+        plan.steps, plan.client_ping_interval_secs, summary.wsscale_version
     );
-    let _ = writeln!(out, "## Per connection\n\n{}", comparison_table(summaries));
-    let _ = writeln!(out, "## Conclusions\n");
-    for (mode, mode_summary) in &summary.modes {
-        let _ = writeln!(
-            out,
-            "- **{mode}**: each idle connection adds {} of RSS (R² {:.4}), of which {} is live heap, plus {} of kernel \
-             stack outside any RSS: {} in all.",
-            bytes(mode_summary.slope_bytes_per_connection),
-            mode_summary.r2,
-            bytes(mode_summary.heap_slope_bytes_per_connection),
-            bytes(mode_summary.kernel_stack_slope_bytes_per_connection),
-            bytes(mode_summary.user_plus_kernel_bytes_per_connection)
-        );
+    for run in &plan.runs {
+        let _ = writeln!(out, "- **{}**: `{}`", run.name, run.server);
     }
-    if let Some(ratios) = &summary.ratios_threads_over_tasks {
-        let _ = writeln!(
-            out,
-            "- A thread per connection costs **{:.1}×** the user memory of a task per connection, and **{:.1}×** \
-             counting the kernel stacks. The difference beyond the heap is the thread itself: its touched stack, \
-             its TLS and signal stack in RSS, and 16 KiB of kernel stack each.",
-            ratios.user_memory, ratios.user_plus_kernel_memory
-        );
-    }
-    let _ = writeln!(
-        out,
-        "- Not counted in either: the kernel's socket buffers and TCP state (slab), the same per socket in both modes.\n"
-    );
+    let _ = writeln!(out, "\n## Per connection\n\n{}", comparison_table(summaries));
+    let _ = writeln!(out, "## Conclusions\n\n{}", conclusions(summaries));
     let _ = writeln!(out, "## Charts\n");
     for (file, title) in charts {
         let _ = writeln!(out, "![{title}]({file})\n");
     }
-    for result in results {
-        let _ = writeln!(out, "## Samples: {} mode\n", result.mode);
+    for run in &summaries.runs {
+        let _ = writeln!(out, "## Samples: {}\n", run.spec.name);
         let _ = writeln!(
             out,
             "| connections | RSS | RSS/conn | heap/conn | threads | tasks | kernel stack Δ | open fds | open rate | RTT p50 | RTT p99 | CPU s | steady |"
         );
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|");
-        for s in &result.samples {
+        for s in &run.samples {
             let optional = |value: Option<f64>, unit: &str| value.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"));
             let _ = writeln!(
                 out,
@@ -337,9 +340,9 @@ fn markdown(
                 s.connections,
                 bytes(s.rss_bytes as f64),
                 bytes(s.rss_per_connection_bytes),
-                bytes(s.heap_per_connection_bytes),
+                s.heap_per_connection_bytes.map_or("-".to_owned(), bytes),
                 s.threads,
-                s.tasks_alive,
+                s.tasks_alive.map_or("-".to_owned(), |tasks| tasks.to_string()),
                 bytes(s.kernel_stack_delta_bytes as f64),
                 s.open_fds,
                 s.open_rate_per_sec

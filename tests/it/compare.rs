@@ -1,55 +1,85 @@
-//! `wsscale compare` end to end, small: both modes, steps up to 1,000 connections.
+//! `wsscale compare` end to end, small: every mode with every engine, steps up to 1,000
+//! connections; and `--server` with a real peer (Node `ws`, installed by
+//! `peers/install.sh node-ws`, which scripts/test.sh runs) and with servers that fail.
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
-#[tokio::test]
-async fn compares_tasks_and_threads_and_writes_the_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("report");
+/// Runs `wsscale compare ARGS --out DIR/report` from the repository root (where the
+/// peers' commands are relative to); returns the output and the report folder.
+async fn compare(args: &[&str], dir: &Path) -> (Output, PathBuf) {
+    let out = dir.join("report");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
-        .args([
-            "compare",
-            "--connections",
-            "1000",
-            "--steps",
-            "4",
-            "--settle-timeout",
-            "5s",
-            "--out",
-        ])
+        .arg("compare")
+        .args(args)
+        .arg("--out")
         .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(300), run)
+    let output = tokio::time::timeout(Duration::from_secs(400), run)
         .await
         .expect("compare ends by itself")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
+    (output, out)
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("threads ÷ tasks") && stdout.contains("report written to"),
-        "{stdout}"
-    );
+    )
+}
+
+#[tokio::test]
+async fn compares_modes_and_engines_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = compare(
+        &["--connections", "1000", "--steps", "4", "--settle-timeout", "5s"],
+        dir.path(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", describe(&output));
+    for wanted in [
+        "threads ÷ tasks (lean engine)",
+        "threads ÷ tasks (tungstenite engine)",
+        "tungstenite ÷ lean (tasks mode)",
+        "tungstenite ÷ lean (threads mode)",
+        "report written to",
+    ] {
+        assert!(stdout.contains(wanted), "no {wanted:?} in:\n{stdout}");
+    }
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    for key in ["config", "machine", "wsscale_version", "ratios_threads_over_tasks"] {
+    for key in [
+        "config",
+        "machine",
+        "wsscale_version",
+        "ratios_threads_over_tasks",
+        "runs",
+        "ratios",
+    ] {
         assert!(summary.get(key).is_some(), "summary.json lacks {key}");
     }
     let steps = [0u64, 250, 500, 750, 1000];
-    for mode in ["tasks", "threads"] {
-        let m = &summary["modes"][mode];
-        let samples = m["samples"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no samples for {mode}"));
-        assert_eq!(samples.len(), steps.len(), "{mode}");
+    let runs = summary["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|run| run["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["tasks-lean", "threads-lean", "tasks-tungstenite", "threads-tungstenite"]
+    );
+    for run in runs {
+        let name = run["name"].as_str().unwrap();
+        let mode = run["mode"].as_str().unwrap();
+        let samples = run["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), steps.len(), "{name}");
         for (sample, step) in samples.iter().zip(steps) {
-            assert_eq!(sample["connections"], step, "{mode}: {sample:#}");
+            assert_eq!(sample["connections"], step, "{name}: {sample:#}");
             for field in [
                 "rss_bytes",
                 "heap_bytes",
@@ -59,11 +89,11 @@ async fn compares_tasks_and_threads_and_writes_the_report() {
                 "open_fds",
                 "cpu_seconds",
             ] {
-                assert!(sample[field].is_number(), "{mode} sample lacks {field}: {sample:#}");
+                assert!(sample[field].is_number(), "{name} sample lacks {field}: {sample:#}");
             }
             assert_eq!(
                 sample["cross_check_ok"], true,
-                "{mode}: /metrics disagrees with /proc: {sample:#}"
+                "{name}: /metrics disagrees with /proc: {sample:#}"
             );
         }
         let at = |i: usize, field: &str| samples[i][field].as_f64().unwrap();
@@ -71,29 +101,71 @@ async fn compares_tasks_and_threads_and_writes_the_report() {
         match mode {
             "threads" => assert!(
                 at(last, "threads") - at(0, "threads") >= 1000.0,
-                "one thread per connection"
+                "{name}: one thread per connection"
             ),
             _ => {
-                assert_eq!(at(last, "threads"), at(0, "threads"), "tasks mode adds no thread");
+                assert_eq!(
+                    at(last, "threads"),
+                    at(0, "threads"),
+                    "{name}: tasks mode adds no thread"
+                );
                 assert!(
                     at(last, "tasks_alive") - at(0, "tasks_alive") >= 1000.0,
-                    "one task per connection"
+                    "{name}: one task per connection"
                 );
             }
         }
-        assert!(m["slope_bytes_per_connection"].as_f64().unwrap() > 0.0, "{mode} slope");
-        assert!(m["r2"].is_number());
+        assert!(
+            run["slope_bytes_per_connection"].as_f64().unwrap() > 0.0,
+            "{name} slope"
+        );
+        assert!(run["r2"].is_number());
+        for setting in [
+            "read_buffer_size",
+            "write_buffer_size",
+            "max_message_size",
+            "thread_stack_size",
+        ] {
+            assert_eq!(
+                run["settings"][setting]["source"], "engine_default",
+                "{name}: {setting} {:#}",
+                run["settings"]
+            );
+        }
     }
-    let slope = |mode: &str| summary["modes"][mode]["slope_bytes_per_connection"].as_f64().unwrap();
+    let slope = |name: &str| {
+        runs.iter().find(|run| run["name"] == name).unwrap()["slope_bytes_per_connection"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(slope("threads-lean") > slope("tasks-lean"));
     assert!(
-        slope("threads") > slope("tasks"),
-        "threads {} vs tasks {}",
-        slope("threads"),
-        slope("tasks")
+        slope("tasks-tungstenite") > 64.0 * 1024.0,
+        "tungstenite's 128 KiB read buffer per connection: {}",
+        slope("tasks-tungstenite")
     );
+    // The first format's readers: the lean runs by mode, the lean ratio.
+    assert_eq!(summary["modes"]["tasks"]["name"], "tasks-lean");
+    assert_eq!(summary["modes"]["threads"]["name"], "threads-lean");
+    for ratio in [
+        &summary["ratios"]["threads_over_tasks"]["lean"],
+        &summary["ratios"]["threads_over_tasks"]["tungstenite"],
+        &summary["ratios"]["stock_over_lean"]["tasks"],
+        &summary["ratios"]["stock_over_lean"]["threads"],
+        &summary["ratios"]["over_lean_tasks"]["threads-tungstenite"],
+    ] {
+        assert!(ratio["user_memory"].as_f64().unwrap() > 1.0, "{:#}", summary["ratios"]);
+    }
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("threads ÷ tasks"), "{report}");
+    assert!(
+        report.contains("read buffer"),
+        "the conclusions name the read buffer: {report}"
+    );
+    for name in names {
+        assert!(out.join(format!("serve-{name}.log")).is_file(), "serve-{name}.log");
+    }
     for (chart, labels) in [
         ("memory_vs_connections.svg", ["idle connections", "memory (MiB)"]),
         (
@@ -102,18 +174,118 @@ async fn compares_tasks_and_threads_and_writes_the_report() {
         ),
         (
             "memory_per_connection.svg",
-            ["execution model", "bytes per connection (KiB)"],
+            ["server (execution model - engine)", "bytes per connection (KiB)"],
         ),
     ] {
         let svg = std::fs::read_to_string(out.join(chart)).unwrap();
         let document = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{chart} is not XML: {e}"));
         let texts: Vec<&str> = document.descendants().filter_map(|node| node.text()).collect();
-        for label in labels {
+        for label in labels.into_iter().chain(["tasks-tungstenite"]) {
             assert!(
                 texts.iter().any(|text| text.contains(label)),
                 "{chart} lacks the label {label:?}"
             );
         }
         assert!(report.contains(chart), "report.md shows {chart}");
+    }
+}
+
+/// The Node `ws` peer, as peers/servers.txt runs it.
+const NODE_WS: &str = "node-ws=node peers/node-ws/server.js {port}";
+
+#[tokio::test]
+async fn measures_any_server_given_as_a_command() {
+    let node_modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/node-ws/node_modules");
+    assert!(
+        node_modules.is_dir(),
+        "the node-ws peer is not installed: run peers/install.sh node-ws (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--connections",
+        "300",
+        "--steps",
+        "3",
+        "--settle-timeout",
+        "5s",
+        "--modes",
+        "tasks",
+        "--engines",
+        "lean",
+        "--server",
+        NODE_WS,
+    ];
+    let (output, out) = compare(&args, dir.path()).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("node-ws ÷ tasks-lean"),
+        "{}",
+        describe(&output)
+    );
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let node = summary["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["name"] == "node-ws")
+        .unwrap_or_else(|| panic!("no node-ws run: {summary:#}"));
+    assert!(
+        node["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("node peers/node-ws/server.js"),
+        "{node:#}"
+    );
+    let samples = node["samples"].as_array().unwrap();
+    assert_eq!(samples.last().unwrap()["connections"], 300, "{node:#}");
+    assert!(
+        samples.iter().all(|sample| sample["heap_bytes"].is_null()),
+        "no heap figure from /proc"
+    );
+    assert!(node["slope_bytes_per_connection"].as_f64().unwrap() > 0.0, "{node:#}");
+    let r2 = node["r2"].as_f64().unwrap();
+    assert!(r2 > 0.0 && r2 <= 1.0, "{node:#}");
+    assert!(
+        summary["ratios"]["over_lean_tasks"]["node-ws"]["user_memory"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{:#}",
+        summary["ratios"]
+    );
+    assert!(out.join("serve-node-ws.log").is_file());
+}
+
+#[tokio::test]
+async fn a_server_that_fails_is_named_with_its_output() {
+    for (server, complaint) in [
+        ("early-exit=echo cannot bind; exit 3", "exited before it upgraded"),
+        ("never-upgrades=sleep 30", "did not upgrade"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--connections",
+            "100",
+            "--modes",
+            "tasks",
+            "--engines",
+            "lean",
+            "--server-start-timeout",
+            "2s",
+            "--server",
+            server,
+        ];
+        let (output, _) = compare(&args, dir.path()).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let name = server.split('=').next().unwrap();
+        assert!(!output.status.success(), "{}", describe(&output));
+        assert!(
+            stderr.contains(&format!("server {name}")) && stderr.contains(complaint),
+            "{}",
+            describe(&output)
+        );
+        if name == "early-exit" {
+            assert!(stderr.contains("cannot bind"), "its output is quoted: {stderr}");
+        }
     }
 }
