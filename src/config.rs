@@ -215,6 +215,22 @@ pub struct ServeArgs {
     /// (lean), Rust's default of 2MiB (tungstenite)]
     #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE")]
     pub thread_stack_size: Option<ByteSize>,
+
+    /// Serve POST /broadcast?size=BYTES on the metrics listener: one binary message to
+    /// every held connection (lean engine; a stock server answers 501). Off by default,
+    /// so a scraped metrics port never doubles as a trigger.
+    #[arg(long, env = "WSSCALE_ALLOW_BROADCAST")]
+    pub allow_broadcast: bool,
+
+    /// Push one binary message to every held connection this often (lean engine; default
+    /// off). Payload: `WSSP`, the sequence number and the send time (see README).
+    #[arg(long, env = "WSSCALE_PUSH_INTERVAL")]
+    pub push_interval: Option<humantime::Duration>,
+
+    /// Size of each push (at least 20 bytes: magic, sequence number, send time), for
+    /// --push-interval and for POST /broadcast without ?size.
+    #[arg(long, env = "WSSCALE_PUSH_SIZE", default_value = "32B")]
+    pub push_size: ByteSize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -406,6 +422,9 @@ pub struct ServeConfig {
     pub max_handshakes: usize,
     pub drain_timeout: Duration,
     pub buffers: Buffers,
+    pub allow_broadcast: bool,
+    pub push_interval: Option<Duration>,
+    pub push_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +439,10 @@ pub enum ConfigError {
     TooLarge { flag: &'static str, value: u64, max: u64 },
     #[error("--thread-stack-size must be at least 64KiB (got {0} bytes)")]
     StackTooSmall(u64),
+    #[error("--push-size must be between 20 bytes (the push header) and --max-message-size ({max}); got {size}")]
+    PushSize { size: u64, max: usize },
+    #[error("{0} needs the lean engine: server push is not part of the stock tungstenite echo")]
+    PushNeedsLean(&'static str),
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -490,6 +513,20 @@ impl TryFrom<ServeArgs> for ServeConfig {
             ),
             thread_stack_size: Setting::resolve(thread_stack_size, defaults.thread_stack_size),
         };
+        let push_size = args.push_size.as_u64();
+        if push_size < crate::push::HEADER_LEN as u64 || push_size > buffers.max_message_size.value as u64 {
+            return Err(ConfigError::PushSize {
+                size: push_size,
+                max: buffers.max_message_size.value,
+            });
+        }
+        let push_interval = args
+            .push_interval
+            .map(Duration::from)
+            .filter(|interval| !interval.is_zero());
+        if args.engine != Engine::Lean && push_interval.is_some() {
+            return Err(ConfigError::PushNeedsLean("--push-interval"));
+        }
         Ok(ServeConfig {
             mode: args.mode,
             engine: args.engine,
@@ -502,6 +539,9 @@ impl TryFrom<ServeArgs> for ServeConfig {
             max_handshakes: args.max_handshakes,
             drain_timeout: args.drain_timeout.into(),
             buffers,
+            allow_broadcast: args.allow_broadcast,
+            push_interval,
+            push_size: push_size as usize,
         })
     }
 }
@@ -602,5 +642,10 @@ mod tests {
         assert!(err.contains("tasks") && err.contains("threads"), "{err}");
         let err = parse(&["--thread-stack-size", "4KiB"]).unwrap_err();
         assert!(err.contains("--thread-stack-size"), "{err}");
+        let err = parse(&["--push-size", "8B"]).unwrap_err();
+        assert!(err.contains("--push-size"), "{err}");
+        let err = parse(&["--engine", "tungstenite", "--push-interval", "1s"]).unwrap_err();
+        assert!(err.contains("lean engine"), "{err}");
+
     }
 }

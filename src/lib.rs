@@ -38,5 +38,6 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod push;
 pub mod server;
 pub mod session;

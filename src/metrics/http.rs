@@ -1,15 +1,46 @@
-//! GET /metrics and GET /healthz, on their own listener. It stays up while the WebSocket
-//! side drains, so the drain can be watched.
+//! GET /metrics and GET /healthz, and (with `--allow-broadcast`) POST /broadcast, on their
+//! own listener. It stays up while the WebSocket side drains, so the drain can be watched.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 
 use super::sampler::SamplerHandle;
+
+/// What POST /broadcast asks of the server.
+pub trait Broadcaster: Send + Sync {
+    /// Posts one push of `size` bytes (the configured size when None) to every held
+    /// connection.
+    fn broadcast(&self, size: Option<usize>) -> Result<Posted, Refused>;
+}
+
+/// A push on its way: its sequence number and how many connections it goes to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Posted {
+    pub seq: u64,
+    pub connections: usize,
+}
+
+/// Why a broadcast was not posted: the status and a one-line answer.
+#[derive(Debug)]
+pub struct Refused(pub StatusCode, pub String);
+
+#[derive(Clone)]
+struct Endpoints {
+    sampler: SamplerHandle,
+    broadcaster: Arc<dyn Broadcaster>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastQuery {
+    size: Option<String>,
+}
 
 /// Binds the metrics listener (non-blocking, for Tokio).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -19,16 +50,35 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Serves until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, sampler: SamplerHandle) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sampler: SamplerHandle,
+    broadcaster: Arc<dyn Broadcaster>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(sampler);
+        .route("/broadcast", post(broadcast))
+        .with_state(Endpoints { sampler, broadcaster });
     axum::serve(listener, app).await
 }
 
-async fn metrics(State(sampler): State<SamplerHandle>) -> Response {
-    match sampler.render().await {
+async fn broadcast(State(endpoints): State<Endpoints>, Query(query): Query<BroadcastQuery>) -> Response {
+    let size = match query.size.as_deref().map(str::parse::<bytesize::ByteSize>) {
+        None => None,
+        Some(Ok(size)) => Some(size.as_u64() as usize),
+        Some(Err(error)) => {
+            return (StatusCode::BAD_REQUEST, format!("size: {error}\n")).into_response();
+        }
+    };
+    match endpoints.broadcaster.broadcast(size) {
+        Ok(posted) => axum::Json(posted).into_response(),
+        Err(Refused(status, why)) => (status, format!("{why}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(endpoints): State<Endpoints>) -> Response {
+    match endpoints.sampler.render().await {
         Some(text) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             text,

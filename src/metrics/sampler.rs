@@ -5,9 +5,9 @@
 //! it runs here rather than on a thread that serves connections: in tasks mode that would
 //! be a Tokio worker, in threads mode the one runtime that also answers handshakes. A
 //! dedicated thread, not `spawn_blocking`, because blocking-pool threads come and go and
-//! would move the thread counts this tool reports. The same thread records handshake
-//! durations into the histogram (see [`ServerMetrics::flush_handshakes`]) and runs the
-//! exporter's upkeep once a second.
+//! would move the thread counts this tool reports. The same thread records handshake and
+//! broadcast durations into their histograms (see [`ServerMetrics::flush_pending`]) and
+//! runs the exporter's upkeep once a second.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -170,7 +170,7 @@ impl Sampler {
     }
 
     fn render(&mut self) -> String {
-        self.server_metrics.flush_handshakes();
+        self.server_metrics.flush_pending();
         self.prometheus.run_upkeep();
         self.sample();
         self.prometheus.render()
@@ -179,7 +179,7 @@ impl Sampler {
     /// Histogram samples wait in per-metric buffers until upkeep folds them into buckets;
     /// without it they would grow with every handshake and show up as heap.
     fn upkeep(&mut self) {
-        self.server_metrics.flush_handshakes();
+        self.server_metrics.flush_pending();
         self.prometheus.run_upkeep();
         if self.connections.active_connections() == 0 {
             self.sample();

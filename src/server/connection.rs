@@ -9,10 +9,11 @@
 //! [`Connection`] (and, while a peer is not reading, the answers it has not taken yet).
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Shared;
+use super::board::Board;
 use crate::lifecycle::{CloseReason, Flow};
 use crate::session::{Session, Tally};
 
@@ -109,12 +110,12 @@ impl BufferPool {
 }
 
 /// What woke a connection, as the execution model sees it. [`Connection::on_wake`] asks
-/// each source in its order and only when it matters (shutdown only while the session is
-/// open, writability only while answers wait, readability only while the connection
-/// reads), so a model that polls lazily (Tokio) registers interest in exactly those.
+/// each source in its order and only when it matters (writability only while answers
+/// wait, readability only while the connection reads), so a model that polls lazily
+/// (Tokio) registers interest in exactly those. The board (shutdown, pushes) is not a
+/// source here: the connection reads it itself on every wake, and each model arms its
+/// own wake-up for it (see [`super::board`]).
 pub trait Wake {
-    /// The server started shutting down.
-    fn signalled(&mut self) -> bool;
     /// The socket takes writes (an error ends the connection).
     fn writable(&mut self) -> io::Result<bool>;
     /// The socket has data, EOF or an error to read (an error ends the connection).
@@ -123,19 +124,34 @@ pub trait Wake {
     fn timer_due(&mut self, deadline: Instant) -> bool;
 }
 
-/// One connection: its session, and the answers a slow peer has not taken yet.
+/// One connection: its session, the answers a slow peer has not taken yet, and its
+/// place on the board.
 pub struct Connection {
     session: Session,
     /// Bytes produced but not yet accepted by the socket; empty (no allocation) unless
     /// the peer is not reading.
     unsent: Vec<u8>,
+    /// The board, and the sequence number of the last push this connection took; the
+    /// pushes it has not taken when it is dropped stop waiting for it.
+    board: Arc<Board>,
+    seen_push: u64,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.board.close(self.seen_push);
+    }
 }
 
 impl Connection {
     pub fn new(shared: &Shared) -> Self {
+        let board = shared.board.clone();
+        let seen_push = board.open();
         Connection {
             session: Session::new(&shared.policy, Instant::now()),
             unsent: Vec::new(),
+            board,
+            seen_push,
         }
     }
 
@@ -144,19 +160,25 @@ impl Connection {
         self.session.deadline(&shared.policy)
     }
 
-    /// Whether the driver should wait for the shutdown signal.
-    pub fn heeds_shutdown(&self) -> bool {
+    /// Whether the driver should wait for the board (shutdown, pushes): only while the
+    /// session is open.
+    pub fn heeds_board(&self) -> bool {
         self.session.is_open()
     }
 
-    /// Handles whatever woke the connection, in the one order both models follow:
-    /// shutdown (say 1001), then what a slow peer left unsent, then what the peer sent,
-    /// then the session's timer. [`Flow::Finish`] means the socket has been shut down for
-    /// writing: the driver drops it and closes the guard with the reason.
+    /// Handles whatever woke the connection, in the one order both models follow: the
+    /// board (shutdown: say 1001; or pushes to send), then what a slow peer left unsent,
+    /// then what the peer sent, then the session's timer. [`Flow::Finish`] means the
+    /// socket has been shut down for writing: the driver drops it and closes the guard
+    /// with the reason.
     pub fn on_wake(&mut self, socket: &impl Socket, shared: &Shared, wake: &mut impl Wake) -> Flow {
         let mut flow = Flow::Continue;
-        if self.heeds_shutdown() && wake.signalled() {
-            flow = self.on_shutdown(socket, shared);
+        if self.heeds_board() {
+            if shared.board.shutdown_requested() {
+                flow = self.on_shutdown(socket, shared);
+            } else if shared.board.latest() > self.seen_push {
+                flow = self.on_push(socket, shared);
+            }
         }
         if flow == Flow::Continue && self.wants_write() {
             flow = match wake.writable() {
@@ -251,6 +273,32 @@ impl Connection {
         let (read, mut output) = shared.buffers.take();
         let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut output);
         self.finish_wake(socket, shared, flow, read, output)
+    }
+
+    /// The board holds pushes this connection has not taken: send them (those a peer that
+    /// does not read has no room for are dropped, and counted).
+    fn on_push(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
+        let (read, mut output) = shared.buffers.take();
+        let board = self.board.clone();
+        let taken = board.take(&mut self.seen_push);
+        let mut sent = 0;
+        for push in &taken {
+            if self.unsent.len() + output.len() + push.frame().len() > shared.max_unsent {
+                shared.metrics.pushes_dropped.increment(1);
+            } else {
+                output.extend_from_slice(push.frame());
+                sent += 1;
+            }
+        }
+        shared.metrics.add(Tally {
+            messages_received: 0,
+            messages_sent: sent,
+        });
+        let flow = self.finish_wake(socket, shared, Flow::Continue, read, output);
+        // Handed to the socket (or queued behind a peer that is not reading): only now
+        // does each push count as delivered to this connection.
+        drop(taken);
+        flow
     }
 
     /// The server is shutting down.

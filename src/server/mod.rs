@@ -12,6 +12,7 @@
 //! to the thread the handler started for it. Either way the session runs the same
 //! [`connection::Connection`] code.
 
+pub mod board;
 pub mod connection;
 mod stock;
 pub mod tasks;
@@ -29,11 +30,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Mode, ServeConfig};
+use axum::http::StatusCode;
+
+use crate::config::{Engine, Mode, ServeConfig};
 use crate::handshake::RejectReason;
 use crate::lifecycle::{CloseReason, SessionPolicy};
 use crate::limits::{self, Bound, Capacity};
 use crate::metrics::sampler::{ConnectionCount, SamplerHandle};
+use crate::metrics::http::{Broadcaster, Posted, Refused};
 use crate::metrics::{self, ServerMetrics};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
@@ -54,14 +58,13 @@ pub struct Shared {
     pub max_unsent: usize,
     pub max_connections: usize,
     /// Cancelled on the first SIGINT/SIGTERM: the accept loop stops, HTTP phases end, and
-    /// every open session sends 1001 (threads mode relays it through a pipe, see
-    /// [`threads`]).
+    /// the board tells every open session to send 1001.
     pub shutdown: CancellationToken,
+    /// What every held connection watches: shutdown, and pushes (see [`board`]).
+    board: Arc<board::Board>,
     /// Every connection's task, and a token held by every connection thread: shutdown
     /// waits for all of them (up to the drain timeout).
     pub tracker: TaskTracker,
-    /// What only threads mode needs; `None` in tasks mode.
-    threads: Option<threads::Threads>,
     /// One permit per WebSocket connection, taken by a request that passed the handshake
     /// check and given back when its connection ends: at most `max_connections` are held
     /// and the next client gets a 503.
@@ -81,6 +84,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: ServeConfig, max_connections: usize) -> std::io::Result<Self> {
+        let metrics = ServerMetrics::register();
         Ok(Shared {
             policy: SessionPolicy {
                 ping_interval: config.ping_interval,
@@ -88,16 +92,13 @@ impl Shared {
                 drain_timeout: config.drain_timeout,
                 max_message_size: config.buffers.max_message_size.value,
             },
-            metrics: ServerMetrics::register(),
+            board: Arc::new(board::Board::new(metrics.clone())?),
+            metrics,
             buffers: connection::BufferPool::new(config.buffers.read_buffer_size.value, BUFFERS_KEPT),
             max_unsent: config.buffers.max_unsent(),
             max_connections,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            threads: match config.mode {
-                Mode::Tasks => None,
-                Mode::Threads => Some(threads::Threads::new()?),
-            },
             permits: Arc::new(Semaphore::new(max_connections)),
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
             handshakes_in_flight: AtomicUsize::new(0),
@@ -117,6 +118,52 @@ impl Shared {
 
     pub fn reject(&self, reason: RejectReason) {
         self.metrics.rejected(reason);
+    }
+}
+
+impl Broadcaster for Shared {
+    fn broadcast(&self, size: Option<usize>) -> Result<Posted, Refused> {
+        if !self.config.allow_broadcast {
+            return Err(Refused(
+                StatusCode::FORBIDDEN,
+                "broadcast is off: start the server with --allow-broadcast".to_owned(),
+            ));
+        }
+        self.push(size.unwrap_or(self.config.push_size))
+    }
+}
+
+impl Shared {
+    /// Posts one push of `size` bytes to every held connection (for POST /broadcast and
+    /// --push-interval).
+    fn push(&self, size: usize) -> Result<Posted, Refused> {
+        if self.config.engine != Engine::Lean {
+            return Err(Refused(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "server push is the lean engine's; this server runs --engine {}",
+                    self.config.engine
+                ),
+            ));
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down: every connection is being closed with 1001".to_owned(),
+            ));
+        }
+        let max = self.config.buffers.max_message_size.value;
+        if size < crate::push::HEADER_LEN || size > max {
+            return Err(Refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "size {size}: a push is {} to {max} bytes (--max-message-size)",
+                    crate::push::HEADER_LEN
+                ),
+            ));
+        }
+        let (seq, connections) = self.board.post(size);
+        Ok(Posted { seq, connections })
     }
 }
 
@@ -284,11 +331,17 @@ async fn run(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let metrics_listener = TcpListener::from_std(metrics_listener)?;
-    tokio::spawn(async move {
-        if let Err(error) = metrics::http::serve(metrics_listener, sampler).await {
-            tracing::error!(%error, "metrics listener failed");
+    tokio::spawn({
+        let broadcaster: Arc<dyn Broadcaster> = shared.clone();
+        async move {
+            if let Err(error) = metrics::http::serve(metrics_listener, sampler, broadcaster).await {
+                tracing::error!(%error, "metrics listener failed");
+            }
         }
     });
+    if let Some(interval) = shared.config.push_interval {
+        tokio::spawn(push_every(interval, shared.clone()));
+    }
     tokio::spawn({
         let shared = shared.clone();
         async move {
@@ -306,9 +359,13 @@ async fn run(
             }
         }
     });
-    if let Some(threads) = &shared.threads {
-        threads.relay_shutdown(&shared.shutdown);
-    }
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.shutdown.cancelled().await;
+            shared.board.begin_shutdown();
+        }
+    });
     accept_loop(listener, &shared).await;
 
     shared.tracker.close();
@@ -322,6 +379,23 @@ async fn run(
         tracing::info!("every connection closed");
     }
     Ok(())
+}
+
+/// `--push-interval`: one push of `--push-size` to every held connection each interval,
+/// until shutdown.
+async fn push_every(interval: Duration, shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(Refused(_, why)) = shared.push(shared.config.push_size) {
+            tracing::warn!(%why, "push not posted");
+        }
+    }
 }
 
 /// Accepts connections until shutdown; each gets one task in the tracker, which runs its

@@ -10,9 +10,11 @@
 //!   answers the client's Close (the example never does) and follows the lifecycle;
 //! - threads mode: blocking tungstenite (`WebSocket::from_partially_read` in the server
 //!   role) on the connection's own thread, reading and echoing in a loop. The thread
-//!   waits in poll(2) on its socket and the shutdown pipe exactly as the lean engine's
-//!   thread does, so SIGTERM's 1001 reaches it; tungstenite reads a non-blocking socket
-//!   and keeps its place across `WouldBlock`.
+//!   waits in poll(2) on its socket and the board's generation exactly as the lean
+//!   engine's thread does, so SIGTERM's 1001 reaches it; tungstenite reads a non-blocking
+//!   socket and keeps its place across `WouldBlock`.
+//!
+//! Server push is the lean engine's: `POST /broadcast` refuses a stock server.
 //!
 //! Buffers are tungstenite's defaults unless a flag sets them (see
 //! [`crate::config::Buffers::tungstenite_config`]): its 128 KiB read buffer is allocated
@@ -31,7 +33,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 
-use super::threads::{Ready, ShutdownPipe, poll};
+use super::threads::{Ready, poll};
 use super::{ConnectionGuard, Shared};
 use crate::lifecycle::{CloseReason, Due, Lifecycle};
 use crate::protocol::close_code;
@@ -138,12 +140,7 @@ async fn echo(mut socket: WebSocket, shared: &Shared) -> CloseReason {
 
 /// Threads mode: one connection on its thread, blocking tungstenite reading and echoing
 /// until the connection ends; returns why. The socket is closed on return.
-pub(super) fn serve_blocking(
-    stream: std::net::TcpStream,
-    early: Vec<u8>,
-    shared: &Shared,
-    shutdown: &ShutdownPipe,
-) -> CloseReason {
+pub(super) fn serve_blocking(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
     let policy = &shared.policy;
     let fd = stream.as_raw_fd();
     let config = shared.config.buffers.tungstenite_config();
@@ -157,7 +154,9 @@ pub(super) fn serve_blocking(
         ..Ready::default()
     };
     loop {
-        if ready.shutdown && life.begin_shutdown(Instant::now(), policy) {
+        // Taken before the board is read: a post after the read signals this one.
+        let generation = shared.board.generation();
+        if shared.board.shutdown_requested() && life.begin_shutdown(Instant::now(), policy) {
             let frame = CloseFrame {
                 code: CloseCode::Away,
                 reason: "server shutting down".into(),
@@ -233,7 +232,7 @@ pub(super) fn serve_blocking(
             fd,
             true,
             unflushed,
-            life.is_open().then(|| shutdown.fd()),
+            life.is_open().then(|| generation.fd()),
             Some(timeout),
         ) {
             Ok(ready) => ready,

@@ -4,7 +4,7 @@
 //! The task runs the shared HTTP phase ([`super::upgrade::serve_http`]: hyper and axum
 //! until the 101), then takes the bare socket and runs the WebSocket session in the same
 //! task as a [`SessionTask`]: a hand-written future that holds the socket, the
-//! connection, a timer and the shutdown signal, and no buffer. No task is spawned per
+//! connection, a timer and the board's wake-up, and no buffer. No task is spawned per
 //! connection other than this one (axum's `WebSocketUpgrade::on_upgrade` would spawn a
 //! second, untracked one), and every task is in the server's `TaskTracker`, so shutdown
 //! can wait for them all.
@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio::sync::futures::OwnedNotified;
 
 use super::connection::{Connection, Wake};
 use super::upgrade::Upgrade;
@@ -70,11 +70,12 @@ impl Future for ConnectionTask {
 }
 
 pin_project_lite::pin_project! {
-    /// A held connection: its socket, its [`Connection`], its timer and its shutdown
-    /// signal, and nothing else. It waits for readiness with `poll_read_ready` /
-    /// `poll_write_ready` (whose wakers live in the socket's registration), the session's
-    /// deadline (ping, idle timeout, drain) and shutdown; [`Connection::on_wake`] decides
-    /// what to do with them, in the same order as in threads mode.
+    /// A held connection: its socket, its [`Connection`], its timer and its wake-up from
+    /// the board (shutdown, pushes), and nothing else. It waits for readiness with
+    /// `poll_read_ready` / `poll_write_ready` (whose wakers live in the socket's
+    /// registration), the session's deadline (ping, idle timeout, drain) and the board;
+    /// [`Connection::on_wake`] decides what to do with them, in the same order as in
+    /// threads mode.
     struct SessionTask {
         stream: TcpStream,
         connection: Connection,
@@ -82,8 +83,10 @@ pin_project_lite::pin_project! {
         guard: Option<ConnectionGuard>,
         #[pin]
         timer: tokio::time::Sleep,
+        // Armed before the board is read, so a post after the read wakes the task: a
+        // `Notified` receives `notify_waiters` from its creation on.
         #[pin]
-        shutdown: WaitForCancellationFutureOwned,
+        board: OwnedNotified,
     }
 }
 
@@ -92,7 +95,7 @@ impl SessionTask {
         let mut connection = Connection::new(&shared);
         let flow = connection.on_early_bytes(&upgrade.stream, &shared, upgrade.early);
         let timer = tokio::time::sleep_until(connection.deadline(&shared).into());
-        let shutdown = shared.shutdown.clone().cancelled_owned();
+        let board = shared.board.notify.clone().notified_owned();
         let guard = ConnectionGuard::open(shared, upgrade.permit);
         let guard = match flow {
             Flow::Continue => Some(guard),
@@ -106,7 +109,7 @@ impl SessionTask {
             connection,
             guard,
             timer,
-            shutdown,
+            board,
         }
     }
 }
@@ -116,7 +119,6 @@ impl SessionTask {
 struct TaskWake<'a, 'cx> {
     cx: &'a mut Context<'cx>,
     stream: &'a TcpStream,
-    shutdown: Pin<&'a mut WaitForCancellationFutureOwned>,
     timer: Pin<&'a mut tokio::time::Sleep>,
     /// Some source was ready (so the task must poll again to re-register its waker).
     handled: bool,
@@ -124,12 +126,6 @@ struct TaskWake<'a, 'cx> {
 }
 
 impl Wake for TaskWake<'_, '_> {
-    fn signalled(&mut self) -> bool {
-        let ready = self.shutdown.as_mut().poll(self.cx).is_ready();
-        self.handled |= ready;
-        ready
-    }
-
     fn writable(&mut self) -> std::io::Result<bool> {
         let ready = match self.stream.poll_write_ready(self.cx) {
             Poll::Ready(result) => result.map(|()| true)?,
@@ -164,12 +160,19 @@ impl Future for SessionTask {
         };
         let shared = &guard.shared;
         let stream: &TcpStream = this.stream;
+        let mut board_fired = false;
+        if this.connection.heeds_board() {
+            // Re-arm before on_wake reads the board; a post in between fires the new one.
+            while this.board.as_mut().poll(cx).is_ready() {
+                this.board.set(shared.board.notify.clone().notified_owned());
+                board_fired = true;
+            }
+        }
         let mut wake = TaskWake {
             cx,
             stream,
-            shutdown: this.shutdown.as_mut(),
             timer: this.timer.as_mut(),
-            handled: false,
+            handled: board_fired,
             timer_fired: false,
         };
         let flow = this.connection.on_wake(stream, shared, &mut wake);

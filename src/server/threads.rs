@@ -6,25 +6,24 @@
 //! connection's thread — named, with the configured stack — before the 101 goes out, so
 //! a thread the OS refuses is still answered with a 503; after the 101 the runtime hands
 //! the socket over ([`hand_over_after`]). The thread runs the session, blocking in
-//! poll(2) between frames: on its socket, and on a shutdown pipe every thread watches, so
-//! SIGTERM reaches each of them at once without any per-connection timer thread. The
-//! socket is non-blocking so a wake-up reads everything there is; what happens to the
-//! bytes is the same [`Connection`] code tasks mode runs.
+//! poll(2) between frames: on its socket, and on the board's current generation (an
+//! eventfd every thread watches, see [`super::board`]), so SIGTERM and every push reach
+//! each of them at once without any per-connection timer thread. The socket is
+//! non-blocking so a wake-up reads everything there is; what happens to the bytes is the
+//! same [`Connection`] code tasks mode runs.
 //!
 //! The runtime on the main thread also serves /metrics, the signal handler and every
 //! refusal; with the sampler thread that makes 2 threads before the first connection.
 
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::connection::{Connection, Wake};
@@ -35,11 +34,6 @@ use crate::lifecycle::{CloseReason, Flow};
 
 /// Connection threads' name (the kernel keeps 15 bytes).
 const THREAD_NAME: &str = "wsscale-conn";
-
-/// What threads mode adds to the shared server state.
-pub(super) struct Threads {
-    shutdown: Arc<ShutdownPipe>,
-}
 
 /// The handler's end of a connection thread: the upgraded socket goes through it after
 /// the 101. Dropping it unsent (the client left before the upgrade completed) ends the
@@ -54,37 +48,17 @@ pub(super) struct Handover {
     permit: OwnedSemaphorePermit,
 }
 
-impl Threads {
-    pub(super) fn new() -> io::Result<Self> {
-        Ok(Threads {
-            shutdown: Arc::new(ShutdownPipe::new()?),
-        })
-    }
-
-    /// Makes the shutdown pipe readable once `shutdown` is cancelled (a task on the
-    /// current runtime).
-    pub(super) fn relay_shutdown(&self, shutdown: &CancellationToken) {
-        let pipe = self.shutdown.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            pipe.trigger();
-        });
-    }
-
-    /// Starts the thread for an accepted upgrade; it waits for its socket on the
-    /// returned [`Handoff`]. Its token keeps the server's drain waiting until it ends.
-    pub(super) fn spawn_connection_thread(&self, shared: &Arc<Shared>) -> io::Result<Handoff> {
-        let (handoff, inbox) = sync_channel(1);
-        let shared = shared.clone();
-        let shutdown = self.shutdown.clone();
-        let token = shared.tracker.token();
-        std::thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .stack_size(shared.config.buffers.thread_stack_size.value)
-            .spawn(move || connection_thread(inbox, &shared, &shutdown, token))?;
-        Ok(handoff)
-    }
+/// Starts the thread for an accepted upgrade; it waits for its socket on the returned
+/// [`Handoff`]. Its token keeps the server's drain waiting until it ends.
+pub(super) fn spawn_connection_thread(shared: &Arc<Shared>) -> io::Result<Handoff> {
+    let (handoff, inbox) = sync_channel(1);
+    let shared = shared.clone();
+    let token = shared.tracker.token();
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .stack_size(shared.config.buffers.thread_stack_size.value)
+        .spawn(move || connection_thread(inbox, &shared, token))?;
+    Ok(handoff)
 }
 
 /// Runs a connection's HTTP phase on the runtime, then gives the upgraded socket to the
@@ -109,70 +83,44 @@ pub(super) async fn hand_over_after(http: impl Future<Output = Option<Upgrade>>)
 }
 
 /// One connection's thread: wait for the socket, run the session, count the close.
-fn connection_thread(
-    inbox: Receiver<Handover>,
-    shared: &Arc<Shared>,
-    shutdown: &ShutdownPipe,
-    token: TaskTrackerToken,
-) {
+fn connection_thread(inbox: Receiver<Handover>, shared: &Arc<Shared>, token: TaskTrackerToken) {
     if let Ok(handover) = inbox.recv() {
         drop(inbox);
         let span = tracing::debug_span!("conn", peer = %handover.peer);
         let _entered = span.enter();
         let guard = ConnectionGuard::open(shared.clone(), handover.permit);
         let reason = match shared.config.engine {
-            Engine::Lean => run_session(handover.stream, handover.early, shared, shutdown),
-            Engine::Tungstenite => stock::serve_blocking(handover.stream, handover.early, shared, shutdown),
+            Engine::Lean => run_session(handover.stream, handover.early, shared),
+            Engine::Tungstenite => stock::serve_blocking(handover.stream, handover.early, shared),
         };
         guard.close(reason);
     }
     drop(token);
 }
 
-/// The signal every connection thread waits on: a pipe that becomes readable (and stays
-/// so, nobody reads it) when shutdown starts.
-pub(super) struct ShutdownPipe {
-    requested: AtomicBool,
-    reader: io::PipeReader,
-    writer: io::PipeWriter,
-}
-
-impl ShutdownPipe {
-    fn new() -> io::Result<Self> {
-        let (reader, writer) = io::pipe()?;
-        Ok(ShutdownPipe {
-            requested: AtomicBool::new(false),
-            reader,
-            writer,
-        })
-    }
-
-    fn trigger(&self) {
-        if !self.requested.swap(true, Ordering::SeqCst) {
-            let _ = (&self.writer).write(&[1]);
-        }
-    }
-
-    pub(super) fn fd(&self) -> RawFd {
-        self.reader.as_raw_fd()
-    }
-}
-
 /// The session loop: sleep in poll(2) until the socket (readable, or writable while a
-/// slow peer has answers waiting), the shutdown pipe or the session's deadline wakes us,
-/// then let the shared [`Connection`] do the rest. The socket is closed on return.
-fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared, shutdown: &ShutdownPipe) -> CloseReason {
+/// slow peer has answers waiting), the board's generation or the session's deadline wakes
+/// us, then let the shared [`Connection`] do the rest. The socket is closed on return.
+fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
     let mut connection = Connection::new(shared);
     let mut flow = connection.on_early_bytes(&stream, shared, early);
     let socket = stream.as_raw_fd();
-    while flow == Flow::Continue {
-        let watch_shutdown = connection.heeds_shutdown().then(|| shutdown.fd());
+    let mut ready = Ready::default();
+    loop {
+        // Taken before on_wake reads the board: a post after the read signals this one.
+        let generation = shared.board.generation();
+        if flow == Flow::Continue {
+            flow = connection.on_wake(&stream, shared, &mut ready);
+        }
+        if let Flow::Finish(reason) = flow {
+            return reason;
+        }
         let timeout = connection.deadline(shared).saturating_duration_since(Instant::now());
-        let mut ready = match poll(
+        ready = match poll(
             socket,
             connection.wants_read(shared),
             connection.wants_write(),
-            watch_shutdown,
+            connection.heeds_board().then(|| generation.fd()),
             Some(timeout),
         ) {
             Ok(ready) => ready,
@@ -181,11 +129,6 @@ fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared, shu
                 return CloseReason::Error;
             }
         };
-        flow = connection.on_wake(&stream, shared, &mut ready);
-    }
-    match flow {
-        Flow::Finish(reason) => reason,
-        Flow::Continue => unreachable!("the loop runs until the connection closes"),
     }
 }
 
@@ -195,15 +138,9 @@ pub(super) struct Ready {
     /// The socket has data, EOF or an error to read.
     pub readable: bool,
     pub writable: bool,
-    /// The shutdown pipe is readable.
-    pub shutdown: bool,
 }
 
 impl Wake for Ready {
-    fn signalled(&mut self) -> bool {
-        self.shutdown
-    }
-
     fn writable(&mut self) -> io::Result<bool> {
         Ok(self.writable)
     }
@@ -217,20 +154,21 @@ impl Wake for Ready {
     }
 }
 
-/// Blocks until `fd` is readable (when asked) or writable (when asked), `shutdown_fd` is
-/// readable, or `timeout` passes (never, with `None`). EINTR returns an empty [`Ready`].
+/// Blocks until `fd` is readable (when asked) or writable (when asked), `board_fd` is
+/// readable (the caller then reads the board itself), or `timeout` passes (never, with
+/// `None`). EINTR returns an empty [`Ready`].
 pub(super) fn poll(
     fd: RawFd,
     want_read: bool,
     want_write: bool,
-    shutdown_fd: Option<RawFd>,
+    board_fd: Option<RawFd>,
     timeout: Option<Duration>,
 ) -> io::Result<Ready> {
     let events = if want_read { libc::POLLIN } else { 0 } | if want_write { libc::POLLOUT } else { 0 };
     let mut fds = [
         libc::pollfd { fd, events, revents: 0 },
         libc::pollfd {
-            fd: shutdown_fd.unwrap_or(-1),
+            fd: board_fd.unwrap_or(-1),
             events: libc::POLLIN,
             revents: 0,
         },
@@ -255,6 +193,5 @@ pub(super) fn poll(
     Ok(Ready {
         readable: fds[0].revents & (libc::POLLIN | hangup) != 0,
         writable: fds[0].revents & (libc::POLLOUT | hangup) != 0,
-        shutdown: fds[1].revents & libc::POLLIN != 0,
     })
 }

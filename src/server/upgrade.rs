@@ -183,9 +183,9 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
             Refusal::BadRequest("bad request: connection cannot be upgraded"),
         );
     };
-    let thread = match &shared.threads {
-        None => None,
-        Some(threads) => match threads.spawn_connection_thread(&shared) {
+    let thread = match shared.config.mode {
+        Mode::Tasks => None,
+        Mode::Threads => match threads::spawn_connection_thread(&shared) {
             Ok(handoff) => Some(handoff),
             Err(error) => {
                 tracing::warn!(%error, "cannot spawn a connection thread; answering 503");

@@ -51,7 +51,9 @@ fn load_command(url: &str, connections: usize, hold: &str) -> tokio::process::Co
             "--hold",
             hold,
         ])
-        .args(["--ping-interval", "0s"])
+        // Generous: these tests are about the server's cleanup, not about opening fast
+        // on a machine busy with the rest of the suite.
+        .args(["--ping-interval", "0s", "--connect-timeout", "60s"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
