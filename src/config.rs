@@ -646,6 +646,5 @@ mod tests {
         assert!(err.contains("--push-size"), "{err}");
         let err = parse(&["--engine", "tungstenite", "--push-interval", "1s"]).unwrap_err();
         assert!(err.contains("lean engine"), "{err}");
-
     }
 }

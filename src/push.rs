@@ -41,6 +41,10 @@ mod tests {
         assert_eq!(payload[4..12], 7u64.to_be_bytes());
         assert_eq!(payload[12..20], [1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(payload[20..].iter().all(|&byte| byte == 0));
-        assert_eq!(super::payload(1, 2, 3).len(), HEADER_LEN, "never shorter than its header");
+        assert_eq!(
+            super::payload(1, 2, 3).len(),
+            HEADER_LEN,
+            "never shorter than its header"
+        );
     }
 }

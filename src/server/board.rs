@@ -161,7 +161,10 @@ impl Board {
             if let Some(evicted) = slot.replace(push.clone())
                 && evicted.remaining.load(Ordering::Acquire) > 0
             {
-                tracing::debug!(seq = evicted.seq, "a push left the ring before every connection took it");
+                tracing::debug!(
+                    seq = evicted.seq,
+                    "a push left the ring before every connection took it"
+                );
             }
             drop(slot);
             self.latest.store(seq, Ordering::Release);

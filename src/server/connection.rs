@@ -275,26 +275,38 @@ impl Connection {
         self.finish_wake(socket, shared, flow, read, output)
     }
 
-    /// The board holds pushes this connection has not taken: send them (those a peer that
-    /// does not read has no room for are dropped, and counted).
+    /// The board holds pushes this connection has not taken: write each through, or
+    /// queue it behind what a slow peer has not taken yet; a push that does not fit in
+    /// that queue (`--write-buffer-size`) is dropped, and counted, so a peer that does not
+    /// read costs a bounded amount and delays nobody.
     fn on_push(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let (read, mut output) = shared.buffers.take();
         let board = self.board.clone();
         let taken = board.take(&mut self.seen_push);
+        let mut flow = Flow::Continue;
         let mut sent = 0;
         for push in &taken {
-            if self.unsent.len() + output.len() + push.frame().len() > shared.max_unsent {
+            let frame = push.frame();
+            if self.unsent.len() + frame.len() > shared.max_unsent {
                 shared.metrics.pushes_dropped.increment(1);
-            } else {
-                output.extend_from_slice(push.frame());
-                sent += 1;
+                continue;
+            }
+            sent += 1;
+            if !self.unsent.is_empty() {
+                self.unsent.extend_from_slice(frame);
+                continue;
+            }
+            match write_some(socket, frame) {
+                Ok(written) => self.unsent.extend_from_slice(&frame[written..]),
+                Err(_) => {
+                    flow = Flow::Finish(CloseReason::Error);
+                    break;
+                }
             }
         }
         shared.metrics.add(Tally {
             messages_received: 0,
             messages_sent: sent,
         });
-        let flow = self.finish_wake(socket, shared, Flow::Continue, read, output);
         // Handed to the socket (or queued behind a peer that is not reading): only now
         // does each push count as delivered to this connection.
         drop(taken);

@@ -36,8 +36,8 @@ use crate::config::{Engine, Mode, ServeConfig};
 use crate::handshake::RejectReason;
 use crate::lifecycle::{CloseReason, SessionPolicy};
 use crate::limits::{self, Bound, Capacity};
-use crate::metrics::sampler::{ConnectionCount, SamplerHandle};
 use crate::metrics::http::{Broadcaster, Posted, Refused};
+use crate::metrics::sampler::{ConnectionCount, SamplerHandle};
 use crate::metrics::{self, ServerMetrics};
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.

@@ -11,6 +11,7 @@ mod faults;
 mod hostile;
 mod load;
 mod metrics;
+mod push;
 mod server;
 mod stack;
 mod support;

@@ -188,3 +188,10 @@ pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 pub fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
 }
+
+/// A raw HTTP/1.1 POST with an empty body; returns the status and the body.
+pub async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let (status, response) = http_exchange(addr, request.as_bytes()).await;
+    (status, body(&response).to_owned())
+}
