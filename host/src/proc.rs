@@ -128,6 +128,37 @@ impl TreeUsage {
     }
 }
 
+/// What a process has spent so far: CPU time, and context switches summed over all its
+/// threads (/proc/PID/status counts the main thread's only, so each task's is read).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessCounters {
+    /// User + system CPU time of every thread, seconds.
+    pub cpu_seconds: f64,
+    /// Voluntary + involuntary context switches of every thread alive now.
+    pub context_switches: u64,
+    /// Threads read.
+    pub threads: u64,
+}
+
+impl ProcessCounters {
+    pub fn read(pid: u32) -> io::Result<ProcessCounters> {
+        let process = procfs::process::Process::new(pid as i32).map_err(to_io)?;
+        let stat = process.stat().map_err(to_io)?;
+        let mut counters = ProcessCounters {
+            cpu_seconds: (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64,
+            ..ProcessCounters::default()
+        };
+        for task in process.tasks().map_err(to_io)?.flatten() {
+            // A thread that exits while being read is skipped.
+            let Ok(status) = task.status() else { continue };
+            counters.threads += 1;
+            counters.context_switches +=
+                status.voluntary_ctxt_switches.unwrap_or(0) + status.nonvoluntary_ctxt_switches.unwrap_or(0);
+        }
+        Ok(counters)
+    }
+}
+
 /// Open file descriptors of a process (entries of /proc/PID/fd).
 pub fn open_fds(pid: u32) -> io::Result<u64> {
     procfs::process::Process::new(pid as i32)
@@ -219,6 +250,30 @@ mod tests {
         assert!(limits.maps_in_use > 0, "{limits:?}");
         assert!(open_fds(std::process::id()).unwrap() >= 3);
         assert!(memory_available_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn counters_sum_every_thread() {
+        let before = ProcessCounters::read(std::process::id()).unwrap();
+        let (slept, done) = std::sync::mpsc::channel();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            // Each sleep gives the CPU up: one voluntary context switch or more.
+            for _ in 0..100 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            slept.send(()).unwrap();
+            let _ = wait.recv();
+        });
+        done.recv().unwrap();
+        let during = ProcessCounters::read(std::process::id()).unwrap();
+        drop(release);
+        sleeper.join().unwrap();
+        assert!(
+            during.context_switches >= before.context_switches + 100,
+            "the other thread's switches count: {before:?} -> {during:?}"
+        );
+        assert!(during.cpu_seconds >= before.cpu_seconds);
     }
 
     #[test]
