@@ -104,7 +104,6 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
     let metrics = config.metrics_listen.map(metrics::LoadMetrics::install).transpose()?;
     let stop = stop_on_signal();
     let (events_tx, mut events) = unbounded_channel::<(usize, Event)>();
-    let mut children = Vec::new();
     if processes == 1 {
         let (shard_tx, mut shard_events) = unbounded_channel();
         let config = config.clone();
@@ -133,36 +132,24 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting shard {shard} ({})", reexec.program.display()))?;
-            children.push(child.id());
-            tokio::spawn(read_child(index, child, events_tx.clone()));
+            tokio::spawn(read_child(index, child, events_tx.clone(), stop.clone()));
         }
     }
     drop(events_tx);
 
     let mut aggregator = Aggregator::new(processes, metrics);
     let mut display = progress::Display::new(config.connections as u64, false);
-    let mut forwarded_stop = false;
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some((shard, event)) => {
-                    aggregator.apply(shard, event);
-                    let totals = aggregator.totals();
-                    let phase = if totals.opened + totals.failed < config.connections as u64 { "ramping" } else { "holding" };
-                    display.update(phase, &totals);
-                    if aggregator.all_done() {
-                        break;
-                    }
-                }
-                None => break,
-            },
-            _ = stop.cancelled(), if !forwarded_stop => {
-                forwarded_stop = true;
-                for pid in children.iter().flatten() {
-                    // SAFETY: kill(2) on a child we started; at worst it has exited.
-                    unsafe { libc::kill(*pid as i32, libc::SIGINT) };
-                }
-            }
+    while let Some((shard, event)) = events.recv().await {
+        aggregator.apply(shard, event);
+        let totals = aggregator.totals();
+        let phase = if totals.opened + totals.failed < config.connections as u64 {
+            "ramping"
+        } else {
+            "holding"
+        };
+        display.update(phase, &totals);
+        if aggregator.all_done() {
+            break;
         }
     }
     display.finish();
@@ -174,13 +161,30 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
     }))
 }
 
-/// Forwards a child's JSON lines; a child that ends without its `done` event is reported
+/// Forwards a child's JSON lines and, on `stop`, a SIGINT to the child (which then closes
+/// its connections and reports); a child that ends without its `done` event is reported
 /// as an interrupted shard.
-async fn read_child(index: usize, mut child: tokio::process::Child, events: UnboundedSender<(usize, Event)>) {
+async fn read_child(
+    index: usize,
+    mut child: tokio::process::Child,
+    events: UnboundedSender<(usize, Event)>,
+    stop: CancellationToken,
+) {
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut done = false;
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut forwarded_stop = false;
+    loop {
+        let line = tokio::select! {
+            // Cancel-safe: an interrupted next_line keeps what it read for the next call.
+            line = lines.next_line() => line,
+            () = stop.cancelled(), if !forwarded_stop => {
+                forwarded_stop = true;
+                signal_unless_reaped(&child, libc::SIGINT);
+                continue;
+            }
+        };
+        let Ok(Some(line)) = line else { break };
         match serde_json::from_str::<Event>(&line) {
             Ok(event) => {
                 done |= matches!(event, Event::Done(_));
@@ -199,6 +203,18 @@ async fn read_child(index: usize, mut child: tokio::process::Child, events: Unbo
                 ..Done::default()
             }),
         ));
+    }
+}
+
+/// Sends `signal` to a child that has not been reaped. Only this task waits on the child,
+/// and it is not waiting now, so the pid cannot have been reaped and reused by another
+/// process between the check and kill(2) (a pid stored at spawn could have been: a
+/// child that exits early is reaped by `wait` while the parent still holds its pid).
+fn signal_unless_reaped(child: &tokio::process::Child, signal: libc::c_int) {
+    // `id()` is None once the child's exit status has been collected.
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child, not yet reaped (a zombie at worst).
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
     }
 }
 

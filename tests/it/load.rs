@@ -208,3 +208,41 @@ async fn preflight_refuses_a_run_one_process_cannot_hold() {
         "no connection was attempted"
     );
 }
+
+#[tokio::test]
+async fn a_signal_stops_every_shard_cleanly() {
+    let server = TestServer::start("tasks", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let mut load = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .args(["load", "--url", &server.url(), "--connections", "400"])
+        .args(["--max-per-process", "200", "--hold", "10m", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 400.0, Duration::from_secs(30))
+        .await;
+    // Only the parent is signalled: it forwards the stop to its two shards.
+    // SAFETY: kill(2) on our own running child.
+    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
+    let output = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
+        .await
+        .expect("the run stops on SIGINT")
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["processes"], 2, "{summary:#}");
+    assert_eq!(summary["interrupted"], true, "{summary:#}");
+    assert_eq!(
+        summary["closed_cleanly"], 400,
+        "every shard closed its connections: {summary:#}"
+    );
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 0.0, Duration::from_secs(10))
+        .await;
+}
