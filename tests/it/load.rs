@@ -214,7 +214,7 @@ async fn a_signal_stops_every_shard_cleanly() {
     let server = TestServer::start("tasks", &[]);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("summary.json");
-    let mut load = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+    let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
         .args(["load", "--url", &server.url(), "--connections", "400"])
         .args(["--max-per-process", "200", "--hold", "10m", "--json"])
         .arg(&json)
