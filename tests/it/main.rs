@@ -10,6 +10,8 @@ mod faults;
 mod hostile;
 mod load;
 mod metrics;
+mod reconnect;
+mod segments;
 mod server;
 mod stack;
 mod support;
