@@ -350,6 +350,10 @@ mod tests {
         stats.record_open(Duration::from_micros(150), Duration::from_micros(420));
         stats.record_failure("http_503".into());
         stats.record_ping_rtt(Duration::from_millis(2));
+        stats.record_push(Some(Duration::from_micros(830)), 2);
+        stats.record_push(None, 0);
+        stats.record_reconnect(Duration::from_millis(1500));
+        stats.record_reconnect_failure("refused".into());
         let line = serde_json::to_string(&Event::Progress(stats.progress())).unwrap();
         assert!(!line.contains('\n'));
         let Event::Progress(progress) = serde_json::from_str(&line).unwrap() else {
@@ -364,6 +368,23 @@ mod tests {
                 .upgrade_us
                 .equivalent(420, progress.recent.upgrade_us.max())
         );
+        // Pushes and reconnections travel like the rest, so sharded runs merge them.
+        assert_eq!(progress.recent.push_delivery_us.len(), 2);
+        assert!(
+            progress
+                .recent
+                .push_delivery_us
+                .equivalent(830, progress.recent.push_delivery_us.max())
+        );
+        assert_eq!(
+            progress.recent.push_delivery_us.min(),
+            1,
+            "a negative latency is recorded at the floor"
+        );
+        assert_eq!((progress.push_missed, progress.push_negative_latency), (2, 1));
+        assert_eq!(progress.recent.reconnect_us.len(), 1);
+        assert_eq!(progress.reconnected, 1);
+        assert_eq!(progress.reconnect_failures["refused"], 1);
         // Samples are handed over once.
         assert_eq!(stats.progress().recent.connect_us.len(), 0);
     }
