@@ -92,7 +92,6 @@ impl ClientSettings {
 /// An `async` block rather than an `async fn`: an async fn keeps each argument twice in
 /// its future (as passed and as the body's local), 64 bytes here; the block uses what it
 /// captured in place.
-#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
 pub fn run(
     settings: Arc<ClientSettings>,
     source: Option<IpAddr>,
@@ -327,7 +326,6 @@ enum Ended {
 /// Holds the connection until it is released or lost. An `async` block for the reason
 /// given at [`run`]; the schedule is computed before it, so the block keeps the next
 /// due times (and updates them in place) rather than the phase they came from.
-#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
 fn hold<'a>(
     websocket: &'a mut WebSocketStream<TcpStream>,
     settings: &'a ClientSettings,
