@@ -43,7 +43,7 @@ async fn three_segments_merge_into_the_summary_of_one_run() {
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     // Started one after the other, they ramp together from --start-at.
-    let start_at = unix_now() + 2.0;
+    let start_at = unix_now() + 3.0;
     let files: Vec<_> = (0..3)
         .map(|index| dir.path().join(format!("segment-{index}.json")))
         .collect();
@@ -88,7 +88,8 @@ async fn three_segments_merge_into_the_summary_of_one_run() {
             "{} began before --start-at {start_at}",
             segment.ramp_start_unix
         );
-        assert!(segment.ramp_start_unix < start_at + 1.0, "and right after it");
+        // Not a second wait, nor a start at the hold's end (loose: the machine may be busy).
+        assert!(segment.ramp_start_unix < start_at + 10.0, "{}", segment.ramp_start_unix);
     }
 
     let merged_json = dir.path().join("merged.json");
