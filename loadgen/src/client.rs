@@ -460,7 +460,9 @@ mod tests {
     /// the cell is 896; 8 bytes more and it is 1024. Measured (debug build, Rust 1.95):
     /// 896 bytes (cell 1024) before reconnection and pushes; those added 24 and async
     /// fns kept their arguments twice; async blocks, the ramp's permit boxed and the
-    /// hold keeping due times rather than the ping phase made it 784.
+    /// hold keeping due times rather than the ping phase made it 784. Measured on 10,000
+    /// held connections (release, three runs each): the generator's heap per connection
+    /// 1,697–1,729 B before, 1,569–1,622 B after (1,598–1,634 B with --reconnect).
     #[test]
     fn a_held_connection_task_stays_small() {
         let settings = Arc::new(ClientSettings::new(
