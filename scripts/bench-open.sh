@@ -6,26 +6,22 @@
 #   scripts/bench-open.sh [CONNECTIONS] [MODE] [extra wsscale load flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 connections=${1:-19000}
 mode=${2:-tasks}
 shift $(( $# > 2 ? 2 : $# ))
-cargo build --release --quiet
-bin=target/release/wsscale
+bin=$(wsscale_bin)
 out=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$out"' EXIT
-"$bin" serve --mode "$mode" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >"$out/serve.out" 2>"$out/serve.err" &
-server=$!
-for _ in $(seq 100); do grep -q metrics "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
-read -r _ ws _ metrics <"$out/serve.out"
-echo "server: $mode mode, $ws"
-"$bin" load --url "$ws" --connections "$connections" --rate 0 --concurrency 512 --hold 5s \
+server_pid=
+trap '[ -n "$server_pid" ] && stop_process "$server_pid" 15; rm -rf "$out"' EXIT
+start_server "$bin" "$mode" 127.0.0.1:0 "$out"
+echo "server: $mode mode, $ws_url"
+"$bin" load --url "$ws_url" --connections "$connections" --rate 0 --concurrency 512 --hold 5s \
     --ping-interval 5s --json "$out/summary.json" "$@" &
 load=$!
 # The server's view while the connections are held.
-for _ in $(seq 300); do
-    active=$(curl -s "$metrics" | awk '/^wsscale_connections_active/ {print $2}')
-    [ "${active:-0}" = "$connections" ] && break
-    sleep 0.1
-done
-curl -s "$metrics" | grep -E '^(wsscale_connections_active|wsscale_memory_per_connection_bytes|process_resident_memory_bytes|process_threads)'
+wait_metric "$metrics_url" wsscale_connections_active "$connections" 30 || true
+scrape=$(curl -s "$metrics_url")
+grep -E '^(wsscale_connections_active|wsscale_memory_per_connection_bytes|process_resident_memory_bytes|process_threads)' \
+    <<<"$scrape"
 wait "$load"

@@ -10,34 +10,28 @@
 # generator's summary and the RSS drift between the first and last sample of the hold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 mode=${1:-tasks}
 connections=${2:-19000}
 duration=${3:-10m}
-if [ -z "${WSSCALE_BIN:-}" ]; then
-    cargo build --release --quiet
-fi
-bin=${WSSCALE_BIN:-target/release/wsscale}
+bin=$(wsscale_bin)
 out=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; echo "logs kept in $out"' EXIT
-RUST_LOG=warn "$bin" serve --mode "$mode" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-    >"$out/serve.out" 2>"$out/serve.err" &
-server=$!
-for _ in $(seq 100); do grep -q metrics "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
-read -r _ ws _ metrics <"$out/serve.out"
-metric() { curl -s "$metrics" | awk -v name="$1" '$1 ~ "^"name"[{ ]" {print $2; exit}'; }
+server_pid=
+trap '[ -n "$server_pid" ] && stop_process "$server_pid" 15; echo "logs kept in $out"' EXIT
+start_server "$bin" "$mode" 127.0.0.1:0 "$out"
 if [ "$connections" = max ]; then
-    connections=$(( $(metric wsscale_connections_max | cut -d. -f1) - 64 ))
+    connections=$(( $(metric "$metrics_url" wsscale_connections_max | cut -d. -f1) - 64 ))
 fi
-echo "soak: $mode mode, $connections connections, $duration, server $ws"
-"$bin" load --url "$ws" --connections "$connections" --rate 5000 --concurrency 256 --hold "$duration" \
+echo "soak: $mode mode, $connections connections, $duration, server $ws_url"
+"$bin" load --url "$ws_url" --connections "$connections" --rate 5000 --concurrency 256 --hold "$duration" \
     --ping-interval 5s --json "$out/summary.json" >"$out/load.out" 2>"$out/load.err" &
 load=$!
 printf '%8s %8s %12s %12s %8s\n' elapsed active rss_bytes heap_bytes threads | tee "$out/samples.txt"
 start=$(date +%s)
 while kill -0 "$load" 2>/dev/null; do
-    printf '%8s %8s %12s %12s %8s\n' "$(( $(date +%s) - start ))s" "$(metric wsscale_connections_active)" \
-        "$(metric process_resident_memory_bytes)" "$(metric wsscale_heap_allocated_bytes)" \
-        "$(metric process_threads)" | tee -a "$out/samples.txt"
+    printf '%8s %8s %12s %12s %8s\n' "$(( $(date +%s) - start ))s" "$(metric "$metrics_url" wsscale_connections_active)" \
+        "$(metric "$metrics_url" process_resident_memory_bytes)" "$(metric "$metrics_url" wsscale_heap_allocated_bytes)" \
+        "$(metric "$metrics_url" process_threads)" | tee -a "$out/samples.txt"
     for _ in $(seq 30); do kill -0 "$load" 2>/dev/null || break; sleep 1; done
 done
 wait "$load"

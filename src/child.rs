@@ -43,17 +43,28 @@ impl ServeChild {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::spawn_at(program, mode, any_port, extra_args, configure)
+    }
+
+    /// Like [`ServeChild::spawn_configured`], with the WebSocket listener on `listen` (a
+    /// server restarted on the port of one that stopped, say).
+    pub fn spawn_at<I, S>(
+        program: &Path,
+        mode: &str,
+        listen: SocketAddr,
+        extra_args: I,
+        configure: impl FnOnce(&mut Command),
+    ) -> io::Result<ServeChild>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut command = Command::new(program);
         command
-            .args([
-                "serve",
-                "--mode",
-                mode,
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--mode", mode, "--listen"])
+            .arg(listen.to_string())
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

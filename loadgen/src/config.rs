@@ -1,5 +1,7 @@
 //! `wsscale load` options (clap derive, every flag with an env variable) and their
-//! validation into a [`LoadConfig`]; how a run is split across processes.
+//! validation into a [`LoadConfig`]; how a run is split into segments (independent
+//! processes, possibly on other machines, whose summaries `wsscale load merge` adds up)
+//! and each segment into shards (child processes of one generator).
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -8,10 +10,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+
     /// WebSocket URL to load (ws:// only). Every test and benchmark of this project
     /// targets loopback.
     #[arg(long, env = "WSSCALE_LOAD_URL", default_value = "ws://127.0.0.1:8080/ws")]
@@ -79,9 +85,85 @@ pub struct LoadArgs {
     #[arg(long, env = "WSSCALE_LOAD_NO_REACHABILITY_CHECK")]
     pub no_reachability_check: bool,
 
+    /// Reopen a connection the server closes or resets during the hold, until it ends.
+    ///
+    /// Waits with jittered exponential backoff before each attempt: a random time up to
+    /// 100 ms, doubling per failed attempt to 5 s (full jitter). After close 1012 or 1013
+    /// or an HTTP 503 it waits 1 s plus up to 5 s, or the 503's Retry-After plus up to 5 s.
+    #[arg(long, env = "WSSCALE_LOAD_RECONNECT")]
+    pub reconnect: bool,
+
+    /// Run only segment I of N (I from 0) of a run spread over several generators.
+    ///
+    /// This process opens its share of --connections and of --rate (the shares add up
+    /// exactly; the first connections % N segments take one more connection), and `auto`
+    /// source addresses give it a range no other segment uses, so segments can share a
+    /// host. Start them together with --start-at, and merge their --json files with
+    /// `wsscale load merge`.
+    #[arg(long, env = "WSSCALE_LOAD_SEGMENT", value_name = "I/N", help_heading = "Segments")]
+    pub segment: Option<Part>,
+
+    /// The number of segments N, with the index from --segment-index (JOB_COMPLETION_INDEX).
+    #[arg(long, env = "WSSCALE_LOAD_SEGMENTS", value_name = "N", help_heading = "Segments")]
+    pub segments: Option<usize>,
+
+    /// This segment's index I (from 0), with --segments N.
+    ///
+    /// Read from JOB_COMPLETION_INDEX, so each pod of a Kubernetes Indexed Job with
+    /// WSSCALE_LOAD_SEGMENTS set to the Job's completions runs its own segment with no
+    /// wrapper script. --segment takes precedence over both.
+    #[arg(long, env = "JOB_COMPLETION_INDEX", value_name = "I", help_heading = "Segments")]
+    pub segment_index: Option<usize>,
+
+    /// Wait until this UNIX time (seconds, fractions allowed) before the first connection.
+    ///
+    /// Segments started at different moments (pods scheduled apart) then ramp together,
+    /// e.g. `--start-at $(( $(date +%s) + 30 ))`. A time already past starts at once.
+    #[arg(
+        long,
+        env = "WSSCALE_LOAD_START_AT",
+        value_name = "UNIX_SECONDS",
+        help_heading = "Segments"
+    )]
+    pub start_at: Option<f64>,
+
+    /// The run's identity (`run_id` in the summary); `merge` refuses files of other runs.
+    ///
+    /// Default: a hash of what every segment of the run shares: --url, --connections,
+    /// --rate, the segment count N, --start-at, --hold, --ping-interval,
+    /// --message-interval, --message-size and --reconnect. Two runs with the same flags
+    /// get the same id: give --run-id (in Kubernetes, e.g. the Job's controller-uid label
+    /// through the downward API) or --start-at to tell them apart.
+    #[arg(long, env = "WSSCALE_LOAD_RUN_ID", help_heading = "Segments")]
+    pub run_id: Option<String>,
+
     /// Internal: run as shard INDEX/COUNT of a sharded run, reporting to the parent.
     #[arg(long, hide = true)]
-    pub internal_shard: Option<ShardSpec>,
+    pub internal_shard: Option<Part>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LoadCommand {
+    /// Merge the --json summaries of a run's segments into one summary.
+    ///
+    /// Adds the counts, failures and losses, merges the HDR histograms (percentiles come
+    /// from the merged histograms, exactly as if one process had recorded every sample),
+    /// and prints the same table and JSON as one run; the ramp spans from the earliest
+    /// segment's start to the latest one's end. Refuses files of different runs (different
+    /// run_id), segments of different counts and the same segment twice, naming the files.
+    /// Missing segments are reported and the rest merged.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// Segment summaries written by `wsscale load --segment I/N --json FILE`.
+    #[arg(required = true, value_name = "FILES")]
+    pub files: Vec<PathBuf>,
+
+    /// Write the merged summary as JSON to this file.
+    #[arg(long, env = "WSSCALE_LOAD_MERGE_JSON")]
+    pub json: Option<PathBuf>,
 }
 
 /// `--source-ips`.
@@ -161,30 +243,52 @@ impl std::fmt::Display for Processes {
     }
 }
 
-/// `--internal-shard INDEX/COUNT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardSpec {
+/// Part I of N (I from 0): a segment (`--segment`) or a shard (`--internal-shard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Part {
     pub index: usize,
     pub count: usize,
 }
 
-impl FromStr for ShardSpec {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (index, count) = text.split_once('/').ok_or("expected INDEX/COUNT")?;
-        let (index, count) = (
-            index.parse().map_err(|_| "bad index")?,
-            count.parse().map_err(|_| "bad count")?,
-        );
-        if index >= count {
-            return Err("index must be below count".into());
+impl Part {
+    pub fn new(index: usize, count: usize) -> Result<Part, String> {
+        if count == 0 {
+            return Err("the count N must be 1 or more".into());
         }
-        Ok(ShardSpec { index, count })
+        if index >= count {
+            return Err(format!(
+                "the index {index} must be below the count {count} (indices count from 0)"
+            ));
+        }
+        Ok(Part { index, count })
     }
 }
 
-impl std::fmt::Display for ShardSpec {
+impl FromStr for Part {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (index, count) = text.split_once('/').ok_or("expected I/N, e.g. 0/3")?;
+        let index = index.trim().parse().map_err(|_| format!("{index:?} is not an index"))?;
+        let count = count.trim().parse().map_err(|_| format!("{count:?} is not a count"))?;
+        Part::new(index, count)
+    }
+}
+
+impl serde::Serialize for Part {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Part {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
     }
@@ -209,7 +313,14 @@ pub struct LoadConfig {
     pub json: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub check_reachability: bool,
-    pub shard: Option<ShardSpec>,
+    pub reconnect: bool,
+    /// The segment this process runs; None for a whole run.
+    pub segment: Option<Part>,
+    /// When the ramp starts, UNIX seconds; None: at once.
+    pub start_at_unix: Option<f64>,
+    /// The run's identity, given or derived (see [`derive_run_id`]).
+    pub run_id: String,
+    pub shard: Option<Part>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +333,22 @@ pub enum ConfigError {
     Rate,
     #[error("--source-ips: {0} is a different address family from the target {1}")]
     Family(IpAddr, SocketAddr),
+    #[error("--segment {0} and --segments {1} (WSSCALE_LOAD_SEGMENTS) disagree on the segment count")]
+    SegmentCount(Part, usize),
+    #[error(
+        "--segments {0} (WSSCALE_LOAD_SEGMENTS) needs this segment's index: --segment-index I or JOB_COMPLETION_INDEX \
+         (or give --segment I/N instead)"
+    )]
+    NoSegmentIndex(usize),
+    #[error(
+        "--segment-index {0} (or JOB_COMPLETION_INDEX) is set but the segment count is not: set --segments N \
+         (WSSCALE_LOAD_SEGMENTS) to the number of segments (a Kubernetes Indexed Job's completions)"
+    )]
+    NoSegmentCount(usize),
+    #[error("segment: {0}")]
+    Segment(String),
+    #[error("--start-at must be a UNIX time in seconds, such as 1767225600.5")]
+    StartAt,
 }
 
 impl TryFrom<LoadArgs> for LoadConfig {
@@ -252,16 +379,31 @@ impl TryFrom<LoadArgs> for LoadConfig {
         if args.max_per_process == Some(0) {
             return Err(ConfigError::Zero("max-per-process"));
         }
+        let segment = match (args.segment, args.segments, args.segment_index) {
+            (Some(segment), Some(count), _) if count != segment.count => {
+                return Err(ConfigError::SegmentCount(segment, count));
+            }
+            (Some(segment), _, _) => Some(segment),
+            (None, Some(count), Some(index)) => Some(Part::new(index, count).map_err(ConfigError::Segment)?),
+            (None, Some(count), None) => return Err(ConfigError::NoSegmentIndex(count)),
+            (None, None, Some(index)) => return Err(ConfigError::NoSegmentCount(index)),
+            (None, None, None) => None,
+        };
+        if let Some(start_at) = args.start_at
+            && !(start_at.is_finite() && start_at > 0.0)
+        {
+            return Err(ConfigError::StartAt);
+        }
         let source_ips = match args.source_ips {
             SourceIps::None => Vec::new(),
             SourceIps::List(ips) => ips,
-            SourceIps::Auto => auto_source_ips(target, args.connections),
+            SourceIps::Auto => auto_source_ips_of_segment(target, args.connections, segment),
         };
         if let Some(ip) = source_ips.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
             return Err(ConfigError::Family(*ip, target));
         }
         let optional = |duration: humantime::Duration| Some(Duration::from(duration)).filter(|d| !d.is_zero());
-        Ok(LoadConfig {
+        let mut config = LoadConfig {
             url,
             target,
             connections: args.connections,
@@ -278,9 +420,43 @@ impl TryFrom<LoadArgs> for LoadConfig {
             json: args.json,
             metrics_listen: args.metrics_listen,
             check_reachability: !args.no_reachability_check,
+            reconnect: args.reconnect,
+            segment,
+            start_at_unix: args.start_at,
+            run_id: String::new(),
             shard: args.internal_shard,
-        })
+        };
+        config.run_id = args.run_id.unwrap_or_else(|| derive_run_id(&config));
+        Ok(config)
     }
+}
+
+/// The run id every segment of a run derives alike: a hash (FNV-1a, 64 bits: stable
+/// across builds and machines, unlike std's hasher) of what they share — the URL, the
+/// connections and rate of the whole run, the segment count, --start-at, --hold, the
+/// per-connection schedule (--ping-interval, --message-interval, --message-size) and
+/// --reconnect. Per-process settings (--concurrency, --processes, --source-ips, the
+/// segment index) are left out.
+pub fn derive_run_id(config: &LoadConfig) -> String {
+    let nanos = |duration: Option<Duration>| duration.unwrap_or_default().as_nanos();
+    let shared = format!(
+        "url={} connections={} rate={} segments={} start_at={:?} hold_ns={} ping_ns={} message_ns={} message_bytes={} \
+         reconnect={}",
+        config.url,
+        config.connections,
+        config.rate,
+        config.segment.map_or(1, |segment| segment.count),
+        config.start_at_unix,
+        config.hold.as_nanos(),
+        nanos(config.ping_interval),
+        nanos(config.message_interval),
+        config.message_size,
+        config.reconnect,
+    );
+    let hash = shared.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Connections per source address that `auto` plans for: well inside one ephemeral port
@@ -301,10 +477,30 @@ pub fn auto_source_ips(target: SocketAddr, connections: usize) -> Vec<IpAddr> {
     }
 }
 
+/// `auto` for one segment of a run: the segments on one host must not share a source
+/// address (each would plan on the whole port range of it), so segment I of N takes the
+/// I-th block of K addresses after 127.0.1.1, where K is what the largest segment's share
+/// needs. Every segment computes the same K from the run's flags. A whole run is segment
+/// 0 of 1: the addresses of [`auto_source_ips`].
+pub fn auto_source_ips_of_segment(target: SocketAddr, connections: usize, segment: Option<Part>) -> Vec<IpAddr> {
+    let Some(segment) = segment else {
+        return auto_source_ips(target, connections);
+    };
+    let per_segment = auto_source_ips(target, connections.div_ceil(segment.count));
+    let skip = segment.index * per_segment.len();
+    per_segment
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(*ip) + skip as u32)),
+            IpAddr::V6(ip) => IpAddr::V6(*ip),
+        })
+        .collect()
+}
+
 impl LoadConfig {
     /// The argument list that makes a child process of this binary run shard `shard` of
     /// this configuration.
-    pub fn shard_args(&self, shard: ShardSpec) -> Vec<OsString> {
+    pub fn shard_args(&self, shard: Part) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut flag = |name: &str, value: String| {
             args.push(format!("--{name}").into());
@@ -325,40 +521,70 @@ impl LoadConfig {
             humantime::format_duration(self.connect_timeout).to_string(),
         );
         flag("processes", "1".into());
+        if let Some(segment) = self.segment {
+            flag("segment", segment.to_string());
+        }
+        if let Some(start_at) = self.start_at_unix {
+            flag("start-at", start_at.to_string());
+        }
+        flag("run-id", self.run_id.clone());
         flag("internal-shard", shard.to_string());
+        if self.reconnect {
+            args.push("--reconnect".into());
+        }
         args.push("--no-reachability-check".into());
         args
     }
 
-    /// This process's share of a sharded run: its connection count, and the global index
-    /// of its first connection (which picks its first source address).
-    pub fn share(&self) -> Share {
-        let Some(ShardSpec { index, count }) = self.shard else {
-            return Share {
-                connections: self.connections,
-                first_index: 0,
-                rate: self.rate,
-                concurrency: self.concurrency,
-            };
+    /// This segment's share of the run (the whole run without --segment).
+    pub fn segment_share(&self) -> Share {
+        let whole = Share {
+            connections: self.connections,
+            first_index: 0,
+            rate: self.rate,
+            concurrency: self.concurrency,
         };
-        let base = self.connections / count;
-        let extra = self.connections % count;
-        Share {
-            connections: base + usize::from(index < extra),
-            first_index: index * base + index.min(extra),
-            rate: self.rate / count as f64,
-            concurrency: self.concurrency.div_ceil(count),
-        }
+        self.segment.map_or(whole, |segment| whole.split(segment))
+    }
+
+    /// This process's share: its segment's, split again when it is one of the segment's
+    /// shards. The global index of its first connection picks its first source address.
+    pub fn share(&self) -> Share {
+        let segment = self.segment_share();
+        self.shard.map_or(segment, |shard| segment.split(shard))
     }
 }
 
-/// What one process opens.
+/// What one process (or one segment) opens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Share {
     pub connections: usize,
     pub first_index: usize,
     pub rate: f64,
     pub concurrency: usize,
+}
+
+impl Share {
+    /// Part `part` of this share. Connections split exactly (the first `connections % N`
+    /// parts take one more), in consecutive index ranges; the rate splits in proportion
+    /// to the connections, so the parts add up to the rate and every part's ramp lasts
+    /// as long as the whole one's; concurrency is divided, rounding up.
+    pub fn split(self, part: Part) -> Share {
+        let Part { index, count } = part;
+        let base = self.connections / count;
+        let extra = self.connections % count;
+        let connections = base + usize::from(index < extra);
+        Share {
+            connections,
+            first_index: self.first_index + index * base + index.min(extra),
+            rate: if self.connections == 0 {
+                self.rate
+            } else {
+                self.rate * connections as f64 / self.connections as f64
+            },
+            concurrency: self.concurrency.div_ceil(count),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,7 +632,7 @@ mod tests {
         let shares: Vec<Share> = (0..4)
             .map(|index| {
                 LoadConfig {
-                    shard: Some(ShardSpec { index, count: 4 }),
+                    shard: Some(Part { index, count: 4 }),
                     ..config.clone()
                 }
                 .share()
@@ -415,10 +641,10 @@ mod tests {
         assert_eq!(shares.iter().map(|s| s.connections).sum::<usize>(), 2003);
         assert_eq!(shares[1].first_index, shares[0].connections);
         assert_eq!(shares[3].first_index + shares[3].connections, 2003);
-        assert_eq!(shares[0].rate, 250.0);
+        assert!((shares.iter().map(|s| s.rate).sum::<f64>() - 1000.0).abs() < 1e-9);
         // A shard's arguments parse back into the same configuration.
         let args: Vec<String> = config
-            .shard_args(ShardSpec { index: 1, count: 4 })
+            .shard_args(Part { index: 1, count: 4 })
             .into_iter()
             .map(|arg| arg.into_string().unwrap())
             .collect();
@@ -427,6 +653,122 @@ mod tests {
         assert_eq!(child.connections, 2003);
         assert_eq!(child.source_ips, config.source_ips);
         assert_eq!(child.ping_interval, config.ping_interval);
-        assert_eq!(child.shard, Some(ShardSpec { index: 1, count: 4 }));
+        assert_eq!(child.run_id, config.run_id);
+        assert_eq!(child.shard, Some(Part { index: 1, count: 4 }));
+    }
+
+    /// Every connection index of the run belongs to exactly one (segment, shard), the
+    /// rates add up to --rate, and every part's ramp lasts as long as the whole run's.
+    #[test]
+    fn segments_and_their_shards_split_the_run_exactly() {
+        for connections in [1, 2, 5, 999, 1000, 2003, 19_000, 100_001] {
+            for segments in 1..=7 {
+                for shards in [1, 2, 3] {
+                    let config = parse(&["--connections", &connections.to_string(), "--rate", "3000"]).unwrap();
+                    let mut next_index = 0;
+                    let mut rate = 0.0;
+                    for segment in 0..segments {
+                        for shard in 0..shards {
+                            let share = LoadConfig {
+                                segment: Some(Part::new(segment, segments).unwrap()),
+                                shard: Some(Part::new(shard, shards).unwrap()),
+                                ..config.clone()
+                            }
+                            .share();
+                            assert_eq!(share.first_index, next_index, "{connections} over {segments}x{shards}");
+                            next_index += share.connections;
+                            rate += share.rate;
+                            if share.connections > 0 {
+                                let ramp = share.connections as f64 / share.rate;
+                                assert!((ramp - connections as f64 / 3000.0).abs() < 1e-9);
+                            }
+                        }
+                    }
+                    assert_eq!(next_index, connections, "{connections} over {segments}x{shards}");
+                    assert!((rate - 3000.0).abs() < 1e-6, "{rate}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_takes_its_share_and_its_own_source_addresses() {
+        let segment = |index: usize| parse(&["--connections", "30000", "--segment", &format!("{index}/3")]).unwrap();
+        let segments: Vec<LoadConfig> = (0..3).map(segment).collect();
+        assert_eq!(segments[1].segment_share().connections, 10_000);
+        assert_eq!(segments[1].segment_share().first_index, 10_000);
+        // 10,000 each: one address per segment, not the same one.
+        let sources: Vec<&Vec<IpAddr>> = segments.iter().map(|config| &config.source_ips).collect();
+        assert_eq!(sources[0], &["127.0.1.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(sources[1], &["127.0.1.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(sources[2], &["127.0.1.3".parse::<IpAddr>().unwrap()]);
+        // Larger segments take blocks of addresses that do not overlap.
+        let big: Vec<Vec<IpAddr>> = (0..4)
+            .map(|index| {
+                parse(&["--connections", "100000", "--segment", &format!("{index}/4")])
+                    .unwrap()
+                    .source_ips
+            })
+            .collect();
+        let all: std::collections::BTreeSet<IpAddr> = big.iter().flatten().copied().collect();
+        assert!(big.iter().all(|ips| ips.len() == 3), "{big:?}");
+        assert_eq!(all.len(), 12, "{big:?}");
+        // A whole run keeps today's addresses.
+        assert_eq!(parse(&["--connections", "25000"]).unwrap().source_ips, big[0]);
+    }
+
+    #[test]
+    fn an_indexed_job_names_its_segment_with_index_and_count() {
+        let config = parse(&["--connections", "1000", "--segments", "3", "--segment-index", "1"]).unwrap();
+        assert_eq!(config.segment, Some(Part { index: 1, count: 3 }));
+        assert_eq!(config.segment_share().connections, 333);
+        // --segment wins over the index, as long as the counts agree.
+        let config = parse(&["--segment", "2/3", "--segments", "3", "--segment-index", "0"]).unwrap();
+        assert_eq!(config.segment, Some(Part { index: 2, count: 3 }));
+        let err = parse(&["--segment", "2/3", "--segments", "4"]).unwrap_err();
+        assert!(err.contains("disagree"), "{err}");
+        let err = parse(&["--segments", "3"]).unwrap_err();
+        assert!(err.contains("JOB_COMPLETION_INDEX"), "{err}");
+        let err = parse(&["--segment-index", "2"]).unwrap_err();
+        assert!(err.contains("WSSCALE_LOAD_SEGMENTS"), "{err}");
+        let err = parse(&["--segments", "3", "--segment-index", "3"]).unwrap_err();
+        assert!(err.contains("below the count"), "{err}");
+        let err = parse(&["--segment", "3/3"]).unwrap_err();
+        assert!(err.contains("below the count"), "{err}");
+        assert!(parse(&["--segment", "1"]).unwrap_err().contains("I/N"));
+        assert!(parse(&["--start-at=-5"]).unwrap_err().contains("--start-at"));
+    }
+
+    #[test]
+    fn segments_of_one_run_derive_one_run_id() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["--connections", "900", "--hold", "30s"];
+            args.extend_from_slice(extra);
+            parse(&args).unwrap().run_id
+        };
+        let id = run(&["--segment", "0/3", "--start-at", "1767225600"]);
+        assert_eq!(id.len(), 16, "{id}");
+        // Per-process settings do not change it.
+        assert_eq!(
+            run(&[
+                "--segment",
+                "2/3",
+                "--start-at",
+                "1767225600",
+                "--concurrency",
+                "7",
+                "--processes",
+                "2"
+            ]),
+            id
+        );
+        // What the run is does.
+        assert_ne!(run(&["--segment", "0/3", "--start-at", "1767225601"]), id);
+        assert_ne!(run(&["--segment", "0/4", "--start-at", "1767225600"]), id);
+        assert_ne!(
+            run(&["--segment", "0/3", "--start-at", "1767225600", "--reconnect"]),
+            id
+        );
+        assert_eq!(run(&["--segment", "0/3", "--run-id", "nightly-42"]), "nightly-42");
     }
 }

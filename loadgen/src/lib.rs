@@ -6,10 +6,14 @@
 //! - [`preflight`]: the fd limit, the port space and the target, checked before the
 //!   first connection; a run that cannot succeed is refused with the fix.
 //! - [`client`]: one connection (connect from a source address with
-//!   IP_BIND_ADDRESS_NO_PORT, upgrade, hold with scheduled pings, close 1000).
+//!   IP_BIND_ADDRESS_NO_PORT, upgrade, hold with scheduled pings, close 1000; reconnect
+//!   after a loss with `--reconnect`).
+//! - [`reconnect`]: the backoff policy of reconnections; [`push`]: the server pushes'
+//!   format, delivery latency and sequence gaps.
 //! - [`pool`]: a set of held connections in this process, grown by ramps.
 //! - [`stats`]: counters and HDR histograms, and the [`stats::Event`]s a shard reports.
-//! - [`report`]: merges shards' events into one [`Summary`] (table and JSON).
+//! - [`report`]: merges shards' events into one [`Summary`] (table and JSON), and
+//!   segments' summaries into one (`wsscale load merge`).
 //! - [`progress`], [`metrics`]: the live view, on a terminal and for Prometheus.
 //!
 //! Its own RSS and heap, and its fd limit, come from `wsscale-host`, as the server's do.
@@ -17,7 +21,10 @@
 //! A run with more connections than one process can hold is sharded: the parent starts
 //! children of its own binary (see [`Reexec`]), each runs one share and writes its events
 //! as JSON lines on stdout, and the parent merges them exactly as it merges the events
-//! of an in-process run.
+//! of an in-process run. A run bigger than one machine (or pod) is split into segments
+//! (`--segment I/N`): independent generators, each sharded as it needs, started together
+//! with `--start-at`, whose JSON summaries carry their HDR histograms so that
+//! `wsscale load merge` adds them up exactly.
 
 pub mod client;
 pub mod config;
@@ -25,6 +32,8 @@ pub mod metrics;
 pub mod pool;
 pub mod preflight;
 pub mod progress;
+pub mod push;
+pub mod reconnect;
 pub mod report;
 pub mod stats;
 
@@ -45,6 +54,7 @@ pub use config::{LoadArgs, LoadConfig};
 pub use report::Summary;
 
 use crate::client::ClientSettings;
+use crate::config::{LoadCommand, MergeArgs, Part};
 use crate::pool::Pool;
 use crate::report::{Aggregator, RunInfo};
 use crate::stats::{Done, Event, Stats};
@@ -62,9 +72,13 @@ pub struct Reexec {
     pub args: Vec<OsString>,
 }
 
-/// Runs `wsscale load`: a shard's part when started as a child, the whole run otherwise.
-/// Returns the summary (None for a child, whose output is its event stream).
-pub fn run(args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
+/// Runs `wsscale load`: a shard's part when started as a child, the whole run (or
+/// segment) otherwise, or `wsscale load merge`. Returns the summary (None for a child,
+/// whose output is its event stream).
+pub fn run(mut args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
+    if let Some(LoadCommand::Merge(merge_args)) = args.command.take() {
+        return merge(&merge_args).map(Some);
+    }
     let config = LoadConfig::try_from(args)?;
     let fd_limit = fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -79,10 +93,38 @@ pub fn run(args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     print!("{}", summary.table());
     if let Some(path) = &config.json {
-        let json = serde_json::to_string_pretty(&summary)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        write_json(&summary, path)?;
     }
     Ok(Some(summary))
+}
+
+/// `wsscale load merge FILES... [--json OUT]`.
+fn merge(args: &MergeArgs) -> anyhow::Result<Summary> {
+    let mut parts = Vec::new();
+    for path in &args.files {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let summary: Summary = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a `wsscale load --json` summary of this version (with run_id and histograms)",
+                path.display()
+            )
+        })?;
+        parts.push((path.display().to_string(), summary));
+    }
+    let (summary, warnings) = Summary::merge(&parts)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", summary.table());
+    if let Some(path) = &args.json {
+        write_json(&summary, path)?;
+    }
+    Ok(summary)
+}
+
+fn write_json(summary: &Summary, path: &std::path::Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(summary)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 /// A child shard: run this process's share, events as JSON lines on stdout.
@@ -103,8 +145,22 @@ async fn run_child(config: LoadConfig) -> anyhow::Result<()> {
 async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> anyhow::Result<Summary> {
     let metrics = config.metrics_listen.map(metrics::LoadMetrics::install).transpose()?;
     let stop = stop_on_signal();
+    let segment_share = config.segment_share();
+    if let Some(segment) = config.segment {
+        eprintln!(
+            "segment {segment} of run {}: {} of {} connections at {:.1}/s, from index {}",
+            config.run_id, segment_share.connections, config.connections, segment_share.rate, segment_share.first_index
+        );
+    }
+    if let Some(start_at) = config.start_at_unix {
+        let wait = start_at - unix_now_secs();
+        if wait >= 0.0 {
+            eprintln!("waiting {wait:.1}s for --start-at {start_at}");
+        } else {
+            eprintln!("--start-at {start_at} passed {:.1}s ago: starting now", -wait);
+        }
+    }
     let (events_tx, mut events) = unbounded_channel::<(usize, Event)>();
-    let mut children = Vec::new();
     if processes == 1 {
         let (shard_tx, mut shard_events) = unbounded_channel();
         let config = config.clone();
@@ -120,7 +176,7 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
         });
     } else {
         for index in 0..processes {
-            let shard = config::ShardSpec {
+            let shard = Part {
                 index,
                 count: processes,
             };
@@ -133,54 +189,61 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting shard {shard} ({})", reexec.program.display()))?;
-            children.push(child.id());
-            tokio::spawn(read_child(index, child, events_tx.clone()));
+            tokio::spawn(read_child(index, child, events_tx.clone(), stop.clone()));
         }
     }
     drop(events_tx);
 
     let mut aggregator = Aggregator::new(processes, metrics);
-    let mut display = progress::Display::new(config.connections as u64, false);
-    let mut forwarded_stop = false;
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some((shard, event)) => {
-                    aggregator.apply(shard, event);
-                    let totals = aggregator.totals();
-                    let phase = if totals.opened + totals.failed < config.connections as u64 { "ramping" } else { "holding" };
-                    display.update(phase, &totals);
-                    if aggregator.all_done() {
-                        break;
-                    }
-                }
-                None => break,
-            },
-            _ = stop.cancelled(), if !forwarded_stop => {
-                forwarded_stop = true;
-                for pid in children.iter().flatten() {
-                    // SAFETY: kill(2) on a child we started; at worst it has exited.
-                    unsafe { libc::kill(*pid as i32, libc::SIGINT) };
-                }
-            }
+    let mut display = progress::Display::new(segment_share.connections as u64, false);
+    while let Some((shard, event)) = events.recv().await {
+        aggregator.apply(shard, event);
+        let totals = aggregator.totals();
+        let phase = if totals.opened + totals.failed < segment_share.connections as u64 {
+            "ramping"
+        } else {
+            "holding"
+        };
+        display.update(phase, &totals);
+        if aggregator.all_done() {
+            break;
         }
     }
     display.finish();
     Ok(aggregator.summary(RunInfo {
+        run_id: config.run_id.clone(),
+        segment: config.segment,
         target: config.url.to_string(),
-        connections: config.connections,
+        connections: segment_share.connections,
         source_ips: config.source_ips.len(),
         hold_secs: config.hold.as_secs_f64(),
     }))
 }
 
-/// Forwards a child's JSON lines; a child that ends without its `done` event is reported
+/// Forwards a child's JSON lines and, on `stop`, a SIGINT to the child (which then closes
+/// its connections and reports); a child that ends without its `done` event is reported
 /// as an interrupted shard.
-async fn read_child(index: usize, mut child: tokio::process::Child, events: UnboundedSender<(usize, Event)>) {
+async fn read_child(
+    index: usize,
+    mut child: tokio::process::Child,
+    events: UnboundedSender<(usize, Event)>,
+    stop: CancellationToken,
+) {
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut done = false;
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut forwarded_stop = false;
+    loop {
+        let line = tokio::select! {
+            // Cancel-safe: an interrupted next_line keeps what it read for the next call.
+            line = lines.next_line() => line,
+            () = stop.cancelled(), if !forwarded_stop => {
+                forwarded_stop = true;
+                signal_unless_reaped(&child, libc::SIGINT);
+                continue;
+            }
+        };
+        let Ok(Some(line)) = line else { break };
         match serde_json::from_str::<Event>(&line) {
             Ok(event) => {
                 done |= matches!(event, Event::Done(_));
@@ -202,13 +265,25 @@ async fn read_child(index: usize, mut child: tokio::process::Child, events: Unbo
     }
 }
 
+/// Sends `signal` to a child that has not been reaped. Only this task waits on the child,
+/// and it is not waiting now, so the pid cannot have been reaped and reused by another
+/// process between the check and kill(2) (a pid stored at spawn could have been: a
+/// child that exits early is reaped by `wait` while the parent still holds its pid).
+fn signal_unless_reaped(child: &tokio::process::Child, signal: libc::c_int) {
+    // `id()` is None once the child's exit status has been collected.
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child, not yet reaped (a zombie at worst).
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+}
+
 /// One process's share: ramp, hold, close; events throughout.
 async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: CancellationToken) {
     let share = config.share();
     let stats = Arc::new(Stats::default());
     let rss_before_bytes = proc::self_rss_bytes().unwrap_or(0);
     let heap_before_bytes = alloc::allocated_bytes() as u64;
-    let settings = ClientSettings::new(
+    let mut settings = ClientSettings::new(
         config.url.clone(),
         config.target,
         config.connect_timeout,
@@ -216,6 +291,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
         config.message_interval,
         config.message_size,
     );
+    settings.reconnect = config.reconnect;
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     let reporter = tokio::spawn({
         let stats = stats.clone();
@@ -230,6 +306,14 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
             }
         }
     });
+    if let Some(start_at) = config.start_at_unix {
+        let wait = Duration::from_secs_f64((start_at - unix_now_secs()).max(0.0));
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    let ramp_start_unix = unix_now_secs();
     let ramp = pool.open(share.connections, share.rate, share.concurrency, &stop).await;
     let rss_held_bytes = proc::self_rss_bytes().unwrap_or(0);
     let heap_held_bytes = alloc::allocated_bytes() as u64;
@@ -244,6 +328,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     reporter.abort();
     let _ = events.send(Event::Progress(stats.progress()));
     let _ = events.send(Event::Done(Done {
+        ramp_start_unix,
         ramp_secs: ramp.duration.as_secs_f64(),
         rss_before_bytes,
         rss_held_bytes,
@@ -252,6 +337,13 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
         held,
         interrupted: stop.is_cancelled(),
     }));
+}
+
+/// CLOCK_REALTIME now, in UNIX seconds.
+fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM.

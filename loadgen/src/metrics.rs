@@ -15,9 +15,20 @@ pub const CONNECTIONS_LOST: &str = "wsscale_loadgen_connections_lost_total";
 pub const CONNECT_DURATION: &str = "wsscale_loadgen_connect_duration_seconds";
 pub const UPGRADE_DURATION: &str = "wsscale_loadgen_upgrade_duration_seconds";
 pub const PING_RTT: &str = "wsscale_loadgen_ping_rtt_seconds";
+pub const RECONNECTS: &str = "wsscale_loadgen_reconnects_total";
+pub const RECONNECT_FAILURES: &str = "wsscale_loadgen_reconnect_failures_total";
+pub const RECONNECT_DURATION: &str = "wsscale_loadgen_reconnect_seconds";
+pub const PUSH_DELIVERY: &str = "wsscale_loadgen_push_delivery_seconds";
+pub const PUSHES_MISSED: &str = "wsscale_loadgen_pushes_missed_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A reconnection takes from a few milliseconds (the backoff's first draw) to the length
+/// of a server's restart plus the 5 s backoff cap, or a Retry-After.
+const RECONNECT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 ];
 
 pub struct LoadMetrics {
@@ -25,15 +36,18 @@ pub struct LoadMetrics {
     connect: Histogram,
     upgrade: Histogram,
     ping_rtt: Histogram,
+    reconnect: Histogram,
+    push_delivery: Histogram,
 }
 
 impl LoadMetrics {
     /// Starts the HTTP listener (on the current Tokio runtime) and describes every metric.
     pub fn install(addr: SocketAddr) -> anyhow::Result<Self> {
         let mut builder = PrometheusBuilder::new().with_http_listener(addr);
-        for name in [CONNECT_DURATION, UPGRADE_DURATION, PING_RTT] {
+        for name in [CONNECT_DURATION, UPGRADE_DURATION, PING_RTT, PUSH_DELIVERY] {
             builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)?;
         }
+        builder = builder.set_buckets_for_metric(Matcher::Full(RECONNECT_DURATION.to_owned()), RECONNECT_BUCKETS)?;
         builder.install()?;
         metrics::describe_gauge!(
             CONNECTIONS_OPEN,
@@ -66,11 +80,34 @@ impl LoadMetrics {
             Unit::Seconds,
             "Ping round trip, measured from the scheduled send time."
         );
+        metrics::describe_counter!(RECONNECTS, Unit::Count, "Lost connections opened again (--reconnect).");
+        metrics::describe_counter!(
+            RECONNECT_FAILURES,
+            Unit::Count,
+            "Failed reconnection attempts, by reason (refused, http_503, ...)."
+        );
+        metrics::describe_histogram!(
+            RECONNECT_DURATION,
+            Unit::Seconds,
+            "From a connection's loss to its reconnection (--reconnect)."
+        );
+        metrics::describe_histogram!(
+            PUSH_DELIVERY,
+            Unit::Seconds,
+            "Server push delivery: receipt time minus the send time the push carries (CLOCK_REALTIME)."
+        );
+        metrics::describe_counter!(
+            PUSHES_MISSED,
+            Unit::Count,
+            "Server pushes missed: sequence gaps per connection, summed."
+        );
         let metrics = LoadMetrics {
             open: metrics::gauge!(CONNECTIONS_OPEN),
             connect: metrics::histogram!(CONNECT_DURATION),
             upgrade: metrics::histogram!(UPGRADE_DURATION),
             ping_rtt: metrics::histogram!(PING_RTT),
+            reconnect: metrics::histogram!(RECONNECT_DURATION),
+            push_delivery: metrics::histogram!(PUSH_DELIVERY),
         };
         // The commonest causes are present from the first scrape; others appear when seen.
         for reason in ["refused", "timeout", "reset", "http_503"] {
@@ -78,6 +115,9 @@ impl LoadMetrics {
         }
         for reason in ["close_1001", "reset", "eof"] {
             metrics::counter!(CONNECTIONS_LOST, "reason" => reason).absolute(0);
+        }
+        for reason in ["refused", "http_503"] {
+            metrics::counter!(RECONNECT_FAILURES, "reason" => reason).absolute(0);
         }
         metrics.update(&Progress::default());
         Ok(metrics)
@@ -93,6 +133,11 @@ impl LoadMetrics {
         for (reason, count) in &totals.lost_by_cause {
             metrics::counter!(CONNECTIONS_LOST, "reason" => reason.clone()).absolute(*count);
         }
+        metrics::counter!(RECONNECTS).absolute(totals.reconnected);
+        for (reason, count) in &totals.reconnect_failures {
+            metrics::counter!(RECONNECT_FAILURES, "reason" => reason.clone()).absolute(*count);
+        }
+        metrics::counter!(PUSHES_MISSED).absolute(totals.push_missed);
     }
 
     /// Feeds new samples (microseconds) into the Prometheus histograms.
@@ -101,6 +146,8 @@ impl LoadMetrics {
             (&self.connect, &recent.connect_us),
             (&self.upgrade, &recent.upgrade_us),
             (&self.ping_rtt, &recent.ping_rtt_us),
+            (&self.reconnect, &recent.reconnect_us),
+            (&self.push_delivery, &recent.push_delivery_us),
         ] {
             for value in samples.iter_recorded() {
                 let seconds = value.value_iterated_to() as f64 / 1e6;

@@ -27,14 +27,16 @@ pub fn check(config: &LoadConfig, fd_soft: u64, fd_hard: u64) -> Result<Plan, Re
     let mut report = String::new();
     let mut problems = String::new();
 
+    // A segment plans for its own share only.
+    let connections = config.segment_share().connections;
     let fd_cap = (fd_soft as usize).saturating_sub(FD_RESERVE);
     let per_process_cap = config.max_per_process.map_or(fd_cap, |cap| cap.min(fd_cap)).max(1);
-    let needed = config.connections.div_ceil(per_process_cap);
+    let needed = connections.div_ceil(per_process_cap).max(1);
     let processes = match config.processes {
         Processes::Auto => needed,
         Processes::Exactly(count) => count,
     };
-    let per_process = config.connections.div_ceil(processes);
+    let per_process = connections.div_ceil(processes);
     let _ = writeln!(
         report,
         "  file descriptors: RLIMIT_NOFILE {fd_soft} (hard {fd_hard}) -> at most {per_process_cap} connections per \
@@ -46,7 +48,7 @@ pub fn check(config: &LoadConfig, fd_soft: u64, fd_hard: u64) -> Result<Plan, Re
             "  {} connections over {processes} process(es) need {per_process} descriptors each, but one process may \
              hold {per_process_cap} (RLIMIT_NOFILE {fd_soft}, hard {fd_hard}). Fix: --processes auto (shards into \
              {needed} processes) or --processes {needed}; or raise the hard limit as root (ulimit -Hn).",
-            config.connections
+            connections
         );
     }
 
@@ -60,14 +62,14 @@ pub fn check(config: &LoadConfig, fd_soft: u64, fd_hard: u64) -> Result<Plan, Re
         config.target,
         ports * sources
     );
-    if config.connections > ports * sources {
+    if connections > ports * sources {
         let _ = writeln!(
             problems,
             "  {} connections need more than {ports} ports x {sources} source address(es). Fix: --source-ips auto (a \
              loopback target) or a range of at least {} addresses, e.g. --source-ips 127.0.1.1-127.0.1.{}",
-            config.connections,
-            config.connections.div_ceil(ports),
-            config.connections.div_ceil(ports).min(254)
+            connections,
+            connections.div_ceil(ports),
+            connections.div_ceil(ports).min(254)
         );
     }
 

@@ -43,10 +43,14 @@ impl Display {
     }
 
     pub fn update(&mut self, phase: &str, totals: &Progress) {
-        let detail = format!(
+        let mut detail = format!(
             "{phase}: open {} failed {} lost {}",
             totals.open_now, totals.failed, totals.lost
         );
+        if totals.reconnected > 0 || !totals.reconnect_failures.is_empty() {
+            let failed: u64 = totals.reconnect_failures.values().sum();
+            detail += &format!(" reconnected {} (attempts failed {failed})", totals.reconnected);
+        }
         match self {
             Display::Bar(bar) => {
                 bar.set_position(totals.opened);

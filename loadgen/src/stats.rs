@@ -26,15 +26,26 @@ pub fn record(histogram: &mut Histogram<u64>, duration: Duration) {
     let _ = histogram.record(micros);
 }
 
-/// The three latency distributions of a run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The latency distributions of a run, in microseconds. Serialised (in shard events and
+/// in the summary's `histograms`) as base64 of HdrHistogram's compressed V2 format
+/// (`V2DeflateSerializer`), which other HdrHistogram implementations read too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histograms {
+    /// TCP connect of the ramp's connections.
     #[serde(with = "histogram_base64")]
     pub connect_us: Histogram<u64>,
+    /// WebSocket upgrade of the ramp's connections, after the connect.
     #[serde(with = "histogram_base64")]
     pub upgrade_us: Histogram<u64>,
+    /// Ping round trips from the scheduled send time.
     #[serde(with = "histogram_base64")]
     pub ping_rtt_us: Histogram<u64>,
+    /// `--reconnect`: from a connection's loss to its reconnection's upgrade.
+    #[serde(with = "histogram_base64")]
+    pub reconnect_us: Histogram<u64>,
+    /// Server pushes: receipt minus the send time they carry (see [`crate::push`]).
+    #[serde(with = "histogram_base64")]
+    pub push_delivery_us: Histogram<u64>,
 }
 
 impl Default for Histograms {
@@ -43,16 +54,40 @@ impl Default for Histograms {
             connect_us: new_histogram(),
             upgrade_us: new_histogram(),
             ping_rtt_us: new_histogram(),
+            reconnect_us: new_histogram(),
+            push_delivery_us: new_histogram(),
         }
     }
 }
 
 impl Histograms {
+    /// Adds `other`'s samples: bucket counts add exactly, so percentiles of the sum are
+    /// those of one histogram that recorded every sample.
     pub fn add(&mut self, other: &Histograms) {
-        // Same bounds on both sides, so adding cannot fail.
-        let _ = self.connect_us.add(&other.connect_us);
-        let _ = self.upgrade_us.add(&other.upgrade_us);
-        let _ = self.ping_rtt_us.add(&other.ping_rtt_us);
+        for (mine, theirs) in self.each_mut().into_iter().zip(other.each()) {
+            // Same precision on both sides and auto-resize, so adding cannot fail.
+            let _ = mine.add(theirs);
+        }
+    }
+
+    fn each(&self) -> [&Histogram<u64>; 5] {
+        [
+            &self.connect_us,
+            &self.upgrade_us,
+            &self.ping_rtt_us,
+            &self.reconnect_us,
+            &self.push_delivery_us,
+        ]
+    }
+
+    fn each_mut(&mut self) -> [&mut Histogram<u64>; 5] {
+        [
+            &mut self.connect_us,
+            &mut self.upgrade_us,
+            &mut self.ping_rtt_us,
+            &mut self.reconnect_us,
+            &mut self.push_delivery_us,
+        ]
     }
 }
 
@@ -65,8 +100,15 @@ pub struct Stats {
     pub lost: AtomicU64,
     pub closed_cleanly: AtomicU64,
     pub messages_echoed: AtomicU64,
+    /// Lost connections brought back by `--reconnect`.
+    pub reconnected: AtomicU64,
+    /// Server pushes missed: sequence gaps, summed over connections.
+    pub push_missed: AtomicU64,
+    /// Pushes whose send time was later than their receipt (recorded as 0).
+    pub push_negative_latency: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     lost_by_cause: Mutex<BTreeMap<String, u64>>,
+    reconnect_failures: Mutex<BTreeMap<String, u64>>,
     /// Samples since the last [`Stats::progress`]; taken (and reset) by it.
     recent: Mutex<Histograms>,
 }
@@ -104,6 +146,30 @@ impl Stats {
         record(&mut lock(&self.recent).ping_rtt_us, rtt);
     }
 
+    /// A lost connection is open again, `downtime` after its loss.
+    pub fn record_reconnect(&self, downtime: Duration) {
+        self.open_now.fetch_add(1, Ordering::Relaxed);
+        self.reconnected.fetch_add(1, Ordering::Relaxed);
+        record(&mut lock(&self.recent).reconnect_us, downtime);
+    }
+
+    /// A reconnection attempt failed.
+    pub fn record_reconnect_failure(&self, cause: String) {
+        *lock(&self.reconnect_failures).entry(cause).or_default() += 1;
+    }
+
+    /// A server push arrived: its delivery latency (None when its send time is later than
+    /// its receipt, recorded as 0) and the pushes missed before it on its connection.
+    pub fn record_push(&self, delivery: Option<Duration>, missed: u64) {
+        if delivery.is_none() {
+            self.push_negative_latency.fetch_add(1, Ordering::Relaxed);
+        }
+        if missed > 0 {
+            self.push_missed.fetch_add(missed, Ordering::Relaxed);
+        }
+        record(&mut lock(&self.recent).push_delivery_us, delivery.unwrap_or_default());
+    }
+
     /// The counters so far and the samples since the previous call.
     pub fn progress(&self) -> Progress {
         let recent = std::mem::take(&mut *lock(&self.recent));
@@ -114,8 +180,12 @@ impl Stats {
             lost: self.lost.load(Ordering::Relaxed),
             closed_cleanly: self.closed_cleanly.load(Ordering::Relaxed),
             messages_echoed: self.messages_echoed.load(Ordering::Relaxed),
+            reconnected: self.reconnected.load(Ordering::Relaxed),
+            push_missed: self.push_missed.load(Ordering::Relaxed),
+            push_negative_latency: self.push_negative_latency.load(Ordering::Relaxed),
             failures: lock(&self.failures).clone(),
             lost_by_cause: lock(&self.lost_by_cause).clone(),
+            reconnect_failures: lock(&self.reconnect_failures).clone(),
             recent,
         }
     }
@@ -134,15 +204,60 @@ pub struct Progress {
     pub lost: u64,
     pub closed_cleanly: u64,
     pub messages_echoed: u64,
+    pub reconnected: u64,
+    pub push_missed: u64,
+    pub push_negative_latency: u64,
     pub failures: BTreeMap<String, u64>,
     pub lost_by_cause: BTreeMap<String, u64>,
+    pub reconnect_failures: BTreeMap<String, u64>,
     pub recent: Histograms,
+}
+
+impl Progress {
+    /// Adds another shard's (or segment's) counters; `recent` is left alone.
+    pub fn add(&mut self, other: &Progress) {
+        let Progress {
+            opened,
+            open_now,
+            failed,
+            lost,
+            closed_cleanly,
+            messages_echoed,
+            reconnected,
+            push_missed,
+            push_negative_latency,
+            failures,
+            lost_by_cause,
+            reconnect_failures,
+            recent: _,
+        } = other;
+        self.opened += opened;
+        self.open_now += open_now;
+        self.failed += failed;
+        self.lost += lost;
+        self.closed_cleanly += closed_cleanly;
+        self.messages_echoed += messages_echoed;
+        self.reconnected += reconnected;
+        self.push_missed += push_missed;
+        self.push_negative_latency += push_negative_latency;
+        for (mine, theirs) in [
+            (&mut self.failures, failures),
+            (&mut self.lost_by_cause, lost_by_cause),
+            (&mut self.reconnect_failures, reconnect_failures),
+        ] {
+            for (cause, count) in theirs {
+                *mine.entry(cause.clone()).or_default() += count;
+            }
+        }
+    }
 }
 
 /// The end of a shard's run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Done {
-    /// From the first connect to the last connection opened.
+    /// When the first connection was attempted, UNIX seconds (0: the shard never said).
+    pub ramp_start_unix: f64,
+    /// From the first attempt to the last attempt finishing.
     pub ramp_secs: f64,
     /// This process's RSS before the first connection and with every connection held.
     pub rss_before_bytes: u64,
@@ -235,6 +350,10 @@ mod tests {
         stats.record_open(Duration::from_micros(150), Duration::from_micros(420));
         stats.record_failure("http_503".into());
         stats.record_ping_rtt(Duration::from_millis(2));
+        stats.record_push(Some(Duration::from_micros(830)), 2);
+        stats.record_push(None, 0);
+        stats.record_reconnect(Duration::from_millis(1500));
+        stats.record_reconnect_failure("refused".into());
         let line = serde_json::to_string(&Event::Progress(stats.progress())).unwrap();
         assert!(!line.contains('\n'));
         let Event::Progress(progress) = serde_json::from_str(&line).unwrap() else {
@@ -249,6 +368,23 @@ mod tests {
                 .upgrade_us
                 .equivalent(420, progress.recent.upgrade_us.max())
         );
+        // Pushes and reconnections travel like the rest, so sharded runs merge them.
+        assert_eq!(progress.recent.push_delivery_us.len(), 2);
+        assert!(
+            progress
+                .recent
+                .push_delivery_us
+                .equivalent(830, progress.recent.push_delivery_us.max())
+        );
+        assert_eq!(
+            progress.recent.push_delivery_us.min(),
+            1,
+            "a negative latency is recorded at the floor"
+        );
+        assert_eq!((progress.push_missed, progress.push_negative_latency), (2, 1));
+        assert_eq!(progress.recent.reconnect_us.len(), 1);
+        assert_eq!(progress.reconnected, 1);
+        assert_eq!(progress.reconnect_failures["refused"], 1);
         // Samples are handed over once.
         assert_eq!(stats.progress().recent.connect_us.len(), 0);
     }

