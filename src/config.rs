@@ -521,7 +521,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             thread_stack_size: Setting::resolve(thread_stack_size, defaults.thread_stack_size),
         };
         let push_size = args.push_size.as_u64();
-        if push_size < crate::push::HEADER_LEN as u64 || push_size > buffers.max_message_size.value as u64 {
+        if push_size < wsscale_wire::push::HEADER_LEN as u64 || push_size > buffers.max_message_size.value as u64 {
             return Err(ConfigError::PushSize {
                 size: push_size,
                 max: buffers.max_message_size.value,

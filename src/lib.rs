@@ -26,6 +26,7 @@
 //!
 //! Other crates of the workspace: `wsscale_host` (`host/`) reads the machine (/proc, the
 //! fd limit, the counting allocator, signals) for the server and the generator alike;
+//! `wsscale_wire` (`wire/`) defines the server push's payload both of them speak;
 //! `wsscale_loadgen` (`loadgen/`) is the load generator behind `wsscale load`, which
 //! `compare` also drives.
 
@@ -38,6 +39,5 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
-pub mod push;
 pub mod server;
 pub mod session;

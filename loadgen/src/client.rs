@@ -24,9 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::push;
 use crate::reconnect::{self, Hint};
 use crate::stats::{Stats, io_cause, ws_cause};
+use wsscale_wire::push;
 
 /// How long a closing connection waits for the server's close reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -32,7 +32,6 @@ pub mod metrics;
 pub mod pool;
 pub mod preflight;
 pub mod progress;
-pub mod push;
 pub mod reconnect;
 pub mod report;
 pub mod stats;

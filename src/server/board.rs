@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::ServerMetrics;
 use crate::protocol::{self, opcode};
-use crate::push;
+use wsscale_wire::push::{self, Push as PushHeader};
 
 /// Pushes kept for connections that have not taken them yet. A connection further
 /// behind than this (a peer that does not read) misses the older ones: its client sees
@@ -147,7 +147,13 @@ impl Board {
             protocol::encode(
                 &mut frame,
                 opcode::BINARY,
-                &push::payload(seq, push::unix_nanos_now(), size),
+                &push::encode(
+                    PushHeader {
+                        seq,
+                        sent_unix_nanos: push::now_unix_nanos(),
+                    },
+                    size,
+                ),
             );
             let push = Arc::new(Push {
                 seq,

@@ -153,12 +153,12 @@ impl Shared {
             ));
         }
         let max = self.config.buffers.max_message_size.value;
-        if size < crate::push::HEADER_LEN || size > max {
+        if size < wsscale_wire::push::HEADER_LEN || size > max {
             return Err(Refused(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "size {size}: a push is {} to {max} bytes (--max-message-size)",
-                    crate::push::HEADER_LEN
+                    wsscale_wire::push::HEADER_LEN
                 ),
             ));
         }

@@ -1,5 +1,5 @@
-//! Server pushes: binary messages the server sends to every held connection on its own,
-//! to measure delivery latency (issue #14). The payload is
+//! Server pushes: binary messages the server sends to every held connection on its own
+//! (`POST /broadcast`, `--push-interval`), to measure delivery latency. The payload is
 //!
 //! ```text
 //! bytes 0..4    b"WSSP"                       magic: a push, not the echo of our message
@@ -47,7 +47,7 @@ pub fn parse(payload: &[u8]) -> Option<Push> {
     })
 }
 
-/// Builds a push payload of `size` bytes (at least [`HEADER_LEN`]); for tests and peers.
+/// A push payload of `size` bytes (at least [`HEADER_LEN`]).
 pub fn encode(push: Push, size: usize) -> Vec<u8> {
     let mut payload = Vec::with_capacity(size.max(HEADER_LEN));
     payload.extend_from_slice(&MAGIC);
