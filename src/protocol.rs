@@ -893,6 +893,28 @@ mod tests {
         assert_eq!(most_held, max);
     }
 
+    /// A header announcing a large frame reserves nothing: what is held grows with what
+    /// arrives (at most twice, by doubling), so a peer pays for what it makes us hold.
+    #[test]
+    fn what_a_decoder_holds_grows_with_what_arrived() {
+        let max = 1 << 20;
+        let frame = client_frame(0x82, &vec![9; max]);
+        let header_len = 14;
+        let mut decoder = Decoder::default();
+        let mut arrived = 0;
+        for read in [header_len, 1, 99, 900, 9000] {
+            let mut input = frame[arrived..arrived + read].to_vec();
+            decoder.feed(&mut input, max, |_| true).unwrap();
+            arrived += read;
+            let payload_arrived = arrived - header_len;
+            assert!(
+                decoder.held_bytes() <= 2 * payload_arrived,
+                "{} bytes held after {payload_arrived} bytes of payload",
+                decoder.held_bytes()
+            );
+        }
+    }
+
     /// The module doc and held_bytes promise these sizes: an idle decoder is two empty
     /// fields, and a message in progress adds one box.
     #[test]
