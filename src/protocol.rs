@@ -28,7 +28,10 @@
 //! capacity never grows past `max_message_size`, nor past the end of its final frame)
 //! plus either the unfinished header of the next frame (at most [`MAX_HEADER_LEN`]) or an
 //! unfinished control frame, which may arrive between the fragments of a message at its
-//! limit. An idle connection's decoder holds nothing: two empty fields, no capacity.
+//! limit. The bound is one control frame (139 bytes) over the limit rather than one header
+//! (14) because a ping must be held whole to be answered with its payload; the unit tests
+//! reach it exactly. An idle connection's decoder holds nothing: two empty fields, no
+//! capacity.
 
 /// Operation codes (RFC 6455 section 5.2).
 pub mod opcode {
