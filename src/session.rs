@@ -49,6 +49,12 @@ impl Session {
         self.life.is_open()
     }
 
+    /// Bytes held for the peer between reads (the decoder's, counting capacity): at most
+    /// [`protocol::max_held_bytes`] of `max_message_size`, 0 while idle.
+    pub fn held_bytes(&self) -> usize {
+        self.decoder.held_bytes()
+    }
+
     /// Bytes from the peer; the answers go to `out`. `input` is unmasked in place.
     pub fn on_bytes(
         &mut self,
@@ -278,5 +284,40 @@ mod tests {
         );
         assert_eq!(&out[..4], [0x88, 17, 0x03, 0xF1], "1009");
         assert_eq!(Session::new(&POLICY, start).on_eof(), CloseReason::Error);
+    }
+
+    /// Issue #11, defect 1 on the wire: an invalid byte in a text fragment, then a close
+    /// 1000, was answered with a normal 1000; it fails the connection with 1007.
+    #[test]
+    fn an_invalid_text_fragment_then_a_close_is_answered_1007() {
+        let mut tally = Tally::default();
+        let start = Instant::now();
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        let mut input = client_frame(0x01, b"ok \xFF");
+        input.extend(client_frame(0x88, &[0x03, 0xE8]));
+        assert_eq!(
+            session.on_bytes(&mut input, start, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[..4], [0x88, 15, 0x03, 0xEF], "1007, and nothing else");
+        assert_eq!(out.len(), 2 + 15);
+        assert_eq!(session.held_bytes(), 4, "the fragment's payload");
+    }
+
+    /// Issue #11, defect 2 on the wire: a close 1012 (service restart) is echoed.
+    #[test]
+    fn a_close_with_1012_is_echoed() {
+        let mut tally = Tally::default();
+        let start = Instant::now();
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        let mut close = client_frame(0x88, &1012u16.to_be_bytes());
+        assert_eq!(
+            session.on_bytes(&mut close, start, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::ClientClose)
+        );
+        assert_eq!(out, [0x88, 2, 0x03, 0xF4]);
+        assert_eq!(session.held_bytes(), 0);
     }
 }
