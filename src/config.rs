@@ -328,6 +328,21 @@ pub struct CompareArgs {
     /// --thread-stack-size for every threads-mode server (default: each engine's own).
     #[arg(long, env = "WSSCALE_COMPARE_THREAD_STACK_SIZE")]
     pub thread_stack_size: Option<ByteSize>,
+
+    /// Also measure server push at each step (lean-engine runs): after the memory sample,
+    /// --push-count broadcasts one second apart; reports delivery latency to every
+    /// connection, and the server's CPU and context switches per broadcast, each net of
+    /// an equal window with no broadcast.
+    #[arg(long, env = "WSSCALE_COMPARE_PUSH")]
+    pub push: bool,
+
+    /// Broadcasts per step with --push.
+    #[arg(long, env = "WSSCALE_COMPARE_PUSH_COUNT", default_value_t = 10)]
+    pub push_count: usize,
+
+    /// Size of each push with --push.
+    #[arg(long, env = "WSSCALE_COMPARE_PUSH_SIZE", default_value = "32B")]
+    pub push_size: ByteSize,
 }
 
 /// Where a setting's value came from: the engine's defaults, or a flag (on the command

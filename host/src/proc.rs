@@ -128,13 +128,15 @@ impl TreeUsage {
     }
 }
 
-/// What a process has spent so far: CPU time, and context switches summed over all its
-/// threads (/proc/PID/status counts the main thread's only, so each task's is read).
+/// What a process's threads alive now have spent: CPU time (from each thread's
+/// schedstat, in nanoseconds: /proc/PID/stat counts in 10 ms ticks, too coarse for one
+/// broadcast) and context switches (/proc/PID/status counts the main thread's only), each
+/// summed over every thread.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcessCounters {
-    /// User + system CPU time of every thread, seconds.
+    /// CPU time of every thread alive, seconds.
     pub cpu_seconds: f64,
-    /// Voluntary + involuntary context switches of every thread alive now.
+    /// Voluntary + involuntary context switches of every thread alive.
     pub context_switches: u64,
     /// Threads read.
     pub threads: u64,
@@ -143,15 +145,14 @@ pub struct ProcessCounters {
 impl ProcessCounters {
     pub fn read(pid: u32) -> io::Result<ProcessCounters> {
         let process = procfs::process::Process::new(pid as i32).map_err(to_io)?;
-        let stat = process.stat().map_err(to_io)?;
-        let mut counters = ProcessCounters {
-            cpu_seconds: (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64,
-            ..ProcessCounters::default()
-        };
+        let mut counters = ProcessCounters::default();
         for task in process.tasks().map_err(to_io)?.flatten() {
             // A thread that exits while being read is skipped.
-            let Ok(status) = task.status() else { continue };
+            let (Ok(status), Ok(schedstat)) = (task.status(), task.schedstat()) else {
+                continue;
+            };
             counters.threads += 1;
+            counters.cpu_seconds += schedstat.sum_exec_runtime as f64 / 1e9;
             counters.context_switches +=
                 status.voluntary_ctxt_switches.unwrap_or(0) + status.nonvoluntary_ctxt_switches.unwrap_or(0);
         }

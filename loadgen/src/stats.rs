@@ -43,7 +43,7 @@ pub struct Histograms {
     /// `--reconnect`: from a connection's loss to its reconnection's upgrade.
     #[serde(with = "histogram_base64")]
     pub reconnect_us: Histogram<u64>,
-    /// Server pushes: receipt minus the send time they carry (see [`crate::push`]).
+    /// Server pushes: receipt minus the send time they carry (see `wsscale_wire::push`).
     #[serde(with = "histogram_base64")]
     pub push_delivery_us: Histogram<u64>,
 }

@@ -11,6 +11,7 @@ use super::summary::{RunSummary, Summaries};
 pub const MEMORY_CHART: &str = "memory_vs_connections.svg";
 pub const THREADS_CHART: &str = "threads_and_tasks_vs_connections.svg";
 pub const PER_CONNECTION_CHART: &str = "memory_per_connection.svg";
+pub const PUSH_CHART: &str = "push_vs_connections.svg";
 
 const SIZE: (u32, u32) = (900, 560);
 /// One colour per run, in the order measured (tab10).
@@ -52,6 +53,17 @@ pub fn write_all(out: &Path, summaries: &Summaries) -> anyhow::Result<Vec<(Strin
     for (file, title, draw) in charts {
         draw(&out.join(file), title, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
         written.push((file.to_owned(), title.to_owned()));
+    }
+    let pushed = summaries
+        .runs
+        .iter()
+        .flat_map(|run| &run.samples)
+        .any(|s| s.push.is_some());
+    if pushed {
+        let title = "Server push: delivery p99 and CPU per broadcast vs connections";
+        push(&out.join(PUSH_CHART), title, summaries)
+            .map_err(|error| anyhow::anyhow!("drawing {PUSH_CHART}: {error}"))?;
+        written.push((PUSH_CHART.to_owned(), title.to_owned()));
     }
     Ok(written)
 }
@@ -109,6 +121,45 @@ fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String>
     line_chart(path, title, "memory (MiB)", lines)
 }
 
+/// `--push`: delivery p99 (solid) and the server's CPU time per broadcast (dashed), both
+/// in milliseconds, per run.
+fn push(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+    let lines = summaries
+        .runs
+        .iter()
+        .enumerate()
+        .flat_map(|(index, run)| {
+            let pushed: Vec<_> = run
+                .samples
+                .iter()
+                .filter_map(|s| Some((s.connections as f64, s.push?)))
+                .collect();
+            if pushed.is_empty() {
+                return Vec::new();
+            }
+            let name = &run.spec.name;
+            vec![
+                Line {
+                    label: format!("{name}: delivery p99 (ms)"),
+                    color: run_color(index),
+                    dashed: false,
+                    points: pushed.iter().map(|(n, p)| (*n, p.push_delivery_p99_ms)).collect(),
+                },
+                Line {
+                    label: format!("{name}: CPU per broadcast (ms)"),
+                    color: run_color(index),
+                    dashed: true,
+                    points: pushed
+                        .iter()
+                        .map(|(n, p)| (*n, p.cpu_seconds_per_broadcast.max(0.0) * 1000.0))
+                        .collect(),
+                },
+            ]
+        })
+        .collect();
+    line_chart(path, title, "milliseconds", lines)
+}
+
 fn threads_and_tasks(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
     let lines = summaries
         .runs
@@ -148,6 +199,14 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
     lines.sort_by_key(|line| line.dashed);
     let x_max = lines.iter().flat_map(|l| &l.points).map(|p| p.0).fold(1.0, f64::max) * 1.02;
     let y_max = lines.iter().flat_map(|l| &l.points).map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    // Enough decimals that small values (milliseconds of a push) get distinct labels.
+    let precision = if y_max < 10.0 {
+        2
+    } else if y_max < 100.0 {
+        1
+    } else {
+        0
+    };
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -162,7 +221,7 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
         .x_desc("idle connections")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| format!("{y:.precision$}"))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(|e| e.to_string())?;

@@ -28,7 +28,7 @@ use clap::Parser;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use wsscale_host::fd::FdLimit;
-use wsscale_host::proc::{KernelLimits, ProcessStatus, TreeUsage};
+use wsscale_host::proc::{KernelLimits, ProcessCounters, ProcessStatus, TreeUsage};
 use wsscale_loadgen::client::ClientSettings;
 use wsscale_loadgen::pool::Pool;
 use wsscale_loadgen::report::Percentiles;
@@ -129,6 +129,13 @@ pub fn builtin_name(mode: Mode, engine: Engine) -> String {
     format!("{mode}-{engine}")
 }
 
+/// `--push`: broadcasts per step and their size.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PushPlan {
+    pub count: usize,
+    pub size_bytes: usize,
+}
+
 /// What will be run: validated options, steps that fit the limits, and the server flags
 /// every wsscale run shares.
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +154,8 @@ pub struct Plan {
     /// The path external servers upgrade on.
     pub path: String,
     pub server_start_timeout_secs: f64,
+    /// `--push`: measured at every step of the lean-engine runs.
+    pub push: Option<PushPlan>,
     /// Limits found by the preflight, one line each.
     pub limits: Vec<String>,
     #[serde(skip)]
@@ -182,6 +191,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let summaries = summary::Summaries::of(&results);
     let written = report::write(&plan, &machine, &summaries)?;
     println!("{}", report::comparison_table(&summaries));
+    if let Some(push) = report::push_table(&summaries) {
+        println!("{push}");
+    }
     println!("report written to {}", written.display());
     Ok(())
 }
@@ -221,7 +233,32 @@ pub fn plan(
     let mut steps = parse_steps(args.steps.as_deref(), args.connections)?;
     let wanted = *steps.last().expect("steps are never empty");
 
+    let push = if args.push {
+        if args.push_count == 0 {
+            bail!("--push-count must be at least 1");
+        }
+        let size = args.push_size.as_u64() as usize;
+        if size < wsscale_wire::push::HEADER_LEN {
+            bail!(
+                "--push-size must be at least {} bytes (the push header)",
+                wsscale_wire::push::HEADER_LEN
+            );
+        }
+        Some(PushPlan {
+            count: args.push_count,
+            size_bytes: size,
+        })
+    } else {
+        None
+    };
     let mut serve_args: Vec<String> = Vec::new();
+    if let Some(push) = push {
+        serve_args.extend([
+            "--allow-broadcast".to_owned(),
+            "--push-size".to_owned(),
+            push.size_bytes.to_string(),
+        ]);
+    }
     for (flag, value) in [
         ("--read-buffer-size", args.read_buffer_size),
         ("--write-buffer-size", args.write_buffer_size),
@@ -334,6 +371,7 @@ pub fn plan(
         serve_args: all_serve_args,
         path: args.path,
         server_start_timeout_secs: Duration::from(args.server_start_timeout).as_secs_f64(),
+        push,
         limits,
         program: std::env::current_exe().context("locating this executable to start servers")?,
     })
@@ -472,6 +510,29 @@ pub struct Sample {
     pub cross_check_ok: Option<bool>,
     /// False when the settle timeout passed before memory was steady.
     pub steady: bool,
+    /// `--push` (lean-engine runs, steps with connections): see [`PushSample`].
+    #[serde(flatten)]
+    pub push: Option<PushSample>,
+}
+
+/// Server push at one step: `count` broadcasts one second apart after the memory sample.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PushSample {
+    pub broadcasts: usize,
+    /// Pushes the clients received, and the sequence gaps they saw.
+    pub push_delivered: u64,
+    pub push_missed: u64,
+    /// Delivery latency over every connection and broadcast: the clients' receipt time
+    /// minus the send time the push carries (one host, one clock).
+    pub push_delivery_p50_ms: f64,
+    pub push_delivery_p99_ms: f64,
+    /// The slowest delivery: when the last connection had the push.
+    pub push_delivery_max_ms: f64,
+    /// The server's CPU time and context switches (every thread's, voluntary +
+    /// involuntary) per broadcast, each net of an equal window with no broadcast (so the
+    /// clients' pings do not count).
+    pub cpu_seconds_per_broadcast: f64,
+    pub context_switches_per_broadcast: f64,
 }
 
 /// Everything measured in one run.
@@ -626,7 +687,7 @@ async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> anyhow
         )
         .await?;
         let rtt = Percentiles::of(&stats.progress().recent.ping_rtt_us);
-        let sample = Sample::read(
+        let mut sample = Sample::read(
             reading,
             &server,
             StepContext {
@@ -664,6 +725,21 @@ async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> anyhow
                 sample.proc_threads
             );
         }
+        if let (Some(push), Server::Wsscale(child), Some((_, Engine::Lean))) = (plan.push, &server, run.builtin())
+            && open_now > 0
+        {
+            let measured = measure_push(child, &stats, push).await?;
+            eprintln!(
+                "[{name}] {} broadcasts to {open_now}: delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.4} CPU s and {:.0} context switches per broadcast",
+                measured.broadcasts,
+                measured.push_delivery_p50_ms,
+                measured.push_delivery_p99_ms,
+                measured.push_delivery_max_ms,
+                measured.cpu_seconds_per_broadcast,
+                measured.context_switches_per_broadcast
+            );
+            sample.push = Some(measured);
+        }
         samples.push(sample);
     }
 
@@ -673,6 +749,57 @@ async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> anyhow
     Ok(RunResult {
         spec: run.clone(),
         samples,
+    })
+}
+
+/// One step's push measurement: a quiet window of `count` seconds (the baseline: pings,
+/// timers), then `count` broadcasts one second apart, reading the server's CPU time and
+/// context switches around each window and the clients' delivery latencies.
+async fn measure_push(server: &ServeChild, stats: &Stats, push: PushPlan) -> anyhow::Result<PushSample> {
+    const SPACING: Duration = Duration::from_secs(1);
+    let pid = server.pid();
+    let counters = || async move {
+        tokio::task::spawn_blocking(move || ProcessCounters::read(pid))
+            .await?
+            .context("reading the server's CPU time and context switches")
+    };
+    let window = SPACING * push.count as u32;
+    let quiet_start = counters().await?;
+    tokio::time::sleep(window).await;
+    let quiet_end = counters().await?;
+    let missed_before = stats.push_missed.load(Ordering::Relaxed);
+    let _ = stats.progress();
+    let push_start = counters().await?;
+    let started = Instant::now();
+    for index in 0..push.count {
+        let (status, body) =
+            crate::child::http_post(server.metrics_addr, &format!("/broadcast?size={}", push.size_bytes))
+                .await
+                .context("POST /broadcast")?;
+        if status != 200 {
+            bail!("POST /broadcast answered {status}: {}", body.trim());
+        }
+        // One second apart, measured from the first, so both windows last `count` seconds.
+        tokio::time::sleep_until((started + SPACING * (index as u32 + 1)).into()).await;
+    }
+    let push_end = counters().await?;
+    let delivery = Percentiles::of(&stats.progress().recent.push_delivery_us);
+    let per_broadcast = |pushing: f64, quiet: f64| (pushing - quiet) / push.count as f64;
+    Ok(PushSample {
+        broadcasts: push.count,
+        push_delivered: delivery.count,
+        push_missed: stats.push_missed.load(Ordering::Relaxed) - missed_before,
+        push_delivery_p50_ms: delivery.p50,
+        push_delivery_p99_ms: delivery.p99,
+        push_delivery_max_ms: delivery.max,
+        cpu_seconds_per_broadcast: per_broadcast(
+            push_end.cpu_seconds - push_start.cpu_seconds,
+            quiet_end.cpu_seconds - quiet_start.cpu_seconds,
+        ),
+        context_switches_per_broadcast: per_broadcast(
+            push_end.context_switches as f64 - push_start.context_switches as f64,
+            quiet_end.context_switches as f64 - quiet_start.context_switches as f64,
+        ),
     })
 }
 
@@ -760,6 +887,7 @@ impl Sample {
                         (rss_bytes as f64 - vm_rss).abs() <= vm_rss * 0.05 && threads == proc_status.threads,
                     ),
                     steady: context.steady,
+                    push: None,
                 })
             }
             (None, Some(tree)) => {
@@ -792,6 +920,7 @@ impl Sample {
                     proc_threads: tree.threads,
                     cross_check_ok: None,
                     steady: context.steady,
+                    push: None,
                 })
             }
             (None, None) => unreachable!("a reading is a scrape or a process tree"),

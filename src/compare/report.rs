@@ -178,6 +178,35 @@ pub fn comparison_table(summaries: &Summaries) -> String {
     out
 }
 
+/// `--push`: per run and step, delivery latency to every connection and the server's cost
+/// per broadcast. None when nothing was pushed.
+pub fn push_table(summaries: &Summaries) -> Option<String> {
+    let mut out = String::from(
+        "| server push | connections | delivery p50 | p99 | max (all) | CPU per broadcast | context switches per broadcast | missed |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for run in &summaries.runs {
+        for sample in &run.samples {
+            let Some(push) = sample.push else { continue };
+            any = true;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} | {} |",
+                run.spec.name,
+                sample.connections,
+                push.push_delivery_p50_ms,
+                push.push_delivery_p99_ms,
+                push.push_delivery_max_ms,
+                push.cpu_seconds_per_broadcast * 1000.0,
+                push.context_switches_per_broadcast,
+                push.push_missed
+            );
+        }
+    }
+    any.then_some(out)
+}
+
 /// The ratio table's rows, named for a reader.
 fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
     let mut rows = Vec::new();
@@ -320,6 +349,16 @@ fn markdown(summary: &Summary<'_>, summaries: &Summaries, charts: &[(String, Str
         let _ = writeln!(out, "- **{}**: `{}`", run.name, run.server);
     }
     let _ = writeln!(out, "\n## Per connection\n\n{}", comparison_table(summaries));
+    if let Some(push) = push_table(summaries) {
+        let _ = writeln!(
+            out,
+            "## Server push\n\nAt each step, after the memory sample: {} broadcasts of {} bytes one second apart to \
+             every held connection. Delivery is the clients' receipt time minus the send time each push carries; CPU \
+             and context switches (every thread's) are per broadcast, net of an equal window with no broadcast.\n\n{push}",
+            plan.push.map_or(0, |push| push.count),
+            plan.push.map_or(0, |push| push.size_bytes)
+        );
+    }
     let _ = writeln!(out, "## Conclusions\n\n{}", conclusions(summaries));
     let _ = writeln!(out, "## Charts\n");
     for (file, title) in charts {

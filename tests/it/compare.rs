@@ -289,3 +289,56 @@ async fn a_server_that_fails_is_named_with_its_output() {
         }
     }
 }
+
+#[tokio::test]
+async fn push_reports_delivery_and_cost_per_broadcast() {
+    const CONNECTIONS: u64 = 200;
+    const BROADCASTS: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--connections",
+        "200",
+        "--steps",
+        "1",
+        "--settle-timeout",
+        "5s",
+        "--modes",
+        "tasks",
+        "--engines",
+        "lean",
+        "--push",
+        "--push-count",
+        "2",
+    ];
+    let (output, out) = compare(&args, dir.path()).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("| server push |"),
+        "{}",
+        describe(&output)
+    );
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let samples = summary["runs"][0]["samples"].as_array().unwrap();
+    assert!(
+        samples[0].get("push_delivery_p99_ms").is_none(),
+        "nothing pushed at 0 connections"
+    );
+    let step = &samples[1];
+    assert_eq!(step["connections"], CONNECTIONS, "{step:#}");
+    assert_eq!(step["broadcasts"], BROADCASTS, "{step:#}");
+    assert_eq!(
+        step["push_delivered"],
+        CONNECTIONS * BROADCASTS,
+        "every push reached every client: {step:#}"
+    );
+    assert_eq!(step["push_missed"], 0, "{step:#}");
+    let p50 = step["push_delivery_p50_ms"].as_f64().unwrap();
+    let max = step["push_delivery_max_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && max >= p50, "{step:#}");
+    for field in ["cpu_seconds_per_broadcast", "context_switches_per_broadcast"] {
+        assert!(step[field].is_number(), "{field}: {step:#}");
+    }
+    assert!(out.join("push_vs_connections.svg").is_file());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Server push"), "{report}");
+}

@@ -244,3 +244,35 @@ async fn the_broadcast_endpoint_says_why_it_refuses() {
         assert_eq!(got, status, "size={size}: {body}");
     }
 }
+
+/// The load generator tells pushes from echoes and measures their delivery.
+#[tokio::test]
+async fn the_load_generator_measures_push_delivery() {
+    let server = TestServer::start(Kind::TASKS_LEAN, &["--push-interval", "200ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .args(["load", "--url", &server.url(), "--connections", "50", "--hold", "2s"])
+        .args(["--message-interval", "500ms", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let delivered = summary["push_delivery_ms"]["count"].as_u64().unwrap();
+    assert!(
+        delivered >= 50 * 5,
+        "2 s of pushes every 200 ms to 50 connections: {summary:#}"
+    );
+    assert_eq!(summary["push_missed"], 0, "{summary:#}");
+    assert!(
+        summary["push_delivery_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{summary:#}"
+    );
+    // Echoes of the generator's own messages are counted apart from pushes.
+    let echoed = summary["messages_echoed"].as_u64().unwrap();
+    assert!((50..=50 * 5).contains(&echoed), "{summary:#}");
+}
