@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reference peers next to wsscale's own modes, by one method: installs what the peers need
 # (peers/install.sh), builds wsscale, then runs ONE `wsscale compare` over every peer of
-# peers/servers.txt (as --server NAME=COMMAND) and wsscale's tasks and threads modes. compare
+# peers/servers.txt (as --server NAME=COMMAND) and wsscale's own runs (both modes, both
+# engines, unless --modes / --engines say otherwise). compare
 # prints the table and writes the report to report-peers/ (WSSCALE_COMPARE_OUT or --out to
 # change). Bounded: compare steps up to --connections, measures, and stops every server.
 #
@@ -14,11 +15,6 @@ read -r -a peers <<<"${WSSCALE_PEERS:-}"
 peers/install.sh "${peers[@]}"
 cargo build --release --quiet
 bin=target/release/wsscale
-
-if ! "$bin" compare --help | grep -q -- '--server'; then
-    echo "scripts/bench-peers.sh: this wsscale has no 'compare --server NAME=COMMAND' yet" >&2
-    exit 1
-fi
 
 servers=()
 while IFS= read -r line; do
