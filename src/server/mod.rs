@@ -18,6 +18,7 @@ mod stock;
 pub mod tasks;
 pub mod threads;
 mod upgrade;
+mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +47,16 @@ const LISTEN_BACKLOG: i32 = 4096;
 const BUFFERS_KEPT: usize = 64;
 /// How long shutdown waits past the drain timeout for sessions to notice it and end.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
+/// A connection the HTTP phase upgraded: the bare socket, the bytes that came with the
+/// request, the connection's permit, and (threads mode) the way to its thread.
+struct Upgrade {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub early: Vec<u8>,
+    pub permit: OwnedSemaphorePermit,
+    pub thread: Option<threads::Handoff>,
+}
 
 /// Everything the connection path of either model reads; one per server.
 pub struct Shared {

@@ -33,7 +33,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 
-use super::threads::{Ready, poll};
+use super::wait::{Ready, poll};
 use super::{ConnectionGuard, Shared};
 use crate::lifecycle::{CloseReason, Due, Lifecycle};
 use crate::protocol::close_code;

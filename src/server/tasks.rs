@@ -19,8 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 
 use super::connection::{Connection, Wake};
-use super::upgrade::Upgrade;
-use super::{ConnectionGuard, Shared};
+use super::{ConnectionGuard, Shared, Upgrade};
 use crate::lifecycle::Flow;
 
 /// The HTTP phase of one connection, boxed: it is used once and freed at the upgrade.

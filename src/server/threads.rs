@@ -18,17 +18,17 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::connection::{Connection, Wake};
-use super::upgrade::Upgrade;
-use super::{ConnectionGuard, Shared, stock};
+use super::connection::Connection;
+use super::wait::{Ready, poll};
+use super::{ConnectionGuard, Shared, Upgrade, stock};
 use crate::config::Engine;
 use crate::lifecycle::{CloseReason, Flow};
 
@@ -130,68 +130,4 @@ fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> 
             }
         };
     }
-}
-
-/// What poll(2) reported.
-#[derive(Debug, Default)]
-pub(super) struct Ready {
-    /// The socket has data, EOF or an error to read.
-    pub readable: bool,
-    pub writable: bool,
-}
-
-impl Wake for Ready {
-    fn writable(&mut self) -> io::Result<bool> {
-        Ok(self.writable)
-    }
-
-    fn readable(&mut self) -> io::Result<bool> {
-        Ok(self.readable)
-    }
-
-    fn timer_due(&mut self, deadline: Instant) -> bool {
-        Instant::now() >= deadline
-    }
-}
-
-/// Blocks until `fd` is readable (when asked) or writable (when asked), `board_fd` is
-/// readable (the caller then reads the board itself), or `timeout` passes (never, with
-/// `None`). EINTR returns an empty [`Ready`].
-pub(super) fn poll(
-    fd: RawFd,
-    want_read: bool,
-    want_write: bool,
-    board_fd: Option<RawFd>,
-    timeout: Option<Duration>,
-) -> io::Result<Ready> {
-    let events = if want_read { libc::POLLIN } else { 0 } | if want_write { libc::POLLOUT } else { 0 };
-    let mut fds = [
-        libc::pollfd { fd, events, revents: 0 },
-        libc::pollfd {
-            fd: board_fd.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let timeout_ms = match timeout {
-        None => -1,
-        // Round up, so a deadline 0.4 ms away does not turn into a busy loop.
-        Some(timeout) => timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-    };
-    // SAFETY: `fds` is a valid array of 2 pollfd for the duration of the call; a
-    // negative fd is ignored by poll(2).
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if n < 0 {
-        let error = io::Error::last_os_error();
-        return if error.kind() == io::ErrorKind::Interrupted {
-            Ok(Ready::default())
-        } else {
-            Err(error)
-        };
-    }
-    let hangup = libc::POLLERR | libc::POLLHUP;
-    Ok(Ready {
-        readable: fds[0].revents & (libc::POLLIN | hangup) != 0,
-        writable: fds[0].revents & (libc::POLLOUT | hangup) != 0,
-    })
 }

@@ -26,19 +26,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{HandshakeGuard, Shared, stock, threads};
+use super::{HandshakeGuard, Shared, Upgrade, stock, threads};
 use crate::config::{Engine, Mode};
 use crate::handshake::{self, Refusal, RejectReason};
-
-/// A connection the HTTP phase upgraded: the bare socket, the bytes that came with the
-/// request, the connection's permit, and (threads mode) the way to its thread.
-pub(super) struct Upgrade {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub early: Vec<u8>,
-    pub permit: OwnedSemaphorePermit,
-    pub thread: Option<threads::Handoff>,
-}
 
 /// An accepted upgrade, left by the handler for [`serve_http`] to pick up after hyper has
 /// written the 101.
