@@ -69,9 +69,8 @@ fn named_paths(source: &str) -> Vec<(String, Vec<String>)> {
 /// `a::b::{c, d::e}` → [a::b::c, a::b::d::e] (the first path expression of `text`).
 fn expand(text: &str) -> Vec<Vec<String>> {
     let mut prefix = Vec::new();
-    let mut chars = text.char_indices().peekable();
     let mut ident = String::new();
-    while let Some((at, c)) = chars.next() {
+    for (at, c) in text.char_indices() {
         match c {
             c if c.is_alphanumeric() || c == '_' => ident.push(c),
             ':' => {
@@ -216,7 +215,7 @@ fn no_import_circles_between_sibling_modules() {
         }
     }
     assert!(
-        siblings.get(&vec!["compare".to_owned()]).is_some(),
+        siblings.contains_key(&vec!["compare".to_owned()]),
         "the reader sees the top-level edges: {siblings:?}"
     );
     if let Some(cycle) = find_cycle(&siblings) {
