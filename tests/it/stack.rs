@@ -4,9 +4,11 @@
 //! server in each mode and a real load run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use wsscale::child::ServeChild;
@@ -348,6 +350,28 @@ fn prometheus_configuration_passes_promtool() {
     );
 }
 
+/// The filter every server selector of the dashboard carries: the three variables.
+const SERVER_FILTER: &str = r#"{mode=~"$mode", engine=~"$engine", instance=~"$instance"}"#;
+
+/// The metric names an expression selects (`wsscale_…` and `process_…`), each with the
+/// text that follows it.
+fn selectors(expr: &str) -> Vec<(&str, &str)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = Vec::new();
+    for prefix in ["wsscale_", "process_"] {
+        for (start, _) in expr.match_indices(prefix) {
+            if expr[..start].chars().next_back().is_some_and(is_name) {
+                continue;
+            }
+            let end = expr[start..]
+                .find(|c: char| !is_name(c))
+                .map_or(expr.len(), |n| start + n);
+            found.push((&expr[start..end], &expr[end..]));
+        }
+    }
+    found
+}
+
 #[test]
 fn dashboard_model_is_consistent_with_its_provisioning() {
     let datasources = yaml(&root().join("dashboards/provisioning/datasources/prometheus.yml"));
@@ -370,9 +394,39 @@ fn dashboard_model_is_consistent_with_its_provisioning() {
         assert_eq!(panel["datasource"]["uid"], DATASOURCE_UID, "{title}");
         let unit = panel["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
         assert!(!unit.is_empty(), "{title} has no unit");
+        assert!(
+            panel["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{title} does not say what a reader sees"
+        );
         for target in panel["targets"].as_array().unwrap() {
             assert_eq!(target["datasource"]["uid"], DATASOURCE_UID, "{title}");
-            assert!(target["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}");
+            let expr = target["expr"].as_str().unwrap_or("");
+            assert!(!expr.is_empty(), "{title}");
+            let selected = selectors(expr);
+            assert!(!selected.is_empty(), "{title}: {expr}");
+            for (name, after) in selected {
+                if name.starts_with("wsscale_loadgen_") {
+                    // The generator's series carry no mode, engine or server instance.
+                    assert!(!after.starts_with('{'), "{title}: {name} filtered: {expr}");
+                } else {
+                    assert!(
+                        after.starts_with(SERVER_FILTER),
+                        "{title}: {name} is not filtered by every variable: {expr}"
+                    );
+                }
+            }
+            // Quantiles of a fleet come from summed buckets, never from per-instance
+            // quantiles: histogram_quantile(q, sum by (le, …) (rate(…_bucket…))).
+            for (start, _) in expr.match_indices("histogram_quantile(") {
+                let argument = expr[start..].split_once(", ").unwrap().1;
+                let server = !argument.contains("wsscale_loadgen_");
+                let by = if server {
+                    "sum by (le, mode, engine) (rate("
+                } else {
+                    "sum by (le) (rate("
+                };
+                assert!(argument.starts_with(by), "{title}: {expr}");
+            }
         }
     }
     let variables: Vec<&str> = dashboard["templating"]["list"]
@@ -381,28 +435,131 @@ fn dashboard_model_is_consistent_with_its_provisioning() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(variables, ["mode", "instance"]);
+    assert_eq!(variables, ["mode", "engine", "instance"]);
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        assert_eq!(variable["datasource"]["uid"], DATASOURCE_UID);
+        assert_eq!(variable["multi"], true);
+        assert_eq!(variable["includeAll"], true);
+        // No custom "All" value: Grafana then sends every value as a regex, so `.*` never
+        // lets series without the label (the generator's) into a server panel.
+        assert!(variable["allValue"].is_null());
+    }
 }
 
-/// Every (panel title, refId, expression) of the dashboard, variables substituted.
-fn panel_queries(substitutions: &[(&str, &str)]) -> Vec<(String, String, String)> {
+/// One query of a panel, variables substituted.
+struct PanelQuery {
+    title: String,
+    ref_id: String,
+    legend: String,
+    expr: String,
+}
+
+fn substitute(text: &str, substitutions: &[(&str, &str)]) -> String {
+    let mut text = text.to_owned();
+    for (variable, value) in substitutions {
+        text = text.replace(variable, value);
+    }
+    assert!(!text.contains('$'), "unsubstituted variable in {text}");
+    text
+}
+
+/// Every query of the dashboard, variables substituted.
+fn panel_queries(substitutions: &[(&str, &str)]) -> Vec<PanelQuery> {
     let dashboard = dashboard();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let mut expr = target["expr"].as_str().unwrap().to_owned();
-            for (variable, value) in substitutions {
-                expr = expr.replace(variable, value);
-            }
-            assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
-            queries.push((
-                panel["title"].as_str().unwrap().to_owned(),
-                target["refId"].as_str().unwrap().to_owned(),
-                expr,
-            ));
+            queries.push(PanelQuery {
+                title: panel["title"].as_str().unwrap().to_owned(),
+                ref_id: target["refId"].as_str().unwrap().to_owned(),
+                legend: target["legendFormat"].as_str().unwrap_or("").to_owned(),
+                expr: substitute(target["expr"].as_str().unwrap(), substitutions),
+            });
         }
     }
     queries
+}
+
+/// What Grafana's Prometheus datasource puts in place of a multi-value variable:
+/// each value regex-escaped (`prometheusSpecialRegexEscape`: a backslash pair before
+/// each special character, as a PromQL string writes one backslash), several values as
+/// `(a|b)`.
+fn grafana_multi_value(values: &[String]) -> String {
+    let escaped: Vec<String> = values
+        .iter()
+        .map(|value| {
+            let mut out = String::new();
+            for c in value.chars() {
+                match c {
+                    '\\' => out.push_str(r"\\\\"),
+                    '$' | '^' | '*' | '{' | '}' | '[' | ']' | '\'' | '+' | '?' | '.' | '(' | ')' | '|' => {
+                        out.push_str(r"\\");
+                        out.push(c);
+                    }
+                    _ => out.push(c),
+                }
+            }
+            out
+        })
+        .collect();
+    match escaped.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", escaped.join("|")),
+    }
+}
+
+/// The values of a `label_values(SELECTOR, LABEL)` variable, as Grafana asks Prometheus
+/// for them: the label values API, matching SELECTOR (earlier variables substituted),
+/// over the dashboard's time range.
+fn label_values(api: &str, definition: &str, substitutions: &[(&str, &str)], range: (f64, f64)) -> Vec<String> {
+    let inner = definition
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not a label_values query: {definition}"));
+    let (selector, label) = inner.rsplit_once(',').unwrap();
+    let selector = substitute(selector.trim(), substitutions);
+    let answer = get_json(
+        &format!("{api}/label/{}/values", label.trim()),
+        &[
+            ("match[]", &selector),
+            ("start", &range.0.to_string()),
+            ("end", &range.1.to_string()),
+        ],
+    )
+    .unwrap_or_else(|| panic!("label values for {definition}"));
+    assert_eq!(answer["status"], "success", "{definition}: {answer}");
+    answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|value| value.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The dashboard's variables at "All", resolved in order (each one's query sees the ones
+/// before it), with `chosen` values in place of "All" for the variables it names.
+fn resolve_variables(api: &str, range: (f64, f64), chosen: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
+    let dashboard = dashboard();
+    let mut resolved: Vec<(String, Vec<String>)> = Vec::new();
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        let name = variable["name"].as_str().unwrap();
+        let values = match chosen.iter().find(|(chosen_name, _)| *chosen_name == name) {
+            Some((_, value)) => vec![(*value).to_owned()],
+            None => {
+                let substituted: Vec<(String, String)> = resolved
+                    .iter()
+                    .map(|(name, values)| (format!("${name}"), grafana_multi_value(values)))
+                    .collect();
+                let substitutions: Vec<(&str, &str)> =
+                    substituted.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+                let definition = variable["definition"].as_str().unwrap();
+                label_values(api, definition, &substitutions, range)
+            }
+        };
+        assert!(!values.is_empty(), "variable {name} has no value");
+        resolved.push((name.to_owned(), values));
+    }
+    resolved
 }
 
 fn free_port() -> u16 {
@@ -411,6 +568,10 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// A child process killed on drop.
@@ -444,86 +605,434 @@ pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Op
     }
 }
 
+/// Prometheus on 127.0.0.1 port 0 with `config`, and its API's base URL (the address it
+/// logs once listening).
+fn start_prometheus(config: &Path, data: &Path) -> (Running, String) {
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prometheus is required (Debian package prometheus; scripts/test.sh installs it)");
+    let stderr = BufReader::new(prometheus.stderr.take().unwrap());
+    let running = Running(prometheus);
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps draining the log so Prometheus never blocks on a full pipe.
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("msg=\"Listening on\"")
+                && let Some(address) = line.split("address=").nth(1)
+            {
+                let _ = address_tx.send(address.trim().to_owned());
+            }
+        }
+    });
+    let address = address_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("Prometheus logs its listening address");
+    (running, format!("http://{address}/api/v1"))
+}
+
+/// One sample of a process's /metrics, read directly (not through Prometheus).
+fn scrape(metrics: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let body = ureq::get(&format!("http://{metrics}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    wsscale::exposition::sample_value(&body, name, labels)
+}
+
+/// Every series of an instant query at `time` (UNIX seconds): labels and value.
+fn instant(api: &str, expr: &str, time: f64) -> Vec<(Value, f64)> {
+    let answer = get_json(&format!("{api}/query"), &[("query", expr), ("time", &time.to_string())])
+        .unwrap_or_else(|| panic!("no answer for {expr}"));
+    assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let value = series["value"][1].as_str().unwrap().parse().unwrap();
+            (series["metric"].clone(), value)
+        })
+        .collect()
+}
+
+/// The value of the one series of `expr` at `time` whose labels include `labels`.
+fn instant_value(api: &str, expr: &str, time: f64, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<f64> = instant(api, expr, time)
+        .into_iter()
+        .filter(|(metric, _)| labels.iter().all(|(key, value)| metric[*key] == *value))
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(matching.len(), 1, "{expr} {labels:?} at {time}: {matching:?}");
+    matching[0]
+}
+
+/// A range query's series: labels and the non-NaN values.
+fn range(api: &str, expr: &str, (start, end): (f64, f64)) -> Vec<(Value, Vec<f64>)> {
+    let answer = get_json(
+        &format!("{api}/query_range"),
+        &[
+            ("query", expr),
+            ("start", &start.to_string()),
+            ("end", &end.to_string()),
+            ("step", "1"),
+        ],
+    )
+    .unwrap_or_else(|| panic!("no answer for {expr}"));
+    assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let values = series["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
+                .filter(|value| !value.is_nan())
+                .collect();
+            (series["metric"].clone(), values)
+        })
+        .collect()
+}
+
+/// Prometheus's `histogram_quantile` (promql/quantile.go, bucketQuantile) over
+/// (upper bound, cumulative count) buckets.
+fn bucket_quantile(q: f64, buckets: &BTreeMap<String, f64>) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(le, count)| (le.parse::<f64>().unwrap(), *count))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.last().unwrap().0.is_infinite());
+    let mut max = f64::MIN;
+    for bucket in &mut buckets {
+        max = max.max(bucket.1);
+        bucket.1 = max;
+    }
+    let observations = buckets.last().unwrap().1;
+    assert!(observations > 0.0);
+    let mut rank = q * observations;
+    let b = buckets[..buckets.len() - 1]
+        .iter()
+        .position(|bucket| bucket.1 >= rank)
+        .unwrap_or(buckets.len() - 1);
+    if b == buckets.len() - 1 {
+        return buckets[b - 1].0;
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return buckets[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, buckets[b].0, buckets[b].1);
+    if b > 0 {
+        start = buckets[b - 1].0;
+        count -= buckets[b - 1].1;
+        rank -= buckets[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+fn assert_close(actual: f64, expected: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+        "{what}: the panel says {actual}, the instances add up to {expected}"
+    );
+}
+
+/// The dashboard against a real Prometheus (Debian's 2.42) scraping a small fleet on
+/// loopback: two replicas of one kind (tasks, lean; both pushing every second), a third
+/// server of another mode and engine (threads, tungstenite), and one load run in two
+/// segments (`--segment 0/2`, `1/2`, each its own process and metrics endpoint) with
+/// `--reconnect` against the first replica. The events some panels need are made to
+/// happen: three half-sent handshakes (in flight, then rejected on timeout), a peer that
+/// never reads while broadcasts are posted (pushes dropped), and a restart of the first
+/// replica on the same port (closes on shutdown, connections lost, the reconnect storm;
+/// Prometheus finds the new replica through file-based discovery, as compose's finds
+/// replicas through DNS).
+///
+/// The variables are resolved as Grafana resolves them (label values, chained, "All" as
+/// a regex); every panel query is parsed by promtool and returns data over the run, and
+/// a query whose legend names no instance returns no per-instance series. At one
+/// evaluation time, representative panels are shown to combine the two replicas (or
+/// the two segments): sums equal the sum of the per-instance values, the memory per
+/// connection is the connection-weighted figure, and a p99 is the quantile of the
+/// summed buckets.
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
+    let began = Instant::now();
+    let range_start = unix_now() - 1.0;
     let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
-    let tasks = ServeChild::spawn(program, "tasks", ["--ping-interval", "1s"], Stdio::inherit()).unwrap();
-    let threads = ServeChild::spawn(program, "threads", ["--ping-interval", "1s"], Stdio::inherit()).unwrap();
-    // Slow ramps, so handshakes are still happening while the queries run; both bounded.
-    let loadgen_metrics = format!("127.0.0.1:{}", free_port());
-    let load = |url: String, metrics: Option<&str>| {
-        let mut command = Command::new(program);
-        command.args([
-            "load",
-            "--url",
-            &url,
-            "--connections",
-            "400",
-            "--rate",
-            "10",
-            "--hold",
-            "10s",
-        ]);
-        command
-            .args(["--ping-interval", "500ms"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
-        if let Some(addr) = metrics {
-            command.args(["--metrics-listen", addr]);
-        }
-        Running(command.spawn().unwrap())
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let serve = |mode: &str, listen: SocketAddr, args: &[&str]| {
+        ServeChild::spawn_at(program, mode, listen, args, |command| {
+            command.env("RUST_LOG", "warn");
+        })
+        .expect("wsscale serve starts")
     };
-    let _load_tasks = load(tasks.url(), Some(&loadgen_metrics));
-    let _load_threads = load(threads.url(), None);
+    const REPLICA: &[&str] = &["--engine", "lean", "--ping-interval", "1s", "--push-interval", "1s"];
+    let mut replica_a = serve("tasks", any_port, REPLICA);
+    let replica_b_args = [
+        REPLICA,
+        &[
+            "--allow-broadcast",
+            "--handshake-timeout",
+            "8s",
+            "--max-handshakes",
+            "64",
+        ],
+    ]
+    .concat();
+    let replica_b = serve("tasks", any_port, &replica_b_args);
+    let stock = serve(
+        "threads",
+        any_port,
+        &["--engine", "tungstenite", "--ping-interval", "1s"],
+    );
 
     let dir = tempfile::tempdir().unwrap();
+    let servers_file = dir.path().join("servers.json");
+    let discover = |servers: &[&ServeChild]| {
+        let targets: Vec<String> = servers.iter().map(|s| s.metrics_addr.to_string()).collect();
+        let staged = dir.path().join("servers.json.new");
+        std::fs::write(&staged, serde_json::json!([{ "targets": targets }]).to_string()).unwrap();
+        std::fs::rename(&staged, &servers_file).unwrap();
+    };
+    discover(&[&replica_a, &replica_b, &stock]);
+
+    // Prometheus scrapes the servers it discovers in `servers_file` and the two segments
+    // of the load run (each its own process and metrics endpoint).
+    const RUN: usize = 200;
+    const ON_B: usize = 25;
+    const ON_STOCK: usize = 100;
+    let segment_metrics: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: wsscale\n    \
-             static_configs:\n      - targets: [\"{}\", \"{}\"]\n  - job_name: wsscale-loadgen\n    static_configs:\n      \
-             - targets: [\"{loadgen_metrics}\"]\n",
-            tasks.metrics_addr, threads.metrics_addr
+             file_sd_configs:\n      - files: [\"{}\"]\n        refresh_interval: 1s\n  - job_name: wsscale-loadgen\n    \
+             static_configs:\n      - targets: [\"{}\", \"{}\"]\n",
+            servers_file.display(),
+            segment_metrics[0],
+            segment_metrics[1]
         ),
     )
     .unwrap();
-    let prometheus_addr = format!("127.0.0.1:{}", free_port());
-    let _prometheus = Running(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={prometheus_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is required (Debian package prometheus; .ci/run installs it)"),
-    );
-    let api = format!("http://{prometheus_addr}/api/v1");
-    eventually(Duration::from_secs(60), "all three targets up", || {
+    let (_prometheus, api) = start_prometheus(&config, &dir.path().join("data"));
+    let query = |expr: &str| -> Option<f64> {
+        let answer = get_json(&format!("{api}/query"), &[("query", expr)])?;
+        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    eventually(Duration::from_secs(60), "the servers up in Prometheus", || {
         let targets = get_json(&format!("{api}/targets"), &[])?;
         let active = targets["data"]["activeTargets"].as_array()?;
-        (active.len() == 3 && active.iter().all(|t| t["health"] == "up")).then_some(())
+        let up = active
+            .iter()
+            .filter(|t| t["labels"]["job"] == "wsscale" && t["health"] == "up");
+        (up.count() == 3).then_some(())
     });
 
-    // Template variables take the values Grafana would give them: every mode and every
-    // instance (multi-value "All" becomes a regex), a rate interval of 4 scrapes.
-    let instances = format!("{}|{}", tasks.metrics_addr, threads.metrics_addr);
-    let queries = panel_queries(&[
-        ("$mode", "tasks|threads"),
-        ("$instance", &instances),
-        ("$__rate_interval", "4s"),
-        ("$__interval", "1s"),
-    ]);
+    let load = |url: String, connections: usize, extra: &[&str]| {
+        Running(
+            Command::new(program)
+                .args(["load", "--url", &url, "--connections", &connections.to_string()])
+                .args(["--rate", "25", "--hold", "120s", "--ping-interval", "500ms"])
+                .args(["--message-interval", "1s"])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // The segments ramp together once Prometheus scrapes them (8 s at 25/s): the panels
+    // of the ramp (opening rate, connect and upgrade time) need samples during it.
+    let start_at = (unix_now() + 2.0).to_string();
+    let _segments: Vec<Running> = segment_metrics
+        .iter()
+        .enumerate()
+        .map(|(index, metrics)| {
+            let segment = format!("{index}/2");
+            let metrics = metrics.to_string();
+            load(
+                replica_a.url(),
+                RUN,
+                &[
+                    "--segment",
+                    &segment,
+                    "--start-at",
+                    &start_at,
+                    "--reconnect",
+                    "--metrics-listen",
+                    &metrics,
+                ],
+            )
+        })
+        .collect();
+    // Few readers on replica b: every broadcast posted there below reaches each of them.
+    let _load_b = load(replica_b.url(), ON_B, &[]);
+    let _load_stock = load(stock.url(), ON_STOCK, &[]);
+
+    eventually(Duration::from_secs(60), "five targets up", || {
+        let targets = get_json(&format!("{api}/targets"), &[])?;
+        let active = targets["data"]["activeTargets"].as_array()?;
+        (active.len() == 5 && active.iter().all(|t| t["health"] == "up")).then_some(())
+    });
+    eventually(Duration::from_secs(60), "every connection open", || {
+        let held = |server: &ServeChild| scrape(server.metrics_addr, "wsscale_connections_active", &[]);
+        let segments: f64 = segment_metrics
+            .iter()
+            .map(|m| scrape(*m, "wsscale_loadgen_connections_open", &[]))
+            .sum::<Option<f64>>()?;
+        (held(&replica_a)? == RUN as f64
+            && held(&replica_b)? == ON_B as f64
+            && held(&stock)? == ON_STOCK as f64
+            && segments == RUN as f64)
+            .then_some(())
+    });
+
+    // Three clients send half a request head: in flight until the handshake timeout
+    // (8 s on replica b), then rejected. Prometheus must see them in flight.
+    let half_sent: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(replica_b.ws_addr).unwrap();
+            stream.write_all(b"GET /ws HTTP/1.1\r\nHost: wsscale\r\n").unwrap();
+            stream
+        })
+        .collect();
+    let in_flight_b = format!(
+        "wsscale_handshakes_in_flight{{instance=\"{}\"}}",
+        replica_b.metrics_addr
+    );
+    eventually(Duration::from_secs(7), "Prometheus sees 3 handshakes in flight", || {
+        (query(&in_flight_b)? == 3.0).then_some(())
+    });
+
+    // A peer that never reads (a 4 KiB receive buffer) while broadcasts of 60 kB are
+    // posted to replica b: its queue fills and pushes are dropped.
+    let stuck = stuck_peer(replica_b.ws_addr);
+    let posted = std::cell::Cell::new(0);
+    let dropped = eventually(Duration::from_secs(60), "a push dropped", || {
+        let url = format!("http://{}/broadcast?size=60000", replica_b.metrics_addr);
+        if ureq::post(&url).send_empty().is_ok() {
+            posted.set(posted.get() + 1);
+        }
+        let dropped = scrape(replica_b.metrics_addr, "wsscale_pushes_dropped_total", &[])?;
+        (dropped > 0.0).then_some(dropped)
+    });
+
+    // Replica a restarts on the same port: close 1001 to every connection, and both
+    // segments reconnect. The new process has a new metrics port: discovery follows.
+    let listen_a = replica_a.ws_addr;
+    let old_a = replica_a.metrics_addr;
+    replica_a.signal(libc::SIGTERM).unwrap();
+    let exit = replica_a.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "replica a drains and exits"
+    );
+    drop(replica_a);
+    let replica_a = serve("tasks", listen_a, REPLICA);
+    discover(&[&replica_a, &replica_b, &stock]);
+    let reconnected = eventually(Duration::from_secs(60), "every connection back", || {
+        let reconnects: f64 = segment_metrics
+            .iter()
+            .map(|m| scrape(*m, "wsscale_loadgen_reconnects_total", &[]))
+            .sum::<Option<f64>>()?;
+        let held = scrape(replica_a.metrics_addr, "wsscale_connections_active", &[])?;
+        (reconnects >= RUN as f64 && held == RUN as f64).then_some(reconnects)
+    });
+    eventually(Duration::from_secs(30), "the half-sent handshakes timed out", || {
+        let rejected = scrape(
+            replica_b.metrics_addr,
+            "wsscale_connections_rejected_total",
+            &[("reason", "handshake_timeout")],
+        )?;
+        (rejected == 3.0).then_some(())
+    });
+    drop(half_sent);
+    // Prometheus has the settled fleet, and the new replica long enough for a rate.
+    let new_a = replica_a.metrics_addr;
+    eventually(Duration::from_secs(30), "Prometheus has the settled fleet", || {
+        let settled = query("sum(wsscale_loadgen_connections_open)")? == RUN as f64
+            && query("sum(wsscale_loadgen_reconnects_total)")? >= reconnected
+            && query(&format!("wsscale_connections_active{{instance=\"{new_a}\"}}"))? == RUN as f64
+            && query(&format!(
+                "count_over_time(wsscale_broadcasts_total{{instance=\"{new_a}\"}}[4s])"
+            ))? >= 3.0;
+        settled.then_some(())
+    });
+    // One evaluation time for everything below, once every target has been scraped after
+    // it: a sample stamped before it can no longer arrive between two queries.
+    let time = unix_now();
+    eventually(
+        Duration::from_secs(10),
+        "a scrape of every target after the evaluation time",
+        || (query("min(timestamp(up))")? > time).then_some(()),
+    );
+    let span = (range_start, time);
+
+    // The variables, as Grafana resolves them at "All": label values, chained.
+    let variables = resolve_variables(&api, span, &[]);
+    let values = |name: &str| -> BTreeSet<String> {
+        variables
+            .iter()
+            .find(|(variable, _)| variable == name)
+            .unwrap()
+            .1
+            .iter()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(values("mode"), BTreeSet::from(["tasks".into(), "threads".into()]));
+    assert_eq!(values("engine"), BTreeSet::from(["lean".into(), "tungstenite".into()]));
+    let every_server: BTreeSet<String> = [old_a, new_a, replica_b.metrics_addr, stock.metrics_addr]
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect();
+    assert_eq!(
+        values("instance"),
+        every_server,
+        "the range holds the replaced replica too"
+    );
+    let narrowed = resolve_variables(&api, span, &[("mode", "tasks"), ("engine", "lean")]);
+    let lean_tasks: BTreeSet<String> = narrowed[2].1.iter().cloned().collect();
+    assert_eq!(
+        lean_tasks,
+        [old_a, new_a, replica_b.metrics_addr]
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect(),
+        "instance follows mode and engine"
+    );
+
+    let substituted: Vec<(String, String)> = variables
+        .iter()
+        .map(|(name, values)| (format!("${name}"), grafana_multi_value(values)))
+        .collect();
+    let mut substitutions: Vec<(&str, &str)> = substituted.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+    // A rate interval of 4 scrapes, as Grafana computes it ($__interval of one step).
+    substitutions.extend([("$__rate_interval", "4s"), ("$__interval", "1s")]);
+    let queries = panel_queries(&substitutions);
 
     // promtool parses every expression (as recording rules).
     let rules: String = queries
         .iter()
         .enumerate()
-        .map(|(i, (_, _, expr))| {
+        .map(|(i, query)| {
             format!(
                 "      - record: dashboard_query_{i}\n        expr: {}\n",
-                serde_json::to_string(expr).unwrap()
+                serde_json::to_string(&query.expr).unwrap()
             )
         })
         .collect();
@@ -539,23 +1048,226 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         "Debian package prometheus",
     );
 
-    let mut report = String::from("panel | query | first series | value\n");
-    for (title, ref_id, expr) in &queries {
-        let (series, value) = eventually(
-            Duration::from_secs(45),
-            &format!("data for {title} {ref_id}: {expr}"),
-            || {
-                let answer = get_json(&format!("{api}/query"), &[("query", expr)])?;
-                assert_eq!(answer["status"], "success", "{expr}: {answer}");
-                let result = answer["data"]["result"].as_array()?;
-                result.iter().find_map(|series| {
-                    let value: f64 = series["value"][1].as_str()?.parse().ok()?;
-                    (!value.is_nan()).then(|| (series["metric"].to_string(), value))
-                })
-            },
+    // Every query returns data over the run, as a panel's range query would; a query
+    // whose legend names no instance aggregates instances away.
+    let mut report = String::from("panel | query | series | last value | max\n");
+    let mut peaks: BTreeMap<(String, String), Vec<(Value, f64)>> = BTreeMap::new();
+    for query in &queries {
+        let series = range(&api, &query.expr, span);
+        let with_data: Vec<&(Value, Vec<f64>)> = series.iter().filter(|(_, values)| !values.is_empty()).collect();
+        assert!(
+            !with_data.is_empty(),
+            "no data for {} {}: {}",
+            query.title,
+            query.ref_id,
+            query.expr
         );
-        report.push_str(&format!("{title} | {ref_id} | {series} | {value}\n"));
+        let per_instance = query.legend.contains("{{instance}}");
+        for (metric, _) in &series {
+            assert_eq!(
+                metric.get("instance").is_some(),
+                per_instance,
+                "{} {}: legend {:?}, series {metric}",
+                query.title,
+                query.ref_id,
+                query.legend
+            );
+        }
+        for (metric, values) in with_data {
+            let max = values.iter().copied().fold(f64::MIN, f64::max);
+            report.push_str(&format!(
+                "{} | {} | {metric} | {} | {max}\n",
+                query.title,
+                query.ref_id,
+                values.last().unwrap()
+            ));
+            peaks
+                .entry((query.title.clone(), query.ref_id.clone()))
+                .or_default()
+                .push((metric.clone(), max));
+        }
     }
+    // The events made above show on their panels.
+    let peak = |title: &str, ref_id: &str, labels: &[(&str, &str)]| -> f64 {
+        peaks
+            .get(&(title.to_owned(), ref_id.to_owned()))
+            .unwrap_or_else(|| panic!("no panel {title} {ref_id}"))
+            .iter()
+            .filter(|(metric, _)| labels.iter().all(|(key, value)| metric[*key] == *value))
+            .map(|(_, max)| *max)
+            .fold(f64::NAN, f64::max)
+    };
+    let tasks_lean = [("mode", "tasks"), ("engine", "lean")];
+    assert!(peak("Handshakes in flight vs the bound", "A", &tasks_lean) >= 3.0);
+    let timed_out = [("mode", "tasks"), ("reason", "handshake_timeout")];
+    assert!(peak("Rejects by reason", "A", &timed_out) > 0.0);
+    assert!(peak("Broadcasts", "A", &tasks_lean) > 0.0);
+    assert!(peak("Broadcast duration", "B", &tasks_lean) > 0.0);
+    assert!(peak("Pushes dropped", "A", &tasks_lean) > 0.0);
+    assert!(peak("Messages", "B", &[("engine", "tungstenite")]) > 0.0);
+    assert!(peak("Load generator: push delivery latency", "B", &[]) > 0.0);
+    assert!(peak("Load generator: reconnects", "A", &[]) > 0.0);
+    assert!(peak("Load generator: reconnect time", "B", &[]) > 0.0);
+    assert!(
+        peak(
+            "Load generator: connections lost during hold",
+            "A",
+            &[("reason", "close_1001")]
+        ) > 0.0
+    );
+
+    // Aggregation over instances, at one evaluation time: the panel against the
+    // per-instance values read from the same Prometheus.
+    let find = |title: &str, ref_id: &str| -> &PanelQuery {
+        queries
+            .iter()
+            .find(|q| q.title == title && q.ref_id == ref_id)
+            .unwrap_or_else(|| panic!("no panel {title} {ref_id}"))
+    };
+    let replicas = [new_a.to_string(), replica_b.metrics_addr.to_string()];
+    let segments: Vec<String> = segment_metrics.iter().map(SocketAddr::to_string).collect();
+    let each = |template: &str, instances: &[String]| -> Vec<f64> {
+        instances
+            .iter()
+            .map(|instance| instant_value(&api, &template.replace("INSTANCE", instance), time, &[]))
+            .collect()
+    };
+    let mut proof = String::from("aggregated panel | per-instance values | panel value\n");
+
+    // Sum of a gauge: connections held by both replicas.
+    let active = each("wsscale_connections_active{instance=\"INSTANCE\"}", &replicas);
+    let panel = instant_value(&api, &find("Active connections", "A").expr, time, &tasks_lean);
+    assert_eq!(
+        active,
+        [RUN as f64, ON_B as f64 + 1.0],
+        "the run, and replica b's load and stuck peer"
+    );
+    assert_close(panel, active.iter().sum(), "Active connections");
+    proof.push_str(&format!("Active connections (tasks, lean) | {active:?} | {panel}\n"));
+
+    // Sum of each replica's own bound.
+    let bounds = each("wsscale_handshakes_max{instance=\"INSTANCE\"}", &replicas);
+    let panel = instant_value(
+        &api,
+        &find("Handshakes in flight vs the bound", "B").expr,
+        time,
+        &tasks_lean,
+    );
+    assert_eq!(bounds, [1024.0, 64.0], "the default, and replica b's --max-handshakes");
+    assert_close(panel, bounds.iter().sum(), "Handshakes in flight vs the bound");
+    proof.push_str(&format!("Handshakes bound (tasks, lean) | {bounds:?} | {panel}\n"));
+
+    // Sum of rates: broadcasts of both replicas.
+    let rates = each("rate(wsscale_broadcasts_total{instance=\"INSTANCE\"}[4s])", &replicas);
+    let panel = instant_value(&api, &find("Broadcasts", "A").expr, time, &tasks_lean);
+    assert!(rates.iter().all(|rate| *rate > 0.0), "both replicas push: {rates:?}");
+    assert_close(panel, rates.iter().sum(), "Broadcasts");
+    proof.push_str(&format!("Broadcasts/s (tasks, lean) | {rates:?} | {panel}\n"));
+
+    // Memory per connection: the sum of each replica's delta over the sum of connections.
+    let rss = [("source", "rss")];
+    let per_connection: Vec<f64> = each(
+        "wsscale_memory_per_connection_bytes{instance=\"INSTANCE\", source=\"rss\"}",
+        &replicas,
+    );
+    let weighted = per_connection
+        .iter()
+        .zip(&active)
+        .map(|(bytes, n)| bytes * n)
+        .sum::<f64>()
+        / active.iter().sum::<f64>();
+    let panel = instant_value(
+        &api,
+        &find("Memory per connection, by source", "A").expr,
+        time,
+        &[tasks_lean[0], tasks_lean[1], rss[0]],
+    );
+    assert_close(panel, weighted, "Memory per connection (rss)");
+    proof.push_str(&format!(
+        "Memory per connection (tasks, lean, rss) | {per_connection:?} B at {active:?} connections (unweighted mean {}) | {panel}\n",
+        per_connection.iter().sum::<f64>() / 2.0
+    ));
+
+    // Sum over the run's segments.
+    let open = each("wsscale_loadgen_connections_open{instance=\"INSTANCE\"}", &segments);
+    let panel = instant_value(&api, &find("Load generator: connections open", "A").expr, time, &[]);
+    assert_eq!(open, [RUN as f64 / 2.0; 2], "each segment holds its share");
+    assert_close(panel, open.iter().sum(), "Load generator: connections open");
+    proof.push_str(&format!("Load generator: connections open | {open:?} | {panel}\n"));
+
+    // A quantile of the run: histogram_quantile of both segments' summed bucket rates.
+    let mut summed: BTreeMap<String, f64> = BTreeMap::new();
+    let mut observed = Vec::new();
+    for segment in &segments {
+        let buckets = instant(
+            &api,
+            &format!("rate(wsscale_loadgen_ping_rtt_seconds_bucket{{instance=\"{segment}\"}}[4s])"),
+            time,
+        );
+        for (metric, rate) in buckets {
+            let le = metric["le"].as_str().unwrap().to_owned();
+            if le == "+Inf" {
+                observed.push(rate);
+            }
+            *summed.entry(le).or_default() += rate;
+        }
+    }
+    assert!(
+        observed.iter().all(|rate| *rate > 0.0),
+        "both segments ping: {observed:?}"
+    );
+    let expected = bucket_quantile(0.99, &summed);
+    let panel = instant_value(&api, &find("Load generator: ping round trip", "C").expr, time, &[]);
+    assert_close(panel, expected, "Load generator: ping round trip p99");
+    proof.push_str(&format!(
+        "Load generator: ping RTT p99 | pings/s {observed:?}, p99 of the summed buckets {expected} | {panel}\n"
+    ));
+
+    drop(stuck);
     // The values, for whoever reads the test log (cargo test -- --nocapture).
-    println!("{report}");
+    let failures: Vec<String> = instant(&api, "sum by (reason) (wsscale_loadgen_reconnect_failures_total)", time)
+        .iter()
+        .map(|(metric, count)| format!("{} {count}", metric["reason"].as_str().unwrap_or("")))
+        .collect();
+    println!(
+        "{report}\n{proof}\nbroadcasts posted to replica b: {}, pushes dropped: {dropped}, reconnects: {reconnected}, \
+         failed reconnection attempts: {failures:?}; {:.1} s\n",
+        posted.get(),
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// A WebSocket client with a 4 KiB receive buffer that upgrades and then never reads.
+fn stuck_peer(addr: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(4096)?;
+            socket.connect(addr).await?.into_std()
+        })
+        .unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = stream;
+    stream
+        .write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
 }
