@@ -10,6 +10,7 @@ mod deploy;
 mod faults;
 mod hostile;
 mod load;
+mod memory;
 mod metrics;
 mod server;
 mod stack;
