@@ -77,13 +77,17 @@ for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192
         previous=$rss; sleep 0.25
     done
     held=$(metric wsscale_connections_active)
+    if [ "${held%.*}" != "$connections" ]; then
+        echo "$name c=$concurrency: the server holds ${held:-?} of $connections connections; the generator said:" >&2
+        tail -3 "$out/load.err" >&2
+    fi
     rss=$(metric process_resident_memory_bytes)
     heap=$(metric wsscale_heap_allocated_bytes)
     trims=$(metric wsscale_memory_trims_total)
     awk -v p="$name c=$concurrency" -v held="${held%.*}" -v rss="$rss" -v rb="$rss_before" -v heap="$heap" \
         -v hb="$heap_before" -v trims="${trims:--}" -v secs="$held_secs" 'BEGIN {
-            n = held > 0 ? held : 1
-            printf "%-18s %7d %10d %12.0f %13.0f %6s %6s\n", p, held, rss, (rss - rb) / n, (heap - hb) / n, trims, secs
+            if (held > 0) printf "%-18s %7d %10d %12.0f %13.0f %6s %6s\n", p, held, rss, (rss - rb) / held, (heap - hb) / held, trims, secs
+            else printf "%-18s %7d %10d %12s %13s %6s %6s\n", p, held, rss, "-", "-", trims, secs
         }'
     kill "$load" 2>/dev/null; wait "$load" 2>/dev/null || true
     load=""
