@@ -28,7 +28,13 @@ read -r -a serve_env <<<"${SERVE_ENV:-}"
 out=$(mktemp -d)
 server=""
 load=""
-trap '[ -n "$load" ] && kill "$load" 2>/dev/null; [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
+# Stop what is still running, and wait for it, however the script ends.
+stop() {
+    [ -n "$load" ] && { kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; }
+    [ -n "$server" ] && { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+    load=""; server=""
+}
+trap 'stop; rm -rf "$out"' EXIT
 
 # One value from /metrics (the scrape is read whole: awk leaving early must not fail curl).
 metric() {
@@ -89,8 +95,6 @@ for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192
             if (held > 0) printf "%-18s %7d %10d %12.0f %13.0f %6s %6s\n", p, held, rss, (rss - rb) / held, (heap - hb) / held, trims, secs
             else printf "%-18s %7d %10d %12s %13s %6s %6s\n", p, held, rss, "-", "-", trims, secs
         }'
-    kill "$load" 2>/dev/null; wait "$load" 2>/dev/null || true
-    load=""
-    kill "$server"; wait "$server" 2>/dev/null || true
-    server=""
+    # The generator may have ended already (its hold is over): that is no error.
+    stop
 done
