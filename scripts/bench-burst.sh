@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Burst benchmark: does the memory an idle connection leaves behind depend on how fast the
 # connections arrived? For each arrival pattern, a fresh `wsscale serve` on loopback gets
-# N connections (default 10,000) from `wsscale load`, held until the server's RSS is
-# steady; prints the server's RSS and heap per connection (its own gauges, baseline at
-# zero connections). Bounded: every load run holds for a fixed time and ends by itself.
+# N connections (default 10,000) from `wsscale load`, held until the server has no
+# handshake in flight and its RSS is steady; prints the server's RSS and heap growth per
+# held connection (from its /metrics: RSS and live heap read just before the load starts,
+# then again once steady) and how many times it gave freed memory back to the OS
+# (wsscale_memory_trims_total). Bounded: every load run holds for a fixed time and ends by
+# itself.
 #
 #   scripts/bench-burst.sh [N] [MODE] [extra wsscale serve flags...]
 #
 # Patterns: paced (5,000/s, 256 in flight) and unpaced (--rate 0) at 256, 2048 and 8192
-# in flight. WSSCALE_BIN picks the binary (default: a fresh release build).
+# in flight. WSSCALE_BIN picks the binary (default: a fresh release build). SERVE_ENV adds
+# environment variables to the server only (e.g. SERVE_ENV=GLIBC_TUNABLES=glibc.malloc.arena_max=1
+# or SERVE_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2, to compare allocators).
+# The machine's load matters on a small machine: quote the median of several runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${1:-10000}
@@ -18,9 +24,17 @@ if [ -z "${WSSCALE_BIN:-}" ]; then
     cargo build --release --quiet
 fi
 bin=${WSSCALE_BIN:-target/release/wsscale}
+read -r -a serve_env <<<"${SERVE_ENV:-}"
 out=$(mktemp -d)
 server=""
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
+load=""
+# Stop what is still running, and wait for it, however the script ends.
+stop() {
+    [ -n "$load" ] && { kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; }
+    [ -n "$server" ] && { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+    load=""; server=""
+}
+trap 'stop; rm -rf "$out"' EXIT
 
 # One value from /metrics (the scrape is read whole: awk leaving early must not fail curl).
 metric() {
@@ -29,22 +43,35 @@ metric() {
     awk -v name="$1" -v labels="${2:-}" '$1 ~ "^"name"([{]|$)" && index($1, labels) {print $2; exit}' <<<"$text"
 }
 
-printf '%-22s %10s %12s %12s %12s\n' pattern held rss_bytes rss_per_conn heap_per_conn
+printf '%-18s %7s %10s %12s %13s %6s %6s\n' pattern held rss_bytes rss_per_conn heap_per_conn trims secs
 for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192"; do
     read -r name rate concurrency <<<"$pattern"
-    RUST_LOG=warn "$bin" serve --mode "$mode" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 "$@" \
-        >"$out/serve.out" 2>"$out/serve.err" &
+    RUST_LOG=warn env "${serve_env[@]}" "$bin" serve --mode "$mode" --listen 127.0.0.1:0 \
+        --metrics-listen 127.0.0.1:0 "$@" >"$out/serve.out" 2>"$out/serve.err" &
     server=$!
-    for _ in $(seq 100); do grep -q metrics "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -q metrics "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+    if ! grep -q metrics "$out/serve.out"; then
+        echo "the server did not start within 30 s:" >&2; cat "$out/serve.err" >&2; exit 1
+    fi
     read -r _ ws _ metrics <"$out/serve.out"
+    sleep 1
+    rss_before=$(metric process_resident_memory_bytes)
+    heap_before=$(metric wsscale_heap_allocated_bytes)
+    started=$(date +%s.%N)
     RUST_LOG=warn "$bin" load --url "$ws" --connections "$connections" --rate "$rate" \
-        --concurrency "$concurrency" --hold 20s --ping-interval 0s >"$out/load.out" 2>"$out/load.err" &
+        --concurrency "$concurrency" --hold 30s --ping-interval 0s >"$out/load.out" 2>"$out/load.err" &
     load=$!
-    # Held, then steady: the RSS reads the same (within 0.5 %) four times 250 ms apart.
+    # Held, with no handshake in flight, then steady: the RSS reads the same (within
+    # 0.5 %) four times 250 ms apart.
     for _ in $(seq 600); do
-        [ "$(metric wsscale_connections_active | cut -d. -f1)" = "$connections" ] && break
+        if ! kill -0 "$server" 2>/dev/null; then
+            echo "the server exited during $name c=$concurrency:" >&2; tail -3 "$out/serve.err" >&2; exit 1
+        fi
+        [ "$(metric wsscale_connections_active | cut -d. -f1)" = "$connections" ] &&
+            [ "$(metric wsscale_handshakes_in_flight | cut -d. -f1)" = 0 ] && break
         sleep 0.1
     done
+    held_secs=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
     previous=0; same=0
     for _ in $(seq 40); do
         rss=$(metric process_resident_memory_bytes)
@@ -55,11 +82,19 @@ for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192
         fi
         previous=$rss; sleep 0.25
     done
-    printf '%-22s %10s %12s %12.0f %12.0f\n' "$name c=$concurrency" "$(metric wsscale_connections_active)" \
-        "$(metric process_resident_memory_bytes)" \
-        "$(metric wsscale_memory_per_connection_bytes 'source="rss"')" \
-        "$(metric wsscale_memory_per_connection_bytes 'source="heap"')"
-    kill "$load" 2>/dev/null; wait "$load" 2>/dev/null || true
-    kill "$server"; wait "$server" 2>/dev/null || true
-    server=""
+    held=$(metric wsscale_connections_active)
+    if [ "${held%.*}" != "$connections" ]; then
+        echo "$name c=$concurrency: the server holds ${held:-?} of $connections connections; the generator said:" >&2
+        tail -3 "$out/load.err" >&2
+    fi
+    rss=$(metric process_resident_memory_bytes)
+    heap=$(metric wsscale_heap_allocated_bytes)
+    trims=$(metric wsscale_memory_trims_total)
+    awk -v p="$name c=$concurrency" -v held="${held%.*}" -v rss="$rss" -v rb="$rss_before" -v heap="$heap" \
+        -v hb="$heap_before" -v trims="${trims:--}" -v secs="$held_secs" 'BEGIN {
+            if (held > 0) printf "%-18s %7d %10d %12.0f %13.0f %6s %6s\n", p, held, rss, (rss - rb) / held, (heap - hb) / held, trims, secs
+            else printf "%-18s %7d %10d %12s %13s %6s %6s\n", p, held, rss, "-", "-", trims, secs
+        }'
+    # The generator may have ended already (its hold is over): that is no error.
+    stop
 done

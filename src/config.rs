@@ -193,6 +193,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_MAX_HANDSHAKES", default_value_t = 1024)]
     pub max_handshakes: usize,
 
+    /// Give the allocator's free memory back to the OS (glibc malloc_trim) once no
+    /// handshake is in flight and the resident memory outside the live heap has grown by
+    /// this much since the last time: what a burst of handshakes leaves behind. 0: never.
+    #[arg(long, env = "WSSCALE_TRIM_THRESHOLD", default_value = "1MiB")]
+    pub trim_threshold: ByteSize,
+
     /// On SIGINT/SIGTERM, how long to wait for connections to finish closing.
     #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
@@ -442,6 +448,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_handshakes: usize,
+    /// Bytes; 0: never trim (see `ServeArgs::trim_threshold`).
+    pub trim_threshold: u64,
     pub drain_timeout: Duration,
     pub buffers: Buffers,
     pub allow_broadcast: bool,
@@ -559,6 +567,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             idle_timeout,
             handshake_timeout,
             max_handshakes: args.max_handshakes,
+            trim_threshold: args.trim_threshold.as_u64(),
             drain_timeout: args.drain_timeout.into(),
             buffers,
             allow_broadcast: args.allow_broadcast,
@@ -594,6 +603,7 @@ mod tests {
         assert_eq!(buffers.thread_stack_size.value, 256 * 1024);
         assert_eq!(buffers.read_buffer_size.source, Source::EngineDefault);
         assert!(config.idle_timeout > config.ping_interval);
+        assert_eq!(config.trim_threshold, 1 << 20);
     }
 
     #[test]
@@ -650,6 +660,12 @@ mod tests {
         assert_eq!(config.buffers.read_buffer_size.value, 1024);
         assert_eq!(config.buffers.max_message_size.value, 1 << 20);
         assert_eq!(config.ping_interval, Duration::from_millis(500));
+        assert_eq!(
+            parse(&["--trim-threshold", "0"]).unwrap().trim_threshold,
+            0,
+            "0 turns trimming off"
+        );
+        assert_eq!(parse(&["--trim-threshold", "4MiB"]).unwrap().trim_threshold, 4 << 20);
     }
 
     #[test]

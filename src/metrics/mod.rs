@@ -4,8 +4,9 @@
 //! - this module: metric names as constants, [`ServerMetrics`] (pre-registered handles),
 //!   [`install`] (the recorder with the global labels, every metric described);
 //! - [`sampler`]: the one thread that reads /proc and the allocator into gauges, folds
-//!   histogram samples in, and renders each scrape — so no /proc read ever runs on a
-//!   thread that serves connections;
+//!   histogram samples in, renders each scrape — so no /proc read ever runs on a thread
+//!   that serves connections — and gives the allocator's free memory back to the OS after
+//!   a burst of handshakes;
 //! - [`http`]: GET /metrics and GET /healthz.
 //!
 //! Every series carries the `mode` and `engine` labels (global labels) so every server
@@ -45,6 +46,9 @@ pub const TASKS_ALIVE: &str = "wsscale_tasks_alive";
 pub const RUNTIME_WORKERS: &str = "wsscale_runtime_workers";
 pub const HOST_KERNEL_STACK: &str = "wsscale_host_kernel_stack_bytes";
 pub const HOST_TCP_SOCKETS: &str = "wsscale_host_tcp_sockets_inuse";
+pub const MEMORY_TRIMS: &str = "wsscale_memory_trims_total";
+pub const MEMORY_TRIMMED: &str = "wsscale_memory_trimmed_bytes_total";
+pub const MEMORY_TRIM_DURATION: &str = "wsscale_memory_trim_duration_seconds";
 
 /// Handshake durations span loopback microseconds to slow clients' seconds.
 const HANDSHAKE_BUCKETS: &[f64] = &[
@@ -56,6 +60,8 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
 const BROADCAST_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// A trim walks every arena's free chunks: tens of microseconds to tens of milliseconds.
+const TRIM_BUCKETS: &[f64] = &[0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
 /// Handles to the metrics the connection path writes, registered once so the hot path
 /// does no registry lookups.
@@ -187,6 +193,7 @@ pub fn install(mode: Mode, engine: Engine) -> anyhow::Result<PrometheusHandle> {
         .add_global_label("engine", engine.as_str())
         .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BROADCAST_DURATION.to_owned()), BROADCAST_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(MEMORY_TRIM_DURATION.to_owned()), TRIM_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -279,6 +286,21 @@ fn describe() {
         HOST_KERNEL_STACK,
         Unit::Bytes,
         "Kernel stacks on the whole host (KernelStack in /proc/meminfo): 16 KiB per thread, in no process's RSS."
+    );
+    describe_counter!(
+        MEMORY_TRIMS,
+        Unit::Count,
+        "Times the allocator's free memory was given back to the OS (malloc_trim) after handshakes left it resident (--trim-threshold)."
+    );
+    describe_counter!(
+        MEMORY_TRIMMED,
+        Unit::Bytes,
+        "Resident memory those trims gave back to the OS (RSS before minus after each trim)."
+    );
+    describe_histogram!(
+        MEMORY_TRIM_DURATION,
+        Unit::Seconds,
+        "Time each of those trims took, on the sampler thread."
     );
     describe_gauge!(
         HOST_TCP_SOCKETS,

@@ -8,18 +8,31 @@
 //! would move the thread counts this tool reports. The same thread records handshake and
 //! broadcast durations into their histograms (see [`ServerMetrics::flush_pending`]) and
 //! runs the exporter's upkeep once a second.
+//!
+//! It also gives memory back to the OS after a burst of handshakes ([`Trimmer`]): once no
+//! handshake is in flight and the resident memory outside the live heap has grown by
+//! `--trim-threshold` since the last time, it calls glibc's `malloc_trim(0)`. Here rather
+//! than in either model, so both modes and both engines run the same allocator the same
+//! way. Measured with scripts/bench-burst.sh (10,000 lean connections, tasks mode, 2
+//! cores, median of 3): without it a connection left 1,180 B of RSS when connections
+//! arrived paced but 2,692–2,768 B when 2,048–8,192 arrived unpaced (the heap: 770 B
+//! either way; malloc_info showed ~20 MiB free in the Tokio workers' arenas, where the HTTP
+//! phases ran); with it 1,180 B paced and 1,227–1,284 B unpaced, for one trim of ~1–2 ms
+//! per burst. Fewer handshakes in flight (`--max-handshakes 256`: 1,730 B), mallopt
+//! settings and other allocators were measured too: README, "Memory after a burst".
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use metrics::Gauge;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use wsscale_host::{alloc, proc};
 
 use super::{
     CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HANDSHAKES_IN_FLIGHT, HANDSHAKES_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK,
-    HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, RUNTIME_WORKERS, ServerMetrics, TASKS_ALIVE,
+    HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, MEMORY_TRIM_DURATION, MEMORY_TRIMMED, MEMORY_TRIMS, RUNTIME_WORKERS,
+    ServerMetrics, TASKS_ALIVE,
 };
 
 /// How often histogram samples are folded in (and, with no connection open, the
@@ -33,8 +46,8 @@ pub trait ConnectionCount: Send + Sync {
     fn handshakes_in_flight(&self) -> usize;
 }
 
-/// Memory at the last moment the server held no connection: the baseline of the
-/// per-connection figures.
+/// Memory at the last moment the server held no connection and had no handshake in
+/// flight: the baseline of the per-connection figures.
 #[derive(Debug, Clone, Copy, Default)]
 struct Baseline {
     rss_bytes: u64,
@@ -59,6 +72,81 @@ struct Sampler {
     workers: Gauge,
     kernel_stack: Gauge,
     tcp_sockets: Gauge,
+    trimmer: Trimmer,
+}
+
+/// Gives the allocator's free memory back to the OS when a burst of handshakes has left
+/// it resident. Each handshake in flight holds hyper's 8 KiB read buffer and 8 KiB header
+/// buffer, the boxed HTTP phase and the request's parts; once the burst is over they are
+/// free, but `free` only returns the top of an arena, above its highest live chunk, so a
+/// few live allocations keep the rest resident (after 10,000 connections unpaced,
+/// malloc_info: the workers' two arenas ~20 MiB, of which all but ~100 KiB free).
+/// `malloc_trim(0)` releases the whole pages inside free chunks as well. RSS then shrinks
+/// for real: nothing is hidden from /proc.
+///
+/// The signal is the resident memory outside the live heap (RSS minus the counting
+/// allocator's bytes): it grows when freed memory stays resident, and a trim can only
+/// lower it. Growth alone is not enough: while handshakes are in flight the memory would
+/// be faulted back in at once, so a trim waits for a moment with none. At most one trim
+/// per sample (a scrape, or the once-a-second upkeep), each only after `threshold_bytes`
+/// more has accumulated, so a steady stream of handshakes cannot make it spin.
+struct Trimmer {
+    /// Growth of the resident memory outside the live heap that makes a trim worth it;
+    /// 0 turns trimming off.
+    threshold_bytes: u64,
+    /// RSS minus live heap after the last trim (at first, the first reading); lowered
+    /// whenever a reading is lower.
+    floor_bytes: Option<u64>,
+    trims: Counter,
+    trimmed_bytes: Counter,
+    duration: Histogram,
+}
+
+impl Trimmer {
+    fn new(threshold_bytes: u64) -> Self {
+        let zero = |counter: Counter| {
+            counter.increment(0);
+            counter
+        };
+        Trimmer {
+            threshold_bytes,
+            floor_bytes: None,
+            trims: zero(metrics::counter!(MEMORY_TRIMS)),
+            trimmed_bytes: zero(metrics::counter!(MEMORY_TRIMMED)),
+            duration: metrics::histogram!(MEMORY_TRIM_DURATION),
+        }
+    }
+
+    /// Trims if it is due: no handshake in flight, and RSS minus live heap at least
+    /// `threshold_bytes` above its floor.
+    fn trim_if_due(&mut self, handshakes_in_flight: usize) {
+        if self.threshold_bytes == 0 {
+            return;
+        }
+        let Ok(rss_bytes) = proc::self_rss_bytes() else {
+            return;
+        };
+        let outside_heap = |rss_bytes: u64| rss_bytes.saturating_sub(alloc::allocated_bytes() as u64);
+        let now = outside_heap(rss_bytes);
+        let floor = *self.floor_bytes.get_or_insert(now);
+        if now < floor {
+            self.floor_bytes = Some(now);
+            return;
+        }
+        if handshakes_in_flight > 0 || now - floor < self.threshold_bytes {
+            return;
+        }
+        let started = Instant::now();
+        alloc::release_free_memory();
+        let took = started.elapsed();
+        let after_bytes = proc::self_rss_bytes().unwrap_or(rss_bytes);
+        let released = rss_bytes.saturating_sub(after_bytes);
+        self.floor_bytes = Some(outside_heap(after_bytes));
+        self.trims.increment(1);
+        self.trimmed_bytes.increment(released);
+        self.duration.record(took.as_secs_f64());
+        tracing::debug!(released, ?took, "gave the allocator's free memory back to the OS");
+    }
 }
 
 /// A scrape's request: the rendered exposition comes back on the channel.
@@ -81,6 +169,7 @@ impl SamplerHandle {
         server_metrics: ServerMetrics,
         max_connections: usize,
         max_handshakes: usize,
+        trim_threshold_bytes: u64,
     ) -> std::io::Result<SamplerHandle> {
         let process = metrics_process::Collector::default();
         process.describe();
@@ -102,18 +191,25 @@ impl SamplerHandle {
             workers: metrics::gauge!(RUNTIME_WORKERS),
             kernel_stack: metrics::gauge!(HOST_KERNEL_STACK),
             tcp_sockets: metrics::gauge!(HOST_TCP_SOCKETS),
+            trimmer: Trimmer::new(trim_threshold_bytes),
         };
         sampler.sample();
         let (requests, inbox) = mpsc::channel::<RenderRequest>();
         std::thread::Builder::new()
             .name("wsscale-sampler".into())
             .spawn(move || {
+                // A deadline rather than a fresh timeout per wait, so frequent scrapes
+                // cannot put the upkeep off.
+                let mut next_upkeep = Instant::now() + UPKEEP_PERIOD;
                 loop {
-                    match inbox.recv_timeout(UPKEEP_PERIOD) {
+                    match inbox.recv_timeout(next_upkeep.saturating_duration_since(Instant::now())) {
                         Ok(reply) => {
                             let _ = reply.send(sampler.render());
                         }
-                        Err(RecvTimeoutError::Timeout) => sampler.upkeep(),
+                        Err(RecvTimeoutError::Timeout) => {
+                            sampler.upkeep();
+                            next_upkeep = Instant::now() + UPKEEP_PERIOD;
+                        }
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
@@ -130,16 +226,18 @@ impl SamplerHandle {
 }
 
 impl Sampler {
-    /// Reads the machine and writes every sampled gauge. With no connection open, the
-    /// reading becomes the new baseline.
+    /// Trims if due, then reads the machine and writes every sampled gauge. With no
+    /// connection open and no handshake in flight, the reading becomes the new baseline.
     fn sample(&mut self) {
+        let handshakes_in_flight = self.connections.handshakes_in_flight();
+        self.trimmer.trim_if_due(handshakes_in_flight);
         self.process.collect();
         let active = self.connections.active_connections();
         let now = Baseline {
             rss_bytes: proc::self_rss_bytes().unwrap_or(0),
             heap_bytes: alloc::allocated_bytes() as u64,
         };
-        if active == 0 || self.baseline.is_none() {
+        if (active == 0 && handshakes_in_flight == 0) || self.baseline.is_none() {
             self.baseline = Some(now);
         }
         let baseline = self.baseline.unwrap_or(now);
@@ -151,8 +249,7 @@ impl Sampler {
             }
         };
         self.active.set(active as f64);
-        self.handshakes_in_flight
-            .set(self.connections.handshakes_in_flight() as f64);
+        self.handshakes_in_flight.set(handshakes_in_flight as f64);
         self.heap.set(now.heap_bytes as f64);
         self.rss_per_connection
             .set(per_connection(now.rss_bytes, baseline.rss_bytes));
@@ -177,12 +274,15 @@ impl Sampler {
     }
 
     /// Histogram samples wait in per-metric buffers until upkeep folds them into buckets;
-    /// without it they would grow with every handshake and show up as heap.
+    /// without it they would grow with every handshake and show up as heap. Trims are
+    /// checked here too, so memory goes back to the OS whether or not anyone scrapes.
     fn upkeep(&mut self) {
         self.server_metrics.flush_pending();
         self.prometheus.run_upkeep();
         if self.connections.active_connections() == 0 {
             self.sample();
+        } else {
+            self.trimmer.trim_if_due(self.connections.handshakes_in_flight());
         }
     }
 }

@@ -290,6 +290,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         metrics_listen = %metrics_addr,
         max_connections = capacity.max_connections,
         max_handshakes = config.max_handshakes,
+        trim_threshold = config.trim_threshold,
         bound_by = %capacity.bound,
         fd_soft_before = fd_limit.soft_before,
         fd_soft = fd_limit.soft,
@@ -324,6 +325,7 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shared.metrics.clone(),
         shared.max_connections,
         shared.config.max_handshakes,
+        shared.config.trim_threshold,
     )?;
     runtime.block_on(run(listener, metrics_listener, sampler, shared))?;
     // Idle pooled threads and leftover tasks must not hold the exit up.

@@ -10,6 +10,7 @@ mod deploy;
 mod faults;
 mod hostile;
 mod load;
+mod memory;
 mod metrics;
 mod push;
 mod reconnect;
