@@ -160,9 +160,26 @@ impl Drop for ServeChild {
 /// POST http://addr/path with an empty body over a fresh connection; the status and the
 /// body.
 pub async fn http_post(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    exchange(
+        addr,
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+    )
+    .await
+}
+
+/// GET http://addr/path over a fresh connection; the body of a 200 response.
+pub async fn http_get_body(addr: SocketAddr, path: &str) -> io::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    match exchange(addr, request).await? {
+        (200, body) => Ok(body),
+        (status, _) => Err(io::Error::other(format!("GET {path}: status {status}"))),
+    }
+}
+
+/// Sends one request, reads until the server closes; the status and the body.
+async fn exchange(addr: SocketAddr, request: String) -> io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
@@ -176,25 +193,4 @@ pub async fn http_post(addr: SocketAddr, path: &str) -> io::Result<(u16, String)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| io::Error::other(format!("no status in {head:?}")))?;
     Ok((status, body.to_owned()))
-}
-
-/// GET http://addr/path over a fresh connection; the body of a 200 response.
-pub async fn http_get_body(addr: SocketAddr, path: &str) -> io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other("no HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!(
-            "GET {path}: {}",
-            head.lines().next().unwrap_or("")
-        )));
-    }
-    Ok(body.to_owned())
 }

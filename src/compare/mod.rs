@@ -92,9 +92,7 @@ impl RunSpec {
     fn wsscale(mode: Mode, engine: Engine, settings: Buffers, serve_args: &[String]) -> Self {
         RunSpec {
             name: builtin_name(mode, engine),
-            server: format!("wsscale serve --mode {mode} --engine {engine} {}", serve_args.join(" "))
-                .trim_end()
-                .to_owned(),
+            server: wsscale_command_line(mode, engine, serve_args),
             mode: Some(mode),
             engine: Some(engine),
             settings: Some(settings),
@@ -122,6 +120,13 @@ impl RunSpec {
             Target::External { .. } => None,
         }
     }
+}
+
+/// What a wsscale run starts (its listeners on port 0 besides).
+fn wsscale_command_line(mode: Mode, engine: Engine, serve_args: &[String]) -> String {
+    format!("wsscale serve --mode {mode} --engine {engine} {}", serve_args.join(" "))
+        .trim_end()
+        .to_owned()
 }
 
 /// `tasks-lean`, `threads-tungstenite`, ...
@@ -358,6 +363,11 @@ pub fn plan(
 
     let mut all_serve_args = vec!["--max-connections".to_owned(), (fits + 16).to_string()];
     all_serve_args.extend(serve_args);
+    for run in &mut runs {
+        if let Target::Wsscale { mode, engine, .. } = run.target {
+            run.server = wsscale_command_line(mode, engine, &all_serve_args);
+        }
+    }
     Ok(Plan {
         steps,
         modes: args.modes,

@@ -12,7 +12,7 @@
 //! validator from PyPI; .ci/run installs both. A test that cannot run fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use wsscale::child::ServeChild;
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
-use crate::stack::{Running, eventually, get_json, must_pass, root, yaml};
+use crate::stack::{eventually, get_json, must_pass, root, yaml};
 
 /// The oldest Kubernetes these manifests claim (the preStop `sleep` action is on by
 /// default from 1.30) and the newest the pinned kubernetes-validate bundles.
@@ -667,32 +667,7 @@ fn prometheus_keeps_annotated_running_pods_and_scrapes_them() {
         "Debian package prometheus",
     );
 
-    // Port 0: Prometheus logs the address it bound.
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config_file.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg("--web.listen-address=127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prometheus is required (Debian package prometheus; .ci/run installs it)");
-    let stderr = BufReader::new(prometheus.stderr.take().unwrap());
-    let _prometheus = Running(prometheus);
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keeps draining the log so Prometheus never blocks on a full pipe.
-        for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("msg=\"Listening on\"")
-                && let Some(address) = line.split("address=").nth(1)
-            {
-                let _ = address_tx.send(address.trim().to_owned());
-            }
-        }
-    });
-    let address = address_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("Prometheus logs its listening address");
-    let api = format!("http://{address}/api/v1");
+    let (_prometheus, api) = crate::stack::start_prometheus(&config_file, &dir.path().join("data"));
 
     let targets = eventually(Duration::from_secs(30), "the annotated pods as targets", || {
         let answer = get_json(&format!("{api}/targets"), &[])?;

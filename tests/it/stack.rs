@@ -607,7 +607,7 @@ pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Op
 
 /// Prometheus on 127.0.0.1 port 0 with `config`, and its API's base URL (the address it
 /// logs once listening).
-fn start_prometheus(config: &Path, data: &Path) -> (Running, String) {
+pub fn start_prometheus(config: &Path, data: &Path) -> (Running, String) {
     let mut prometheus = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", data.display()))
