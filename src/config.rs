@@ -66,6 +66,9 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every execution model, in the order `compare` measures them.
+    pub const ALL: [Mode; 2] = [Mode::Tasks, Mode::Threads];
+
     /// The value of the `mode` label on every metric.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +99,9 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// Every engine, in the order `compare` measures them.
+    pub const ALL: [Engine; 2] = [Engine::Lean, Engine::Tungstenite];
+
     /// The value of the `engine` label on every metric.
     pub fn as_str(self) -> &'static str {
         match self {

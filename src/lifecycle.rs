@@ -162,10 +162,11 @@ impl Lifecycle {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const POLICY: SessionPolicy = SessionPolicy {
+    /// The policy the unit tests of the lifecycle and of the session run under.
+    pub(crate) const POLICY: SessionPolicy = SessionPolicy {
         ping_interval: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(25),
         drain_timeout: Duration::from_secs(3),

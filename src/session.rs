@@ -140,13 +140,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    const POLICY: SessionPolicy = SessionPolicy {
-        ping_interval: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(25),
-        drain_timeout: Duration::from_secs(3),
-        max_message_size: 1024,
-    };
+    use crate::lifecycle::tests::POLICY;
 
     /// A masked client frame.
     fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {

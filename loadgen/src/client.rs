@@ -341,7 +341,7 @@ fn hold<'a>(
         .message_interval
         .map_or(far_future, |interval| Instant::now() + interval);
     async move {
-        // The one word of push state a held connection keeps (see `push`).
+        // The one word of push state a held connection keeps (see `wsscale_wire::push`).
         let mut last_push_seq = push::NO_PUSH_YET;
         // One timer for both schedules, reset rather than rebuilt: every held connection's
         // task carries it.

@@ -8,8 +8,8 @@
 //! - [`client`]: one connection (connect from a source address with
 //!   IP_BIND_ADDRESS_NO_PORT, upgrade, hold with scheduled pings, close 1000; reconnect
 //!   after a loss with `--reconnect`).
-//! - [`reconnect`]: the backoff policy of reconnections; [`push`]: the server pushes'
-//!   format, delivery latency and sequence gaps.
+//! - [`reconnect`]: the backoff policy of reconnections. The server pushes' format,
+//!   delivery latency and sequence gaps are `wsscale_wire::push`, shared with the server.
 //! - [`pool`]: a set of held connections in this process, grown by ramps.
 //! - [`stats`]: counters and HDR histograms, and the [`stats::Event`]s a shard reports.
 //! - [`report`]: merges shards' events into one [`Summary`] (table and JSON), and

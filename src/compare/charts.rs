@@ -77,6 +77,18 @@ struct Line {
     points: Vec<(f64, f64)>,
 }
 
+impl Line {
+    /// A line of the run at `index`, in that run's colour.
+    fn of_run(index: usize, label: String, dashed: bool, points: Vec<(f64, f64)>) -> Self {
+        Line {
+            label,
+            color: run_color(index),
+            dashed,
+            points,
+        }
+    }
+}
+
 fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
     const MIB: f64 = 1048576.0;
     // User memory, and user + the kernel stacks added since the first step.
@@ -103,18 +115,8 @@ fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String>
                 })
                 .collect();
             [
-                Line {
-                    label: format!("{name}: RSS"),
-                    color: run_color(index),
-                    dashed: false,
-                    points: rss,
-                },
-                Line {
-                    label: format!("{name}: RSS + kernel stacks"),
-                    color: run_color(index),
-                    dashed: true,
-                    points: with_kernel,
-                },
+                Line::of_run(index, format!("{name}: RSS"), false, rss),
+                Line::of_run(index, format!("{name}: RSS + kernel stacks"), true, with_kernel),
             ]
         })
         .collect();
@@ -139,21 +141,21 @@ fn push(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
             }
             let name = &run.spec.name;
             vec![
-                Line {
-                    label: format!("{name}: delivery p99 (ms)"),
-                    color: run_color(index),
-                    dashed: false,
-                    points: pushed.iter().map(|(n, p)| (*n, p.push_delivery_p99_ms)).collect(),
-                },
-                Line {
-                    label: format!("{name}: CPU per broadcast (ms)"),
-                    color: run_color(index),
-                    dashed: true,
-                    points: pushed
+                Line::of_run(
+                    index,
+                    format!("{name}: delivery p99 (ms)"),
+                    false,
+                    pushed.iter().map(|(n, p)| (*n, p.push_delivery_p99_ms)).collect(),
+                ),
+                Line::of_run(
+                    index,
+                    format!("{name}: CPU per broadcast (ms)"),
+                    true,
+                    pushed
                         .iter()
                         .map(|(n, p)| (*n, p.cpu_seconds_per_broadcast.max(0.0) * 1000.0))
                         .collect(),
-                },
+                ),
             ]
         })
         .collect();
@@ -177,18 +179,8 @@ fn threads_and_tasks(path: &Path, title: &str, summaries: &Summaries) -> Result<
                 .iter()
                 .map(|s| Some((s.connections as f64, s.tasks_alive? as f64)))
                 .collect();
-            let threads = Line {
-                label: format!("{name}: OS threads"),
-                color: run_color(index),
-                dashed: false,
-                points: threads,
-            };
-            let tasks = tasks.map(|points| Line {
-                label: format!("{name}: Tokio tasks alive"),
-                color: run_color(index),
-                dashed: true,
-                points,
-            });
+            let threads = Line::of_run(index, format!("{name}: OS threads"), false, threads);
+            let tasks = tasks.map(|points| Line::of_run(index, format!("{name}: Tokio tasks alive"), true, points));
             std::iter::once(threads).chain(tasks)
         })
         .collect();

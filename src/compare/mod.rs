@@ -122,6 +122,13 @@ impl RunSpec {
     }
 }
 
+/// Whether `name` is one of wsscale's own runs (in any mode with any engine).
+pub fn is_builtin_name(name: &str) -> bool {
+    Mode::ALL
+        .iter()
+        .any(|&mode| Engine::ALL.iter().any(|&engine| builtin_name(mode, engine) == name))
+}
+
 /// What a wsscale run starts (its listeners on port 0 besides).
 fn wsscale_command_line(mode: Mode, engine: Engine, serve_args: &[String]) -> String {
     format!("wsscale serve --mode {mode} --engine {engine} {}", serve_args.join(" "))
@@ -431,10 +438,7 @@ fn parse_server(spec: &str) -> anyhow::Result<(&str, &str)> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         bail!("--server {spec:?}: NAME must be letters, digits, '-', '_' or '.'");
     }
-    let builtin = [Mode::Tasks, Mode::Threads]
-        .iter()
-        .flat_map(|&mode| [Engine::Lean, Engine::Tungstenite].map(|engine| builtin_name(mode, engine)));
-    if builtin.clone().any(|builtin| builtin == name) {
+    if is_builtin_name(name) {
         bail!("--server {name}=...: {name} is the name of one of wsscale's own runs; choose another");
     }
     if command.is_empty() {
@@ -482,7 +486,7 @@ pub fn parse_steps(spec: Option<&str>, connections: usize) -> anyhow::Result<Vec
 }
 
 /// One step's reading of the server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Sample {
     /// Connections open at this step: the server's wsscale_connections_active, or (an
     /// external server) the connections the clients hold.
@@ -563,10 +567,15 @@ struct Reading {
     /// Connections the server holds (wsscale: its gauge; external: the clients' count).
     connections: u64,
     rss_bytes: u64,
-    /// A wsscale server's scrape, sampled from when the step has settled.
-    scrape: Option<String>,
-    /// An external server's process tree.
-    tree: Option<TreeUsage>,
+    /// Where the rest of the sample comes from.
+    figures: Figures,
+}
+
+/// A wsscale server's scrape (sampled from, once the step has settled), or an external
+/// server's process tree.
+enum Figures {
+    Scrape(String),
+    Tree(TreeUsage),
 }
 
 impl Server {
@@ -619,8 +628,7 @@ impl Server {
                 Ok(Reading {
                     connections: value(crate::metrics::CONNECTIONS_ACTIVE) as u64,
                     rss_bytes: value("process_resident_memory_bytes") as u64,
-                    scrape: Some(text),
-                    tree: None,
+                    figures: Figures::Scrape(text),
                 })
             }
             Server::External(server) => {
@@ -628,8 +636,7 @@ impl Server {
                 Ok(Reading {
                     connections: clients_open,
                     rss_bytes: tree.rss_bytes,
-                    scrape: None,
-                    tree: Some(tree),
+                    figures: Figures::Tree(tree),
                 })
             }
         }
@@ -854,26 +861,15 @@ struct StepContext<'a> {
 
 impl Sample {
     fn read(reading: Reading, server: &Server, context: StepContext<'_>) -> anyhow::Result<Sample> {
-        let kernel_stack_delta = |kernel_stack_bytes: u64| {
-            context.previous.map_or(0, |(_, last)| {
-                kernel_stack_bytes as i64 - last.kernel_stack_bytes as i64
-            })
-        };
-        let (ping_rtt_p50_ms, ping_rtt_p99_ms) = match context.rtt.count {
-            0 => (None, None),
-            _ => (Some(context.rtt.p50), Some(context.rtt.p99)),
-        };
-        match (reading.scrape, reading.tree) {
-            (Some(text), _) => {
+        // What only the server's own figures give; the rest is the same for every server.
+        let measured = match reading.figures {
+            Figures::Scrape(text) => {
                 let proc_status = ProcessStatus::read(server.pid())?;
                 let value = |name: &str, labels: &[(&str, &str)]| sample_value(&text, name, labels).unwrap_or(0.0);
                 let rss_bytes = value("process_resident_memory_bytes", &[]) as u64;
                 let threads = value("process_threads", &[]) as u64;
-                let kernel_stack_bytes = value(crate::metrics::HOST_KERNEL_STACK, &[]) as u64;
                 let vm_rss = proc_status.vm_rss_bytes as f64;
-                Ok(Sample {
-                    connections: reading.connections,
-                    target: context.target,
+                Sample {
                     rss_bytes,
                     rss_per_connection_bytes: value(crate::metrics::MEMORY_PER_CONNECTION, &[("source", "rss")]),
                     heap_bytes: Some(value(crate::metrics::HEAP_ALLOCATED, &[]) as u64),
@@ -883,25 +879,18 @@ impl Sample {
                     )),
                     threads,
                     tasks_alive: Some(value(crate::metrics::TASKS_ALIVE, &[]) as u64),
-                    kernel_stack_bytes,
-                    kernel_stack_delta_bytes: kernel_stack_delta(kernel_stack_bytes),
+                    kernel_stack_bytes: value(crate::metrics::HOST_KERNEL_STACK, &[]) as u64,
                     open_fds: value("process_open_fds", &[]) as u64,
-                    open_rate_per_sec: context.open_rate,
-                    failed_connections: context.failed,
-                    ping_rtt_p50_ms,
-                    ping_rtt_p99_ms,
                     cpu_seconds: value("process_cpu_seconds_total", &[]),
                     proc_vm_rss_bytes: proc_status.vm_rss_bytes,
                     proc_threads: proc_status.threads,
                     cross_check_ok: Some(
                         (rss_bytes as f64 - vm_rss).abs() <= vm_rss * 0.05 && threads == proc_status.threads,
                     ),
-                    steady: context.steady,
-                    push: None,
-                })
+                    ..Sample::default()
+                }
             }
-            (None, Some(tree)) => {
-                let kernel_stack_bytes = wsscale_host::proc::kernel_stack_bytes().unwrap_or(0);
+            Figures::Tree(tree) => {
                 let baseline = context.previous.map(|(first, _)| first.rss_bytes);
                 let rss_per_connection_bytes = match (baseline, reading.connections) {
                     (Some(base), connections) if connections > 0 => {
@@ -909,32 +898,36 @@ impl Sample {
                     }
                     _ => 0.0,
                 };
-                Ok(Sample {
-                    connections: reading.connections,
-                    target: context.target,
+                Sample {
                     rss_bytes: tree.rss_bytes,
                     rss_per_connection_bytes,
-                    heap_bytes: None,
-                    heap_per_connection_bytes: None,
                     threads: tree.threads,
-                    tasks_alive: None,
-                    kernel_stack_bytes,
-                    kernel_stack_delta_bytes: kernel_stack_delta(kernel_stack_bytes),
+                    kernel_stack_bytes: wsscale_host::proc::kernel_stack_bytes().unwrap_or(0),
                     open_fds: tree.open_fds,
-                    open_rate_per_sec: context.open_rate,
-                    failed_connections: context.failed,
-                    ping_rtt_p50_ms,
-                    ping_rtt_p99_ms,
                     cpu_seconds: tree.cpu_seconds,
                     proc_vm_rss_bytes: tree.rss_bytes,
                     proc_threads: tree.threads,
-                    cross_check_ok: None,
-                    steady: context.steady,
-                    push: None,
-                })
+                    ..Sample::default()
+                }
             }
-            (None, None) => unreachable!("a reading is a scrape or a process tree"),
-        }
+        };
+        let (ping_rtt_p50_ms, ping_rtt_p99_ms) = match context.rtt.count {
+            0 => (None, None),
+            _ => (Some(context.rtt.p50), Some(context.rtt.p99)),
+        };
+        Ok(Sample {
+            connections: reading.connections,
+            target: context.target,
+            kernel_stack_delta_bytes: context.previous.map_or(0, |(_, last)| {
+                measured.kernel_stack_bytes as i64 - last.kernel_stack_bytes as i64
+            }),
+            open_rate_per_sec: context.open_rate,
+            failed_connections: context.failed,
+            ping_rtt_p50_ms,
+            ping_rtt_p99_ms,
+            steady: context.steady,
+            ..measured
+        })
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Summary<'a> {
 pub fn write(plan: &Plan, machine: &Machine, summaries: &Summaries) -> anyhow::Result<PathBuf> {
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let modes = [Mode::Tasks, Mode::Threads]
+    let modes = Mode::ALL
         .into_iter()
         .filter_map(|mode| Some((mode, summaries.builtin(mode, Engine::Lean)?)))
         .collect();
@@ -216,15 +216,8 @@ fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
     for (mode, ratio) in &ratios.stock_over_lean {
         rows.push((format!("tungstenite ÷ lean ({mode} mode)"), *ratio));
     }
-    let builtin = |name: &str| {
-        [Mode::Tasks, Mode::Threads].iter().any(|&mode| {
-            [Engine::Lean, Engine::Tungstenite]
-                .iter()
-                .any(|&engine| super::builtin_name(mode, engine) == name)
-        })
-    };
     for (name, ratio) in &ratios.over_lean_tasks {
-        if !builtin(name) {
+        if !super::is_builtin_name(name) {
             rows.push((format!("{name} ÷ tasks-lean"), *ratio));
         }
     }
@@ -262,7 +255,7 @@ fn conclusions(summaries: &Summaries) -> String {
             bytes(run.user_plus_kernel_bytes_per_connection)
         );
     }
-    for engine in [Engine::Lean, Engine::Tungstenite] {
+    for engine in Engine::ALL {
         let (Some(tasks), Some(threads)) = (
             summaries.builtin(Mode::Tasks, engine),
             summaries.builtin(Mode::Threads, engine),
@@ -283,7 +276,7 @@ fn conclusions(summaries: &Summaries) -> String {
             ratio.user_memory
         );
     }
-    for mode in [Mode::Tasks, Mode::Threads] {
+    for mode in Mode::ALL {
         let (Some(lean), Some(stock)) = (
             summaries.builtin(mode, Engine::Lean),
             summaries.builtin(mode, Engine::Tungstenite),

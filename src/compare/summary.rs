@@ -111,12 +111,12 @@ impl Summaries {
         let runs: Vec<RunSummary> = results.iter().map(RunSummary::of).collect();
         let mut ratios = Ratios::default();
         let find = |mode, engine| runs.iter().find(|run| run.builtin() == Some((mode, engine)));
-        for engine in [Engine::Lean, Engine::Tungstenite] {
+        for engine in Engine::ALL {
             if let (Some(tasks), Some(threads)) = (find(Mode::Tasks, engine), find(Mode::Threads, engine)) {
                 ratios.threads_over_tasks.insert(engine, Ratio::of(threads, tasks));
             }
         }
-        for mode in [Mode::Tasks, Mode::Threads] {
+        for mode in Mode::ALL {
             if let (Some(lean), Some(stock)) = (find(mode, Engine::Lean), find(mode, Engine::Tungstenite)) {
                 ratios.stock_over_lean.insert(mode, Ratio::of(stock, lean));
             }

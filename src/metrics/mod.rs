@@ -93,6 +93,13 @@ struct Pending {
     broadcasts: Vec<f64>,
 }
 
+/// Writes a counter's zero, so it is present from the first scrape rather than from its
+/// first event.
+pub(crate) fn at_zero(counter: Counter) -> Counter {
+    counter.increment(0);
+    counter
+}
+
 /// One counter per reason of a labelled counter, found by the reason itself (never by
 /// its position, so reordering an enum cannot move a count to another label).
 #[derive(Clone)]
@@ -106,8 +113,7 @@ impl<R: Copy + PartialEq> ByReason<R> {
                 .iter()
                 .map(|&reason| {
                     let counter = metrics::counter!(name, "reason" => label(reason));
-                    counter.increment(0);
-                    (reason, counter)
+                    (reason, at_zero(counter))
                 })
                 .collect(),
         )
@@ -124,16 +130,12 @@ impl ServerMetrics {
     /// Registers every connection-path metric with the installed recorder and writes its
     /// zero, so it is present from the first scrape.
     pub fn register() -> Self {
-        let zero = |counter: Counter| {
-            counter.increment(0);
-            counter
-        };
         ServerMetrics {
-            messages_received: zero(metrics::counter!(MESSAGES_RECEIVED)),
-            messages_sent: zero(metrics::counter!(MESSAGES_SENT)),
-            connections_opened: zero(metrics::counter!(CONNECTIONS_OPENED)),
-            broadcasts: zero(metrics::counter!(BROADCASTS)),
-            pushes_dropped: zero(metrics::counter!(PUSHES_DROPPED)),
+            messages_received: at_zero(metrics::counter!(MESSAGES_RECEIVED)),
+            messages_sent: at_zero(metrics::counter!(MESSAGES_SENT)),
+            connections_opened: at_zero(metrics::counter!(CONNECTIONS_OPENED)),
+            broadcasts: at_zero(metrics::counter!(BROADCASTS)),
+            pushes_dropped: at_zero(metrics::counter!(PUSHES_DROPPED)),
             pending: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             broadcast_duration: metrics::histogram!(BROADCAST_DURATION),

@@ -32,7 +32,7 @@ use wsscale_host::{alloc, proc};
 use super::{
     CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HANDSHAKES_IN_FLIGHT, HANDSHAKES_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK,
     HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, MEMORY_TRIM_DURATION, MEMORY_TRIMMED, MEMORY_TRIMS, RUNTIME_WORKERS,
-    ServerMetrics, TASKS_ALIVE,
+    ServerMetrics, TASKS_ALIVE, at_zero,
 };
 
 /// How often histogram samples are folded in (and, with no connection open, the
@@ -104,15 +104,11 @@ struct Trimmer {
 
 impl Trimmer {
     fn new(threshold_bytes: u64) -> Self {
-        let zero = |counter: Counter| {
-            counter.increment(0);
-            counter
-        };
         Trimmer {
             threshold_bytes,
             floor_bytes: None,
-            trims: zero(metrics::counter!(MEMORY_TRIMS)),
-            trimmed_bytes: zero(metrics::counter!(MEMORY_TRIMMED)),
+            trims: at_zero(metrics::counter!(MEMORY_TRIMS)),
+            trimmed_bytes: at_zero(metrics::counter!(MEMORY_TRIMMED)),
             duration: metrics::histogram!(MEMORY_TRIM_DURATION),
         }
     }

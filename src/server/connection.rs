@@ -280,8 +280,7 @@ impl Connection {
     /// that queue (`--write-buffer-size`) is dropped, and counted, so a peer that does not
     /// read costs a bounded amount and delays nobody.
     fn on_push(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let board = self.board.clone();
-        let taken = board.take(&mut self.seen_push);
+        let taken = shared.board.take(&mut self.seen_push);
         let mut flow = Flow::Continue;
         let mut sent = 0;
         for push in &taken {

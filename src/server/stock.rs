@@ -194,30 +194,28 @@ pub(super) fn serve_blocking(stream: std::net::TcpStream, early: Vec<u8>, shared
                             _ => {}
                         }
                     }
-                    Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if would_block(&error) => break,
                     Err(tungstenite::Error::ConnectionClosed) => return peer_closed.unwrap_or(life.on_eof()),
                     Err(error) => return ended_by(&error, &life),
                 }
             }
         }
-        if Instant::now() >= life.deadline(policy) {
-            match life.on_timer(Instant::now(), policy) {
-                Due::Nothing => {}
-                Due::Ping => match socket.send(tungstenite::Message::Ping(Default::default())) {
-                    Err(error) if would_block(&error) => {}
-                    Err(_) => return CloseReason::Error,
-                    Ok(()) => {}
-                },
-                Due::IdleTimeout => {
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "idle timeout".into(),
-                    };
-                    let _ = socket.close(Some(frame));
-                    return CloseReason::IdleTimeout;
-                }
-                Due::Finish(reason) => return reason,
+        match life.on_timer(Instant::now(), policy) {
+            Due::Nothing => {}
+            Due::Ping => match socket.send(tungstenite::Message::Ping(Default::default())) {
+                Err(error) if would_block(&error) => {}
+                Err(_) => return CloseReason::Error,
+                Ok(()) => {}
+            },
+            Due::IdleTimeout => {
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "idle timeout".into(),
+                };
+                let _ = socket.close(Some(frame));
+                return CloseReason::IdleTimeout;
             }
+            Due::Finish(reason) => return reason,
         }
         // Echoes, pongs and close answers queued while reading, and what a full socket
         // held back: what is still unsent after this makes the thread wait for POLLOUT.
