@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::read_json;
+
 /// Runs `wsscale compare ARGS --out DIR/report` from the repository root (where the
 /// peers' commands are relative to); returns the output and the report folder.
 async fn compare(args: &[&str], dir: &Path) -> (Output, PathBuf) {
@@ -55,7 +57,7 @@ async fn compares_modes_and_engines_and_writes_the_report() {
         assert!(stdout.contains(wanted), "no {wanted:?} in:\n{stdout}");
     }
 
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = read_json(&out.join("summary.json"));
     for key in [
         "config",
         "machine",
@@ -222,7 +224,7 @@ async fn measures_any_server_given_as_a_command() {
         "{}",
         describe(&output)
     );
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = read_json(&out.join("summary.json"));
     let node = summary["runs"]
         .as_array()
         .unwrap()
@@ -317,7 +319,7 @@ async fn push_reports_delivery_and_cost_per_broadcast() {
         "{}",
         describe(&output)
     );
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = read_json(&out.join("summary.json"));
     let samples = summary["runs"][0]["samples"].as_array().unwrap();
     assert!(
         samples[0].get("push_delivery_p99_ms").is_none(),

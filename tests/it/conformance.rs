@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use wsscale::child::ServeChild;
 
-use crate::support::Kind;
+use crate::support::{Kind, read_json};
 
 crate::every_server!(autobahn_fuzzing_client_passes_every_case);
 
@@ -67,8 +67,7 @@ async fn autobahn_fuzzing_client_passes_every_case(kind: Kind) {
         "the Autobahn suite could not run ({status}); see the script's message above"
     );
 
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(reports.path().join("index.json")).unwrap()).unwrap();
+    let index: Value = read_json(&reports.path().join("index.json"));
     let cases = index[kind.to_string()].as_object().expect("results for this agent");
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     let mut not_ok = Vec::new();

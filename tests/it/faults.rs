@@ -4,8 +4,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::support::{Kind, Metrics, TestServer};
 
 crate::every_server!(
@@ -145,7 +143,7 @@ async fn sigterm_sends_1001_to_thousands_and_exits_0(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("summary.json");
     let mut load = load_command(&server.url(), HELD, "10m");
-    let mut load = load.arg("--json").arg(&json).spawn().unwrap();
+    let load = load.arg("--json").arg(&json).spawn().unwrap();
     server
         .wait_for_metric("wsscale_connections_active", &[], HELD as f64, Duration::from_secs(30))
         .await;
@@ -155,10 +153,7 @@ async fn sigterm_sends_1001_to_thousands_and_exits_0(kind: Kind) {
         .unwrap();
     assert!(status.success(), "{kind}: {status:?}");
     // The generator has seen every connection closed by the server; stop its hold.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
-    load.wait().await.unwrap();
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, summary) = crate::load::interrupt(load, &json).await;
     assert_eq!(summary["opened"], HELD);
     assert_eq!(
         summary["lost"]["close_1001"], HELD,

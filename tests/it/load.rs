@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Kind, TestServer};
+use crate::support::{Kind, TestServer, read_json};
 
 crate::both_modes!(holds_2000_connections_and_measures_them);
 
@@ -39,6 +39,19 @@ pub(crate) fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Stops a running `wsscale load` with SIGINT (it closes every connection cleanly and
+/// exits 0) and reads the summary it wrote to `json`.
+pub(crate) async fn interrupt(load: tokio::process::Child, json: &std::path::Path) -> (Output, Value) {
+    // SAFETY: kill(2) on our own running child.
+    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
+    let output = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
+        .await
+        .expect("the run stops on SIGINT")
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    (output, read_json(json))
 }
 
 async fn holds_2000_connections_and_measures_them(kind: Kind) {
@@ -259,14 +272,7 @@ async fn a_signal_stops_every_shard_cleanly() {
         .wait_for_metric("wsscale_connections_active", &[], 400.0, Duration::from_secs(30))
         .await;
     // Only the parent is signalled: it forwards the stop to its two shards.
-    // SAFETY: kill(2) on our own running child.
-    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
-    let output = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
-        .await
-        .expect("the run stops on SIGINT")
-        .unwrap();
-    assert!(output.status.success(), "{}", describe(&output));
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, summary) = interrupt(load, &json).await;
     assert_eq!(summary["processes"], 2, "{summary:#}");
     assert_eq!(summary["interrupted"], true, "{summary:#}");
     assert_eq!(

@@ -10,7 +10,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Client, Kind, TestServer, http_post};
+use crate::support::{Client, Kind, TestServer, http_post, read_json};
 
 crate::both_modes!(
     every_connection_gets_every_broadcast_once_in_order,
@@ -261,7 +261,7 @@ async fn the_load_generator_measures_push_delivery() {
         .await
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let summary: serde_json::Value = read_json(&json);
     let delivered = summary["push_delivery_ms"]["count"].as_u64().unwrap();
     assert!(
         delivered >= 50 * 5,

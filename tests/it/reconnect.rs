@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::load::describe;
+use crate::load::interrupt;
 use crate::support::{Kind, TestServer, assert_promtool_clean, wait_for_metric_at};
 
 crate::every_server!(reconnect_brings_back_every_connection_after_a_restart_on_the_same_port);
@@ -85,14 +83,7 @@ async fn reconnect_brings_back_every_connection_after_a_restart_on_the_same_port
     );
     assert_promtool_clean(&metrics.0);
 
-    // SAFETY: kill(2) on our own running child.
-    unsafe { libc::kill(load.id().unwrap() as i32, libc::SIGINT) };
-    let output = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
-        .await
-        .expect("the run stops on SIGINT")
-        .unwrap();
-    assert!(output.status.success(), "{}", describe(&output));
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (output, summary) = interrupt(load, &json).await;
     assert_eq!(summary["opened"], CONNECTIONS, "{summary:#}");
     assert_eq!(summary["lost_during_hold"], CONNECTIONS, "{summary:#}");
     assert_eq!(summary["lost"]["close_1001"], CONNECTIONS, "{summary:#}");

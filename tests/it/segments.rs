@@ -3,7 +3,6 @@
 //! summary of one run, with percentiles from the merged histograms; the Kubernetes
 //! Indexed Job's environment alone names a pod's segment.
 
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,7 @@ use wsscale_loadgen::report::Percentiles;
 use wsscale_loadgen::stats::Histograms;
 
 use crate::load::describe;
-use crate::support::{Kind, TestServer};
+use crate::support::{Kind, TestServer, read_json};
 
 fn wsscale() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"));
@@ -25,11 +24,6 @@ async fn finish(command: &mut tokio::process::Command) -> Output {
         .await
         .expect("the run ends by itself")
         .unwrap()
-}
-
-fn read_summary(path: &Path) -> Summary {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-    serde_json::from_str(&text).unwrap()
 }
 
 fn unix_now() -> f64 {
@@ -76,7 +70,7 @@ async fn three_segments_merge_into_the_summary_of_one_run() {
         let output = run.await.unwrap();
         assert!(output.status.success(), "{}", describe(&output));
     }
-    let segments: Vec<Summary> = files.iter().map(|file| read_summary(file)).collect();
+    let segments: Vec<Summary> = files.iter().map(|file| read_json::<Summary>(file)).collect();
     // Exact shares: 1000 = 334 + 333 + 333.
     let opened: Vec<u64> = segments.iter().map(|segment| segment.opened).collect();
     assert_eq!(opened, [334, 333, 333]);
@@ -104,7 +98,7 @@ async fn three_segments_merge_into_the_summary_of_one_run() {
     assert!(output.status.success(), "{}", describe(&output));
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("merged segments 0/3 1/3 2/3"), "{table}");
-    let merged = read_summary(&merged_json);
+    let merged = read_json::<Summary>(&merged_json);
     assert_eq!(merged.connections, CONNECTIONS);
     assert_eq!(merged.opened, CONNECTIONS as u64);
     assert_eq!(merged.failed, 0);
@@ -144,7 +138,7 @@ async fn three_segments_merge_into_the_summary_of_one_run() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("both segment 1/3"), "{stderr}");
-    let mut other_run = read_summary(&files[1]);
+    let mut other_run = read_json::<Summary>(&files[1]);
     other_run.run_id = "another-run".into();
     let other_file = dir.path().join("other.json");
     std::fs::write(&other_file, serde_json::to_string(&other_run).unwrap()).unwrap();
@@ -178,7 +172,7 @@ async fn an_indexed_job_pod_opens_exactly_its_share_from_the_environment() {
         .env("WSSCALE_LOAD_JSON", &json);
     let output = finish(&mut pod).await;
     assert!(output.status.success(), "{}", describe(&output));
-    let summary = read_summary(&json);
+    let summary = read_json::<Summary>(&json);
     assert_eq!(summary.segment.map(|s| s.to_string()), Some("1/3".into()));
     assert_eq!(summary.connections, 333);
     assert_eq!(summary.opened, 333);

@@ -3,15 +3,24 @@
 //! sleeps.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsscale::child::ServeChild;
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Reads a JSON file a run wrote (a summary, a report index); a missing or malformed
+/// file fails the test with its path.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
 
 /// Which server a test runs against: an execution model and an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
