@@ -17,6 +17,8 @@
 # The machine's load matters on a small machine: quote the median of several runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 connections=${1:-10000}
 mode=${2:-tasks}
 shift $(( $# > 2 ? 2 : $# ))
@@ -24,7 +26,6 @@ if [ -z "${WSSCALE_BIN:-}" ]; then
     cargo build --release --quiet
 fi
 bin=${WSSCALE_BIN:-target/release/wsscale}
-read -r -a serve_env <<<"${SERVE_ENV:-}"
 out=$(mktemp -d)
 server=""
 load=""
@@ -36,27 +37,19 @@ stop() {
 }
 trap 'stop; rm -rf "$out"' EXIT
 
-# One value from /metrics (the scrape is read whole: awk leaving early must not fail curl).
-metric() {
-    local text
-    text=$(curl -s "$metrics") || return 0
-    awk -v name="$1" -v labels="${2:-}" '$1 ~ "^"name"([{]|$)" && index($1, labels) {print $2; exit}' <<<"$text"
+# One value from the server's /metrics (see lib.sh).
+server_metric() {
+    metric "$metrics" "$@"
 }
 
 printf '%-18s %7s %10s %12s %13s %6s %6s\n' pattern held rss_bytes rss_per_conn heap_per_conn trims secs
 for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192"; do
     read -r name rate concurrency <<<"$pattern"
-    RUST_LOG=warn env "${serve_env[@]}" "$bin" serve --mode "$mode" --listen 127.0.0.1:0 \
-        --metrics-listen 127.0.0.1:0 "$@" >"$out/serve.out" 2>"$out/serve.err" &
-    server=$!
-    for _ in $(seq 300); do grep -q metrics "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
-    if ! grep -q metrics "$out/serve.out"; then
-        echo "the server did not start within 30 s:" >&2; cat "$out/serve.err" >&2; exit 1
-    fi
-    read -r _ ws _ metrics <"$out/serve.out"
+    start_server "$bin" "$mode" 127.0.0.1:0 "$out" "$@"
+    server=$server_pid ws=$ws_url metrics=$metrics_url
     sleep 1
-    rss_before=$(metric process_resident_memory_bytes)
-    heap_before=$(metric wsscale_heap_allocated_bytes)
+    rss_before=$(server_metric process_resident_memory_bytes)
+    heap_before=$(server_metric wsscale_heap_allocated_bytes)
     started=$(date +%s.%N)
     RUST_LOG=warn "$bin" load --url "$ws" --connections "$connections" --rate "$rate" \
         --concurrency "$concurrency" --hold 30s --ping-interval 0s >"$out/load.out" 2>"$out/load.err" &
@@ -67,14 +60,14 @@ for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192
         if ! kill -0 "$server" 2>/dev/null; then
             echo "the server exited during $name c=$concurrency:" >&2; tail -3 "$out/serve.err" >&2; exit 1
         fi
-        [ "$(metric wsscale_connections_active | cut -d. -f1)" = "$connections" ] &&
-            [ "$(metric wsscale_handshakes_in_flight | cut -d. -f1)" = 0 ] && break
+        [ "$(server_metric wsscale_connections_active | cut -d. -f1)" = "$connections" ] &&
+            [ "$(server_metric wsscale_handshakes_in_flight | cut -d. -f1)" = 0 ] && break
         sleep 0.1
     done
     held_secs=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
     previous=0; same=0
     for _ in $(seq 40); do
-        rss=$(metric process_resident_memory_bytes)
+        rss=$(server_metric process_resident_memory_bytes)
         if awk -v a="$rss" -v b="$previous" 'BEGIN {exit !(a <= b * 1.005 && a >= b * 0.995)}'; then
             same=$((same + 1)); [ "$same" -ge 3 ] && break
         else
@@ -82,14 +75,14 @@ for pattern in "paced 5000 256" "unpaced 0 256" "unpaced 0 2048" "unpaced 0 8192
         fi
         previous=$rss; sleep 0.25
     done
-    held=$(metric wsscale_connections_active)
+    held=$(server_metric wsscale_connections_active)
     if [ "${held%.*}" != "$connections" ]; then
         echo "$name c=$concurrency: the server holds ${held:-?} of $connections connections; the generator said:" >&2
         tail -3 "$out/load.err" >&2
     fi
-    rss=$(metric process_resident_memory_bytes)
-    heap=$(metric wsscale_heap_allocated_bytes)
-    trims=$(metric wsscale_memory_trims_total)
+    rss=$(server_metric process_resident_memory_bytes)
+    heap=$(server_metric wsscale_heap_allocated_bytes)
+    trims=$(server_metric wsscale_memory_trims_total)
     awk -v p="$name c=$concurrency" -v held="${held%.*}" -v rss="$rss" -v rb="$rss_before" -v heap="$heap" \
         -v hb="$heap_before" -v trims="${trims:--}" -v secs="$held_secs" 'BEGIN {
             if (held > 0) printf "%-18s %7d %10d %12.0f %13.0f %6s %6s\n", p, held, rss, (rss - rb) / held, (heap - hb) / held, trims, secs

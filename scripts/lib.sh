@@ -19,30 +19,46 @@ wsscale_bin() {
 
 # start_server BIN MODE LISTEN OUTDIR [serve flags...]
 # Starts `wsscale serve` in the background (stdout OUTDIR/serve.out, stderr appended to
-# OUTDIR/serve.err) and waits up to 10 s for its "listening" line. Sets server_pid,
+# OUTDIR/serve.err; SERVE_ENV adds environment variables to the server alone, e.g.
+# SERVE_ENV=GLIBC_TUNABLES=glibc.malloc.arena_max=1) and waits up to 10 s for its start
+# line. Sets server_pid,
 # ws_url (ws://ADDR/ws), ws_addr (ADDR) and metrics_url (http://ADDR/metrics).
 start_server() {
     local bin=$1 mode=$2 listen=$3 outdir=$4
     shift 4
+    local serve_env
+    read -r -a serve_env <<<"${SERVE_ENV:-}"
     : >"$outdir/serve.out"
-    RUST_LOG=${RUST_LOG:-warn} "$bin" serve --mode "$mode" --listen "$listen" --metrics-listen 127.0.0.1:0 "$@" \
-        >"$outdir/serve.out" 2>>"$outdir/serve.err" &
+    RUST_LOG=${RUST_LOG:-warn} env "${serve_env[@]}" "$bin" serve --mode "$mode" --listen "$listen" \
+        --metrics-listen 127.0.0.1:0 "$@" >"$outdir/serve.out" 2>>"$outdir/serve.err" &
     server_pid=$!
     local _
     for _ in $(seq 100); do
-        grep -q metrics "$outdir/serve.out" 2>/dev/null && break
+        grep -q '^listening ' "$outdir/serve.out" 2>/dev/null && break
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
-    if ! grep -q metrics "$outdir/serve.out" 2>/dev/null; then
+    if ! grep -q '^listening ' "$outdir/serve.out" 2>/dev/null; then
         echo "wsscale serve did not start; its log:" >&2
         tail -20 "$outdir/serve.err" >&2
         return 1
     fi
     # shellcheck disable=SC2034 # metrics_url is for the caller
-    read -r _ ws_url _ metrics_url <"$outdir/serve.out"
-    ws_addr=${ws_url#ws://}
+    ws_url=$(start_line_field url "$outdir/serve.out")
+    metrics_url=$(start_line_field metrics "$outdir/serve.out")
+    ws_addr=${ws_url#*://}
     ws_addr=${ws_addr%%/*}
+}
+
+# start_line_field KEY FILE: the value of KEY in the start line `wsscale serve` printed
+# into FILE ("listening url=ws://ADDR/ws metrics=http://ADDR/metrics mode=... ...").
+start_line_field() {
+    local key=$1 file=$2 line word
+    line=$(grep -m 1 '^listening ' "$file") || return 1
+    for word in $line; do
+        case $word in "$key="*) echo "${word#*=}"; return 0 ;; esac
+    done
+    return 1
 }
 
 # stop_process PID [SECONDS]: SIGTERM, then wait up to SECONDS (default 30) for the

@@ -1,5 +1,5 @@
 //! A `wsscale serve` child process on 127.0.0.1:0: started, its bound addresses read from
-//! the one line it prints, signalled, and killed when dropped. `wsscale compare` measures
+//! its start line ([`StartLine`]), signalled, and killed when dropped. `wsscale compare` measures
 //! servers this way (so the figures are the server's alone), and so do the tests.
 
 use std::ffi::OsStr;
@@ -9,51 +9,38 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::start_line::StartLine;
+
 /// How long a server may take to print its "listening" line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ServeChild {
     child: Child,
+    /// What the server announced: its URL and bound addresses.
+    pub start: StartLine,
     pub ws_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
 }
 
 impl ServeChild {
-    /// Starts `program serve --mode MODE` on loopback port 0 with `extra_args`, and waits
-    /// for its "listening" line.
-    pub fn spawn<I, S>(program: &Path, mode: &str, extra_args: I, stderr: Stdio) -> io::Result<ServeChild>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        Self::spawn_configured(program, mode, extra_args, |command| {
-            command.stderr(stderr);
-        })
-    }
-
-    /// Like [`ServeChild::spawn`], letting the caller adjust the command first (stderr,
-    /// environment, resource limits).
-    pub fn spawn_configured<I, S>(
-        program: &Path,
-        mode: &str,
-        extra_args: I,
-        configure: impl FnOnce(&mut Command),
-    ) -> io::Result<ServeChild>
+    /// Starts `program serve ARGS` with both listeners on loopback port 0, lets the caller
+    /// adjust the command first (stderr, environment, resource limits), and waits for its
+    /// start line.
+    pub fn spawn<I, S>(program: &Path, args: I, configure: impl FnOnce(&mut Command)) -> io::Result<ServeChild>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::spawn_at(program, mode, any_port, extra_args, configure)
+        Self::spawn_at(program, any_port, args, configure)
     }
 
-    /// Like [`ServeChild::spawn_configured`], with the WebSocket listener on `listen` (a
-    /// server restarted on the port of one that stopped, say).
+    /// Like [`ServeChild::spawn`], with the WebSocket listener on `listen` (a server
+    /// restarted on the port of one that stopped, say).
     pub fn spawn_at<I, S>(
         program: &Path,
-        mode: &str,
         listen: SocketAddr,
-        extra_args: I,
+        args: I,
         configure: impl FnOnce(&mut Command),
     ) -> io::Result<ServeChild>
     where
@@ -62,10 +49,10 @@ impl ServeChild {
     {
         let mut command = Command::new(program);
         command
-            .args(["serve", "--mode", mode, "--listen"])
+            .args(["serve", "--listen"])
             .arg(listen.to_string())
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(extra_args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         configure(&mut command);
@@ -93,17 +80,15 @@ impl ServeChild {
                 ));
             }
         };
-        let addr_after = |prefix: &str| -> Option<SocketAddr> {
-            let start = line.find(prefix)? + prefix.len();
-            line[start..].split('/').next()?.parse().ok()
-        };
-        match (addr_after("ws://"), addr_after("http://")) {
-            (Some(ws_addr), Some(metrics_addr)) => Ok(ServeChild {
+        match line.parse::<StartLine>() {
+            Ok(start) => Ok(ServeChild {
                 child,
-                ws_addr,
-                metrics_addr,
+                ws_addr: start.ws_addr,
+                metrics_addr: start.metrics_addr,
+                start,
             }),
-            _ => {
+            // Nothing printed (the server exited), or something else: it did not start.
+            Err(_) => {
                 let status = child.wait()?;
                 Err(io::Error::other(format!(
                     "wsscale serve did not start ({status}); its log says why"
@@ -116,8 +101,9 @@ impl ServeChild {
         self.child.id()
     }
 
+    /// Where WebSocket clients connect, as the server announced it.
     pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.ws_addr)
+        self.start.url.clone()
     }
 
     /// Sends `signal`, unless the process has already exited (and been reaped: its pid

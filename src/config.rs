@@ -110,6 +110,12 @@ impl Engine {
         }
     }
 
+    /// Whether the engine sends server pushes (POST /broadcast, --push-interval): the lean
+    /// engine watches the board for them; the stock echo does not.
+    pub fn pushes(self) -> bool {
+        matches!(self, Engine::Lean)
+    }
+
     /// The engine's own defaults for the buffer and size flags.
     pub fn defaults(self) -> BufferDefaults {
         match self {
@@ -209,31 +215,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
 
-    /// Largest message (and frame) accepted; larger ones are closed with 1009. Accepts
-    /// units: 65536, 64KiB, 1MiB. [default: 64KiB (lean), 64MiB (tungstenite; frames
-    /// 16MiB)]
-    #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE")]
-    pub max_message_size: Option<ByteSize>,
-
-    /// Bytes read from a socket at a time. Lean: into a buffer lent for that read only
-    /// (an idle connection holds none). Tungstenite: its read_buffer_size, allocated when
-    /// the connection opens and held for its life. [default: 4KiB (lean), 128KiB
-    /// (tungstenite)]
-    #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE")]
-    pub read_buffer_size: Option<ByteSize>,
-
-    /// Most answers queued for a peer that does not read before the server stops reading
-    /// from it (0: one maximum-size message). Answers are written as soon as they exist.
-    /// Tungstenite: write_buffer_size 0 and max_write_buffer_size this value. [default: 0
-    /// (lean); tungstenite's own: buffer 128KiB, no cap]
-    #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE")]
-    pub write_buffer_size: Option<ByteSize>,
-
-    /// Stack size of each connection thread (threads mode). Only touched pages count in
-    /// RSS; the kernel adds its own 16 KiB stack per thread regardless. [default: 256KiB
-    /// (lean), Rust's default of 2MiB (tungstenite)]
-    #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE")]
-    pub thread_stack_size: Option<ByteSize>,
+    /// The buffer and size flags, shared with `compare` (which passes them to every server).
+    #[command(flatten)]
+    pub buffers: BufferArgs,
 
     /// Serve POST /broadcast?size=BYTES on the metrics listener: one binary message to
     /// every held connection (lean engine; a stock server answers 501). Off by default,
@@ -325,21 +309,10 @@ pub struct CompareArgs {
     #[arg(long, env = "WSSCALE_COMPARE_FIT_LIMITS")]
     pub fit_limits: bool,
 
-    /// --read-buffer-size for every wsscale server (default: each engine's own).
-    #[arg(long, env = "WSSCALE_COMPARE_READ_BUFFER_SIZE")]
-    pub read_buffer_size: Option<ByteSize>,
-
-    /// --write-buffer-size for every wsscale server (default: each engine's own).
-    #[arg(long, env = "WSSCALE_COMPARE_WRITE_BUFFER_SIZE")]
-    pub write_buffer_size: Option<ByteSize>,
-
-    /// --max-message-size for every wsscale server (default: each engine's own).
-    #[arg(long, env = "WSSCALE_COMPARE_MAX_MESSAGE_SIZE")]
-    pub max_message_size: Option<ByteSize>,
-
-    /// --thread-stack-size for every threads-mode server (default: each engine's own).
-    #[arg(long, env = "WSSCALE_COMPARE_THREAD_STACK_SIZE")]
-    pub thread_stack_size: Option<ByteSize>,
+    /// The buffer and size flags for every wsscale server (default: each engine's own),
+    /// with the same environment variables as `wsscale serve`'s.
+    #[command(flatten)]
+    pub buffers: BufferArgs,
 
     /// Also measure server push at each step (lean-engine runs): after the memory sample,
     /// --push-count broadcasts one second apart; reports delivery latency to every
@@ -355,6 +328,60 @@ pub struct CompareArgs {
     /// Size of each push with --push.
     #[arg(long, env = "WSSCALE_COMPARE_PUSH_SIZE", default_value = "32B")]
     pub push_size: ByteSize,
+}
+
+/// The buffer and size flags, declared once: `wsscale serve` reads them, and `wsscale
+/// compare` passes the same values to every server it starts. Unset, each engine runs with
+/// its own defaults ([`Engine::defaults`]); [`Buffers::resolve`] says which applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args)]
+pub struct BufferArgs {
+    /// Largest message (and frame) accepted; larger ones are closed with 1009. Accepts
+    /// units: 65536, 64KiB, 1MiB. [default: 64KiB (lean), 64MiB (tungstenite; frames
+    /// 16MiB)]
+    #[arg(long, env = "WSSCALE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<ByteSize>,
+
+    /// Bytes read from a socket at a time. Lean: into a buffer lent for that read only
+    /// (an idle connection holds none). Tungstenite: its read_buffer_size, allocated when
+    /// the connection opens and held for its life. [default: 4KiB (lean), 128KiB
+    /// (tungstenite)]
+    #[arg(long, env = "WSSCALE_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<ByteSize>,
+
+    /// Most answers queued for a peer that does not read before the server stops reading
+    /// from it (0: one maximum-size message). Answers are written as soon as they exist.
+    /// Tungstenite: write_buffer_size 0 and max_write_buffer_size this value. [default: 0
+    /// (lean); tungstenite's own: buffer 128KiB, no cap]
+    #[arg(long, env = "WSSCALE_WRITE_BUFFER_SIZE")]
+    pub write_buffer_size: Option<ByteSize>,
+
+    /// Stack size of each connection thread (threads mode). Only touched pages count in
+    /// RSS; the kernel adds its own 16 KiB stack per thread regardless. [default: 256KiB
+    /// (lean), Rust's default of 2MiB (tungstenite)]
+    #[arg(long, env = "WSSCALE_THREAD_STACK_SIZE")]
+    pub thread_stack_size: Option<ByteSize>,
+}
+
+impl BufferArgs {
+    /// The flags that were set, as `wsscale serve` takes them (sizes in bytes).
+    pub fn to_args(&self) -> Vec<String> {
+        let BufferArgs {
+            max_message_size,
+            read_buffer_size,
+            write_buffer_size,
+            thread_stack_size,
+        } = self;
+        [
+            ("--max-message-size", max_message_size),
+            ("--read-buffer-size", read_buffer_size),
+            ("--write-buffer-size", write_buffer_size),
+            ("--thread-stack-size", thread_stack_size),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| Some([flag.to_owned(), value.as_ref()?.as_u64().to_string()]))
+        .flatten()
+        .collect()
+    }
 }
 
 /// Where a setting's value came from: the engine's defaults, or a flag (on the command
@@ -413,6 +440,51 @@ pub struct Buffers {
 }
 
 impl Buffers {
+    /// The settings an engine runs with under `flags`: each flag that is set, else the
+    /// engine's default. Refuses a zero where zero means nothing, sizes past 1 GiB and a
+    /// thread stack under 64 KiB, naming the flag.
+    pub fn resolve(engine: Engine, flags: &BufferArgs) -> Result<Buffers, ConfigError> {
+        const MAX_SIZE: u64 = 1 << 30;
+        let size = |flag: &'static str, value: Option<ByteSize>, allow_zero: bool| {
+            let Some(value) = value.map(|value| value.as_u64()) else {
+                return Ok(None);
+            };
+            if value == 0 && !allow_zero {
+                Err(ConfigError::Zero { flag })
+            } else if value > MAX_SIZE {
+                Err(ConfigError::TooLarge {
+                    flag,
+                    value,
+                    max: MAX_SIZE,
+                })
+            } else {
+                Ok(Some(value as usize))
+            }
+        };
+        let thread_stack_size = size("thread-stack-size", flags.thread_stack_size, false)?;
+        if let Some(stack) = thread_stack_size
+            && stack < 64 * 1024
+        {
+            return Err(ConfigError::StackTooSmall(stack as u64));
+        }
+        let defaults = engine.defaults();
+        Ok(Buffers {
+            read_buffer_size: Setting::resolve(
+                size("read-buffer-size", flags.read_buffer_size, false)?,
+                defaults.read_buffer_size,
+            ),
+            write_buffer_size: Setting::resolve(
+                size("write-buffer-size", flags.write_buffer_size, true)?,
+                defaults.write_buffer_size,
+            ),
+            max_message_size: Setting::resolve(
+                size("max-message-size", flags.max_message_size, false)?,
+                defaults.max_message_size,
+            ),
+            thread_stack_size: Setting::resolve(thread_stack_size, defaults.thread_stack_size),
+        })
+    }
+
     /// Most answers queued for a peer that does not read: --write-buffer-size, but room
     /// for one maximum-size answer (with its frame header) at least.
     pub fn max_unsent(&self) -> usize {
@@ -510,45 +582,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
                 flag: "max-connections",
             });
         }
-        const MAX_SIZE: u64 = 1 << 30;
-        let size = |flag: &'static str, value: Option<ByteSize>, allow_zero: bool| {
-            let Some(value) = value.map(|value| value.as_u64()) else {
-                return Ok(None);
-            };
-            if value == 0 && !allow_zero {
-                Err(ConfigError::Zero { flag })
-            } else if value > MAX_SIZE {
-                Err(ConfigError::TooLarge {
-                    flag,
-                    value,
-                    max: MAX_SIZE,
-                })
-            } else {
-                Ok(Some(value as usize))
-            }
-        };
-        let thread_stack_size = size("thread-stack-size", args.thread_stack_size, false)?;
-        if let Some(stack) = thread_stack_size
-            && stack < 64 * 1024
-        {
-            return Err(ConfigError::StackTooSmall(stack as u64));
-        }
-        let defaults = args.engine.defaults();
-        let buffers = Buffers {
-            read_buffer_size: Setting::resolve(
-                size("read-buffer-size", args.read_buffer_size, false)?,
-                defaults.read_buffer_size,
-            ),
-            write_buffer_size: Setting::resolve(
-                size("write-buffer-size", args.write_buffer_size, true)?,
-                defaults.write_buffer_size,
-            ),
-            max_message_size: Setting::resolve(
-                size("max-message-size", args.max_message_size, false)?,
-                defaults.max_message_size,
-            ),
-            thread_stack_size: Setting::resolve(thread_stack_size, defaults.thread_stack_size),
-        };
+        let buffers = Buffers::resolve(args.engine, &args.buffers)?;
         let push_size = args.push_size.as_u64();
         if push_size < wsscale_wire::push::HEADER_LEN as u64 || push_size > buffers.max_message_size.value as u64 {
             return Err(ConfigError::PushSize {
@@ -560,7 +594,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             .push_interval
             .map(Duration::from)
             .filter(|interval| !interval.is_zero());
-        if args.engine != Engine::Lean && push_interval.is_some() {
+        if !args.engine.pushes() && push_interval.is_some() {
             return Err(ConfigError::PushNeedsLean("--push-interval"));
         }
         Ok(ServeConfig {

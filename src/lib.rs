@@ -21,6 +21,7 @@
 //! - [`metrics`]: metric names and handles, the Prometheus recorder, the sampler thread
 //!   that reads /proc, and /metrics and /healthz.
 //! - [`exposition`]: reading a server's /metrics text (for `compare` and the tests).
+//! - [`start_line`]: the line `wsscale serve` prints once it listens, and its parser.
 //! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound
 //!   thread-per-connection.
 //!
@@ -41,3 +42,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod start_line;

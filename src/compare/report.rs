@@ -11,8 +11,9 @@ use serde::Serialize;
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{self, KernelLimits};
 
+use super::charts;
+use super::plan::Plan;
 use super::summary::{Ratio, Ratios, RunSummary, Summaries};
-use super::{Plan, charts};
 use crate::config::{Engine, Mode};
 
 /// The machine the figures come from.
@@ -217,7 +218,7 @@ fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
         rows.push((format!("tungstenite ÷ lean ({mode} mode)"), *ratio));
     }
     for (name, ratio) in &ratios.over_lean_tasks {
-        if !super::is_builtin_name(name) {
+        if !super::plan::is_builtin_name(name) {
             rows.push((format!("{name} ÷ tasks-lean"), *ratio));
         }
     }

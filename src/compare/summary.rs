@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::fit::{self, Fit};
-use super::{RunResult, RunSpec, Sample};
+use super::measure::{RunResult, Sample};
+use super::plan::RunSpec;
 use crate::config::{Engine, Mode};
 
 /// One run's samples and what they fit to.

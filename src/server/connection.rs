@@ -12,8 +12,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::Shared;
 use super::board::Board;
+use super::shared::Shared;
 use crate::lifecycle::{CloseReason, Flow};
 use crate::session::{Session, Tally};
 

@@ -20,6 +20,7 @@
 //! [`crate::config::Buffers::tungstenite_config`]): its 128 KiB read buffer is allocated
 //! when the connection opens and held for its life.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -29,20 +30,54 @@ use axum::extract::FromRequestParts;
 use axum::extract::Request;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
 
+use super::shared::{ConnectionGuard, Shared};
+use super::stack::{Stack, Upgraded};
+use super::threads::ThreadEngine;
+use super::upgrade;
 use super::wait::{Ready, poll};
-use super::{ConnectionGuard, Shared};
+use crate::handshake::{Accepted, Refusal};
 use crate::lifecycle::{CloseReason, Due, Lifecycle};
 use crate::protocol::close_code;
 use crate::session::Tally;
 
-/// Tasks mode: hands the request to axum's `WebSocketUpgrade`, whose `on_upgrade` runs
-/// [`echo`] in a task of its own once the 101 is out. Err: the request is not one axum
-/// upgrades (it already passed `handshake::check`, so this does not happen).
-pub(super) async fn upgrade_with_axum(
+/// Tasks mode with the stock engine: axum's `WebSocketUpgrade` answers the upgrade and
+/// runs the session in a task of its own.
+pub(crate) struct TasksStock;
+
+impl Stack for TasksStock {
+    type Reserved = ();
+
+    async fn answer(shared: &Arc<Shared>, request: Request, permit: OwnedSemaphorePermit, _: Accepted) -> Response {
+        match upgrade_with_axum(shared, request, permit).await {
+            Ok(response) => response,
+            Err(()) => upgrade::refuse(shared, Refusal::BadRequest("bad request: not a WebSocket upgrade")),
+        }
+    }
+
+    /// The session is axum's `on_upgrade` task: nothing comes back from the HTTP phase.
+    async fn connection(http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static, _: Arc<Shared>) {
+        let _ = http.await;
+    }
+}
+
+/// Threads mode with the stock engine: blocking tungstenite on the connection's thread.
+pub(crate) struct Blocking;
+
+impl ThreadEngine for Blocking {
+    fn session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
+        serve_blocking(stream, early, shared)
+    }
+}
+
+/// Hands the request to axum's `WebSocketUpgrade`, whose `on_upgrade` runs [`echo`] in a
+/// task of its own once the 101 is out. Err: the request is not one axum upgrades (it
+/// already passed `handshake::check`, so this does not happen).
+async fn upgrade_with_axum(
     shared: &Arc<Shared>,
     request: Request,
     permit: OwnedSemaphorePermit,
@@ -140,7 +175,7 @@ async fn echo(mut socket: WebSocket, shared: &Shared) -> CloseReason {
 
 /// Threads mode: one connection on its thread, blocking tungstenite reading and echoing
 /// until the connection ends; returns why. The socket is closed on return.
-pub(super) fn serve_blocking(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
+fn serve_blocking(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
     let policy = &shared.policy;
     let fd = stream.as_raw_fd();
     let config = shared.config.buffers.tungstenite_config();

@@ -15,22 +15,51 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::extract::Request;
+use axum::response::Response;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::futures::OwnedNotified;
 
 use super::connection::{Connection, Wake};
-use super::{ConnectionGuard, Shared, Upgrade};
+use super::shared::{ConnectionGuard, Shared};
+use super::stack::{Stack, Upgraded};
+use super::upgrade;
+use crate::handshake::Accepted;
 use crate::lifecycle::Flow;
 
+/// Tasks mode with the lean engine.
+pub(crate) struct TasksLean;
+
+impl Stack for TasksLean {
+    type Reserved = ();
+
+    async fn answer(
+        shared: &Arc<Shared>,
+        request: Request,
+        permit: OwnedSemaphorePermit,
+        accepted: Accepted,
+    ) -> Response {
+        upgrade::switch_protocols(shared, request, permit, (), &accepted)
+    }
+
+    fn connection(
+        http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static,
+        shared: Arc<Shared>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        ConnectionTask::new(http, shared)
+    }
+}
+
 /// The HTTP phase of one connection, boxed: it is used once and freed at the upgrade.
-type HttpPhase = Pin<Box<dyn Future<Output = Option<Upgrade>> + Send>>;
+type HttpPhase = Pin<Box<dyn Future<Output = Option<Upgraded<TcpStream>>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// One TCP connection, from accept to close: HTTP until an upgrade, then the session,
     /// in this one task. Written as a state machine rather than an `async fn` so a held
     /// connection's task is only as big as its session: the HTTP phase is a boxed future,
     /// freed at the upgrade.
-    pub(super) struct ConnectionTask {
+    struct ConnectionTask {
         http: Option<HttpPhase>,
         shared: Arc<Shared>,
         #[pin]
@@ -39,7 +68,7 @@ pin_project_lite::pin_project! {
 }
 
 impl ConnectionTask {
-    pub(super) fn new(http: impl Future<Output = Option<Upgrade>> + Send + 'static, shared: Arc<Shared>) -> Self {
+    fn new(http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static, shared: Arc<Shared>) -> Self {
         ConnectionTask {
             http: Some(Box::pin(http)),
             shared,
@@ -90,7 +119,7 @@ pin_project_lite::pin_project! {
 }
 
 impl SessionTask {
-    fn new(upgrade: Upgrade, shared: Arc<Shared>) -> Self {
+    fn new(upgrade: Upgraded<TcpStream>, shared: Arc<Shared>) -> Self {
         let mut connection = Connection::new(&shared);
         let flow = connection.on_early_bytes(&upgrade.stream, &shared, upgrade.early);
         let timer = tokio::time::sleep_until(connection.deadline(&shared).into());

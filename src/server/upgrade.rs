@@ -1,15 +1,15 @@
-//! The HTTP phase of every connection, in both execution models: hyper serves HTTP/1 with
-//! the axum router until the request is answered (404, 405, 426, 400, 503) or upgraded
+//! The HTTP phase of every connection, whatever its stack: hyper serves HTTP/1 with the
+//! axum router until the request is answered (404, 405, 426, 400, 503) or upgraded
 //! (101). [`handshake::check`] decides; a connection permit is taken only by a request
-//! that passed it, and every refusal is counted and answered by [`refuse`], the one
-//! refusal path.
+//! that passed it; the stack answers ([`Stack::answer`]); every refusal is counted and
+//! answered by [`refuse`], the one refusal path.
 //!
 //! The handler does not use axum's `WebSocketUpgrade::on_upgrade`, which spawns a bare
-//! task of its own: it leaves the `OnUpgrade` and the permit in a per-connection slot,
-//! hyper's connection future resolves after the 101 is written, and [`serve_http`] takes
-//! the bare socket back and returns it. Tasks mode continues in the same task; threads
-//! mode passes the socket to the thread the handler started (so a thread the OS refuses
-//! is still a 503, answered before the 101).
+//! task of its own (only the stock tasks stack does, on purpose): [`switch_protocols`]
+//! leaves the `OnUpgrade`, the permit and what the stack reserved in the connection's
+//! [`PendingSlot`]; hyper's connection future resolves after the 101 is written, and
+//! [`serve_http`] takes the bare socket back and returns it as an [`Upgraded`], for the
+//! stack's connection task to go on with.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,29 +27,29 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{HandshakeGuard, Shared, Upgrade, stock, threads};
-use crate::config::{Engine, Mode};
-use crate::handshake::{self, Refusal, RejectReason};
+use super::shared::{HandshakeGuard, Shared};
+use super::stack::{Stack, Upgraded};
+use crate::handshake::{self, Accepted, Refusal, RejectReason};
 
 /// An accepted upgrade, left by the handler for [`serve_http`] to pick up after hyper has
 /// written the 101.
-struct PendingUpgrade {
+struct Pending<Reserved> {
     on_upgrade: OnUpgrade,
     permit: OwnedSemaphorePermit,
-    thread: Option<threads::Handoff>,
+    reserved: Reserved,
 }
 
 /// The per-connection slot the handler fills; shared through a request extension.
-type UpgradeSlot = Arc<Mutex<Option<PendingUpgrade>>>;
+type PendingSlot<Reserved> = Arc<Mutex<Option<Pending<Reserved>>>>;
 
 /// When the TCP connection was accepted, for the handshake duration.
 #[derive(Clone, Copy)]
 struct AcceptedAt(Instant);
 
 /// The router every connection's HTTP phase serves.
-pub(super) fn router(shared: Arc<Shared>) -> Router {
+pub(super) fn router<S: Stack>(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(handshake::WEBSOCKET_PATH, axum::routing::any(upgrade))
+        .route(handshake::WEBSOCKET_PATH, axum::routing::any(upgrade::<S>))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -56,17 +57,17 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 /// Serves HTTP/1 with the axum router until the request is answered (a refusal: None)
 /// or upgraded. Bounded by the handshake timeout and cut short by shutdown; holds its
 /// handshake permit until it returns.
-pub(super) async fn serve_http(
+pub(super) async fn serve_http<S: Stack>(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     shared: Arc<Shared>,
     handshake: HandshakeGuard,
-) -> Option<Upgrade> {
+) -> Option<Upgraded<TcpStream, S::Reserved>> {
     async move {
         let _handshake = handshake;
         let accepted_at = Instant::now();
-        let slot: UpgradeSlot = Arc::default();
+        let slot: PendingSlot<S::Reserved> = Arc::default();
         let service = app.map_request({
             let slot = slot.clone();
             move |mut request: Request<hyper::body::Incoming>| {
@@ -109,7 +110,8 @@ pub(super) async fn serve_http(
             }
             Ok(Ok(())) => {}
         }
-        // None: a plain HTTP request, already answered.
+        // None: a plain HTTP request, already answered (or an upgrade the stack's
+        // answer took over).
         let pending = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
         let upgraded = match pending.on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -126,21 +128,20 @@ pub(super) async fn serve_http(
         };
         // Copy the early bytes out: hyper's `read_buf` shares its 8 KiB read buffer, which
         // would otherwise live as long as the connection.
-        Some(Upgrade {
+        Some(Upgraded {
             stream: parts.io.into_inner(),
             peer,
             early: parts.read_buf.to_vec(),
             permit: pending.permit,
-            thread: pending.thread,
+            reserved: pending.reserved,
         })
     }
     .instrument(tracing::debug_span!("conn", %peer))
     .await
 }
 
-/// GET /ws: the shared handshake check, then capacity (and in threads mode the thread),
-/// then 101.
-async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+/// GET /ws: the shared handshake check, then capacity, then the stack's answer.
+async fn upgrade<S: Stack>(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let accepted = match handshake::check(
         request.method(),
         request.uri().path(),
@@ -154,44 +155,41 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         return refuse(&shared, Refusal::AtCapacity);
     };
     let accepted_at = request.extensions().get::<AcceptedAt>().map(|at| at.0);
-    if shared.config.mode == Mode::Tasks && shared.config.engine == Engine::Tungstenite {
-        let Ok(response) = stock::upgrade_with_axum(&shared, request, permit).await else {
-            return refuse(&shared, Refusal::BadRequest("bad request: not a WebSocket upgrade"));
-        };
-        if let Some(accepted_at) = accepted_at {
-            shared.record_handshake(accepted_at);
-        }
-        return response;
+    let response = S::answer(&shared, request, permit, accepted).await;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(accepted_at) = accepted_at
+    {
+        shared.record_handshake(accepted_at);
     }
+    response
+}
+
+/// Accepts an upgrade for the connection's own HTTP phase to take back after the 101
+/// (see [`serve_http`]): leaves the permit and what the stack reserved in the
+/// connection's slot, and answers 101.
+pub(super) fn switch_protocols<Reserved: Send + 'static>(
+    shared: &Shared,
+    mut request: Request,
+    permit: OwnedSemaphorePermit,
+    reserved: Reserved,
+    accepted: &Accepted,
+) -> Response {
     let (Some(on_upgrade), Some(slot)) = (
         request.extensions_mut().remove::<OnUpgrade>(),
-        request.extensions_mut().remove::<UpgradeSlot>(),
+        request.extensions_mut().remove::<PendingSlot<Reserved>>(),
     ) else {
         // Only an HTTP/1.1 connection served by `serve_http` carries both.
         return refuse(
-            &shared,
+            shared,
             Refusal::BadRequest("bad request: connection cannot be upgraded"),
         );
     };
-    let thread = match shared.config.mode {
-        Mode::Tasks => None,
-        Mode::Threads => match threads::spawn_connection_thread(&shared) {
-            Ok(handoff) => Some(handoff),
-            Err(error) => {
-                tracing::warn!(%error, "cannot spawn a connection thread; answering 503");
-                return refuse(&shared, Refusal::ThreadUnavailable);
-            }
-        },
-    };
-    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(PendingUpgrade {
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Pending {
         on_upgrade,
         permit,
-        thread,
+        reserved,
     });
-    if let Some(accepted_at) = accepted_at {
-        shared.record_handshake(accepted_at);
-    }
-    handshake::switching_protocols(&accepted).map(Body::from)
+    handshake::switching_protocols(accepted).map(Body::from)
 }
 
 async fn not_found() -> Response {
@@ -200,7 +198,7 @@ async fn not_found() -> Response {
 
 /// The one refusal path: counts the refusal (when it is a WebSocket rejection) and
 /// builds its answer.
-fn refuse(shared: &Shared, refusal: Refusal) -> Response {
+pub(super) fn refuse(shared: &Shared, refusal: Refusal) -> Response {
     if let Some(reason) = refusal.reject_reason() {
         shared.reject(reason);
     }

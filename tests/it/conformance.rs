@@ -41,9 +41,10 @@ async fn autobahn_fuzzing_client_passes_every_case(kind: Kind) {
     // Autobahn's 9.* cases send messages of up to 16 MiB.
     let server = ServeChild::spawn(
         Path::new(env!("CARGO_BIN_EXE_wsscale")),
-        kind.mode,
         kind.args(&["--max-message-size", "20MiB"]),
-        Stdio::inherit(),
+        |command| {
+            command.stderr(Stdio::inherit());
+        },
     )
     .unwrap();
     let reports = tempfile::tempdir().unwrap();

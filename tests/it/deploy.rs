@@ -609,7 +609,10 @@ fn prometheus_keeps_annotated_running_pods_and_scrapes_them() {
     );
 
     let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
-    let server = ServeChild::spawn(program, "tasks", std::iter::empty::<&str>(), Stdio::null()).unwrap();
+    let server = ServeChild::spawn(program, ["--mode", "tasks"], |command| {
+        command.stderr(Stdio::null());
+    })
+    .unwrap();
     let port = server.metrics_addr.port().to_string();
     let pod = |name: &str, ip: &str, phase: &str, annotated: bool| {
         let mut labels = BTreeMap::from([

@@ -250,7 +250,7 @@ async fn a_flood_past_capacity_gets_only_503s(kind: Kind) {
 /// A server whose `resource` limit (soft and hard) is `limit` from its first instruction.
 fn spawn_limited(kind: Kind, args: &[&str], resource: libc::__rlimit_resource_t, limit: u64) -> ServeChild {
     let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
-    ServeChild::spawn_configured(program, kind.mode, kind.args(args), |command| {
+    ServeChild::spawn(program, kind.args(args), |command| {
         command.env("RUST_LOG", "error");
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {

@@ -771,7 +771,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let program = Path::new(env!("CARGO_BIN_EXE_wsscale"));
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let serve = |mode: &str, listen: SocketAddr, args: &[&str]| {
-        ServeChild::spawn_at(program, mode, listen, args, |command| {
+        ServeChild::spawn_at(program, listen, ["--mode", mode].iter().chain(args), |command| {
             command.env("RUST_LOG", "warn");
         })
         .expect("wsscale serve starts")

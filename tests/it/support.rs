@@ -39,10 +39,10 @@ impl Kind {
         self.engine == "lean"
     }
 
-    /// `--engine ENGINE` followed by `extra_args`, for `wsscale serve --mode MODE`.
+    /// `--mode MODE --engine ENGINE` followed by `extra_args`, for `wsscale serve`.
     pub fn args<'a>(self, extra_args: &[&'a str]) -> Vec<&'a str> {
-        let engine: &'static str = self.engine;
-        let mut args = vec!["--engine", engine];
+        let (mode, engine): (&'static str, &'static str) = (self.mode, self.engine);
+        let mut args = vec!["--mode", mode, "--engine", engine];
         args.extend_from_slice(extra_args);
         args
     }
@@ -70,7 +70,7 @@ impl TestServer {
     /// A server whose WebSocket listener is on `listen`.
     pub fn start_at(kind: Kind, listen: SocketAddr, extra_args: &[&str]) -> TestServer {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_wsscale"));
-        let child = ServeChild::spawn_at(program, kind.mode, listen, kind.args(extra_args), |command| {
+        let child = ServeChild::spawn_at(program, listen, kind.args(extra_args), |command| {
             command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
         })
         .expect("wsscale serve starts");
