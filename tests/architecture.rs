@@ -1,7 +1,8 @@
 //! ARCHITECTURE.md's invariants about the shape of the code, read from the sources:
 //! no import circles between sibling modules (at the crate's top level, and among the
 //! children of any module), and an IO-free core (`protocol`, `session`, `lifecycle`,
-//! `handshake`) that imports nothing from the rest of the crate but itself. Imports are
+//! `handshake`) that imports nothing from the rest of the crate but itself and names no IO
+//! (sockets, files, runtimes, system calls, the clock). Imports are
 //! read from `crate::` and `super::` paths; a child's uses of its parent's items are its
 //! own business and not an edge between siblings.
 
@@ -39,16 +40,19 @@ fn modules(src: &Path) -> BTreeMap<ModulePath, String> {
     modules
 }
 
-/// The paths a source names through `crate::` or `super::`, braces expanded.
-fn named_paths(source: &str) -> Vec<(String, Vec<String>)> {
-    // Test code may reach anywhere, and comments link where they like: only the module's
-    // own code counts.
+/// A module's own code: test code may reach anywhere, and comments link where they like.
+fn own_code(source: &str) -> String {
     let source = source.split("#[cfg(test)]").next().unwrap_or(source);
-    let source: String = source
+    source
         .lines()
         .map(|line| line.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// The paths a source names through `crate::` or `super::`, braces expanded.
+fn named_paths(source: &str) -> Vec<(String, Vec<String>)> {
+    let source = own_code(source);
     let source = source.as_str();
     let mut paths = Vec::new();
     for root in ["crate::", "super::"] {
@@ -224,10 +228,63 @@ fn no_import_circles_between_sibling_modules() {
     }
 }
 
+/// The core: the modules that do no IO, have no clock of their own, and import nothing of
+/// the crate but each other. Each must exist (a renamed module would pass vacuously).
+const CORE: [&str; 4] = ["protocol", "session", "lifecycle", "handshake"];
+
+/// What IO looks like in Rust source: the standard library's IO modules, the runtimes and
+/// system interfaces, sockets and files by their types, their reads and writes, and the
+/// clock. Matched as whole words in the module's own code (tests and comments aside).
+const IO_NAMES: [&str; 22] = [
+    "std::net",
+    "std::fs",
+    "std::io",
+    "std::os",
+    "std::process",
+    "std::thread",
+    "tokio",
+    "mio",
+    "libc",
+    "socket2",
+    "hyper",
+    "axum",
+    "rustls",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "File",
+    "read_exact",
+    "write_all",
+    "try_read",
+    "try_write",
+    "Instant::now",
+];
+
+/// The IO names a module's own code uses.
+fn io_names_in(source: &str) -> Vec<&'static str> {
+    let code = own_code(source);
+    IO_NAMES
+        .into_iter()
+        .filter(|name| {
+            code.match_indices(name).any(|(at, _)| {
+                let before = code[..at].chars().last();
+                let after = code[at + name.len()..].chars().next();
+                let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                !word(before) && !word(after)
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn the_io_free_core_imports_only_itself() {
-    const CORE: [&str; 4] = ["protocol", "session", "lifecycle", "handshake"];
     let modules = crate_modules();
+    for core in CORE {
+        assert!(
+            modules.contains_key(&vec![core.to_owned()]),
+            "the core module {core} is missing: update CORE (and ARCHITECTURE.md) if it moved"
+        );
+    }
     for (module, targets) in imports(&modules) {
         if !CORE.contains(&module[0].as_str()) {
             continue;
@@ -241,6 +298,57 @@ fn the_io_free_core_imports_only_itself() {
             );
         }
     }
+}
+
+#[test]
+fn the_core_does_no_io() {
+    let modules = crate_modules();
+    for (module, source) in &modules {
+        if !module.first().is_some_and(|top| CORE.contains(&top.as_str())) {
+            continue;
+        }
+        let found = io_names_in(source);
+        assert!(
+            found.is_empty(),
+            "{} uses {found:?}: the core takes bytes and time from its callers and does no IO",
+            module.join("::")
+        );
+    }
+}
+
+#[test]
+fn a_planted_io_import_is_found() {
+    let planted = [
+        "use std::net::TcpStream;",
+        "use tokio::io::AsyncReadExt;",
+        "fn f() { let _ = std::fs::read(\"x\"); }",
+        "fn f(s: &mut S) { s.write_all(b\"x\"); }",
+        "fn f() -> std::time::Instant { std::time::Instant::now() }",
+        "fn f() { unsafe { libc::close(0) }; }",
+    ];
+    for source in planted {
+        assert!(!io_names_in(source).is_empty(), "not found in {source:?}");
+    }
+    // Words that only contain an IO name, comments and tests are not IO.
+    let clean = "use crate::lifecycle::Flow; // a TcpStream comment\nfn tokio_free() {}\nfn filed() {}\n#[cfg(test)]\nmod tests { use std::net::TcpStream; }";
+    assert_eq!(io_names_in(clean), Vec::<&str>::new());
+}
+
+#[test]
+fn no_child_imports_its_parent() {
+    // A parent module is its children's table of contents and entry point: what its
+    // children share lives in a child of its own, so the way through the house runs one
+    // way (a child's `super::sibling` is fine; `super::Item` of the parent is not).
+    let modules = crate_modules();
+    let mut found = Vec::new();
+    for (module, targets) in imports(&modules) {
+        for target in targets {
+            if !target.is_empty() && module.len() > target.len() && module.starts_with(&target) {
+                found.push(format!("{} -> {}", module.join("::"), target.join("::")));
+            }
+        }
+    }
+    assert!(found.is_empty(), "children importing their parent: {found:?}");
 }
 
 #[test]

@@ -267,10 +267,13 @@ mod tests {
             let _ = wait.recv();
         });
         done.recv().unwrap();
-        let during = ProcessCounters::read(std::process::id()).unwrap();
-        // What /proc/PID/status alone says: the main thread's switches.
+        // What /proc/PID/status alone says: the main thread's switches. Read before the
+        // total, so that the total, which only grows, includes at least this much of the
+        // main thread's (read after it, a switch in between would make the total look
+        // short: "106 < 7 + 100" on a busy machine).
         let main = procfs::process::Process::myself().unwrap().status().unwrap();
         let main_only = main.voluntary_ctxt_switches.unwrap() + main.nonvoluntary_ctxt_switches.unwrap();
+        let during = ProcessCounters::read(std::process::id()).unwrap();
         drop(release);
         sleeper.join().unwrap();
         assert!(

@@ -19,7 +19,6 @@ use wsscale_loadgen::stats::Stats;
 use super::plan::{Plan, PushPlan, RunSpec};
 use super::server::{Figures, Reading, Server};
 use crate::child::ServeChild;
-use crate::config::Engine;
 use crate::exposition::sample_value;
 
 /// Poll period while waiting for a step to settle.
@@ -159,7 +158,7 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
             },
         )?;
         eprintln!(
-            "[{name}] {} connections: RSS {:.1} MiB ({:.0} B/conn), {} threads{}, kernel stack +{} KiB{}",
+            "[{name}] {} connections: RSS {:.1} MiB ({:.0} B/conn), {} threads{}, host kernel stacks {:+} KiB since 0 connections{}",
             sample.connections,
             sample.rss_bytes as f64 / 1048576.0,
             sample.rss_per_connection_bytes,
@@ -167,7 +166,9 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
             sample
                 .tasks_alive
                 .map_or(String::new(), |tasks| format!(", {tasks} tasks")),
-            sample.kernel_stack_delta_bytes / 1024,
+            samples.first().map_or(0, |first| {
+                (sample.kernel_stack_bytes as i64 - first.kernel_stack_bytes as i64) / 1024
+            }),
             if steady {
                 ""
             } else {
@@ -184,7 +185,8 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
                 sample.proc_threads
             );
         }
-        if let (Some(push), Server::Wsscale(child), Some((_, Engine::Lean))) = (plan.push, &server, run.builtin())
+        if let (Some(push), Server::Wsscale(child), Some((_, engine))) = (plan.push, &server, run.builtin())
+            && engine.pushes()
             && open_now > 0
         {
             let measured = measure_push(child, &stats, push).await?;

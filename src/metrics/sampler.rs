@@ -29,7 +29,7 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use wsscale_host::{alloc, proc};
 
-use super::{
+use super::registry::{
     CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HANDSHAKES_IN_FLIGHT, HANDSHAKES_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK,
     HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, MEMORY_TRIM_DURATION, MEMORY_TRIMMED, MEMORY_TRIMS, RUNTIME_WORKERS,
     ServerMetrics, TASKS_ALIVE, at_zero,

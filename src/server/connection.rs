@@ -4,12 +4,12 @@
 //! mode — through [`Wake`]; [`Connection::on_wake`] handles it in one order for both, so
 //! both move the same bytes through the same code.
 //!
-//! Buffers are borrowed from a [`BufferPool`] for the length of one read or write and
+//! Buffers are borrowed from a [`super::buffers::BufferPool`] for the length of one read or write and
 //! given back, so an idle connection holds none: the only per-connection bytes are its
 //! [`Connection`] (and, while a peer is not reading, the answers it has not taken yet).
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::board::Board;
@@ -20,8 +20,6 @@ use crate::session::{Session, Tally};
 /// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
 /// others on its worker; the rest is read on the next wake-up.
 const READ_BUDGET: usize = 256 * 1024;
-/// Output buffers bigger than this are freed rather than pooled.
-const POOLED_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// A non-blocking socket: Tokio's `TcpStream` (tasks) or std's in non-blocking mode
 /// (threads).
@@ -57,55 +55,6 @@ impl Socket for std::net::TcpStream {
 
     fn shutdown_write(&self) {
         let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
-
-/// Free read buffers (each `read_size` long) and free output buffers (empty).
-type FreeBuffers = (Vec<Vec<u8>>, Vec<Vec<u8>>);
-
-/// Read and write buffers lent to connections for the length of one wake-up. In tasks
-/// mode at most one per worker is in use; in threads mode one per thread that is reading
-/// at that moment.
-pub struct BufferPool {
-    read_size: usize,
-    free: Mutex<FreeBuffers>,
-    /// How many of each kind the pool keeps; more are freed.
-    keep: usize,
-}
-
-impl BufferPool {
-    pub fn new(read_size: usize, keep: usize) -> Self {
-        BufferPool {
-            read_size,
-            free: Mutex::new((Vec::new(), Vec::new())),
-            keep,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, FreeBuffers> {
-        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn take(&self) -> (Vec<u8>, Vec<u8>) {
-        let (read, output) = {
-            let mut free = self.lock();
-            (free.0.pop(), free.1.pop())
-        };
-        (
-            read.unwrap_or_else(|| vec![0; self.read_size]),
-            output.unwrap_or_default(),
-        )
-    }
-
-    fn give(&self, read: Vec<u8>, mut output: Vec<u8>) {
-        output.clear();
-        let mut free = self.lock();
-        if free.0.len() < self.keep {
-            free.0.push(read);
-        }
-        if free.1.len() < self.keep && output.capacity() <= POOLED_OUTPUT_CAPACITY {
-            free.1.push(output);
-        }
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod accept;
 pub mod board;
+mod buffers;
 pub mod connection;
 pub mod shared;
 mod stack;
@@ -188,9 +189,11 @@ pub async fn run(
     } else {
         tracing::info!("every connection closed");
     }
-    // The listeners go with the server (a process that runs another keeps nothing).
-    metrics_task.abort();
-    shutdown_task.abort();
+    // The listeners go with the server: a process that runs another keeps nothing.
+    for task in [metrics_task, shutdown_task] {
+        task.abort();
+        let _ = task.await;
+    }
     Ok(())
 }
 

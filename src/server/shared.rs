@@ -13,7 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{board, connection};
+use super::board;
+use super::buffers::BufferPool;
 use crate::config::ServeConfig;
 use crate::handshake::RejectReason;
 use crate::lifecycle::{CloseReason, SessionPolicy};
@@ -31,8 +32,8 @@ pub struct Shared {
     pub config: ServeConfig,
     pub policy: SessionPolicy,
     pub metrics: ServerMetrics,
-    /// Buffers lent to a connection for one read or write (see [`connection`]).
-    pub buffers: connection::BufferPool,
+    /// Buffers lent to a connection for one read or write (see [`super::buffers`]).
+    pub buffers: BufferPool,
     /// Most answers queued for a peer that is not reading before we stop reading it.
     pub max_unsent: usize,
     pub max_connections: usize,
@@ -73,7 +74,7 @@ impl Shared {
             },
             board: Arc::new(board::Board::new(metrics.clone())?),
             metrics,
-            buffers: connection::BufferPool::new(config.buffers.read_buffer_size.value, BUFFERS_KEPT),
+            buffers: BufferPool::new(config.buffers.read_buffer_size.value, BUFFERS_KEPT),
             max_unsent: config.buffers.max_unsent(),
             max_connections,
             shutdown: CancellationToken::new(),

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use wsscale::child::ServeChild;
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
-use crate::stack::{eventually, get_json, must_pass, root, yaml};
+use crate::stack::{get_json, must_pass, root, yaml};
+use crate::support::eventually_blocking;
 
 /// The oldest Kubernetes these manifests claim (the preStop `sleep` action is on by
 /// default from 1.30) and the newest the pinned kubernetes-validate bundles.
@@ -672,7 +673,7 @@ fn prometheus_keeps_annotated_running_pods_and_scrapes_them() {
 
     let (_prometheus, api) = crate::stack::start_prometheus(&config_file, &dir.path().join("data"));
 
-    let targets = eventually(Duration::from_secs(30), "the annotated pods as targets", || {
+    let targets = eventually_blocking(Duration::from_secs(30), "the annotated pods as targets", || {
         let answer = get_json(&format!("{api}/targets"), &[])?;
         let active = answer["data"]["activeTargets"].as_array()?.clone();
         let dropped = answer["data"]["droppedTargets"].as_array()?.len();
@@ -693,7 +694,7 @@ fn prometheus_keeps_annotated_running_pods_and_scrapes_them() {
     assert_eq!(v6["labels"]["instance"], format!("[0:0:0:0:0:0:0:1]:{port}"));
 
     // The dashboard's series arrive with the pod's labels.
-    eventually(
+    eventually_blocking(
         Duration::from_secs(30),
         "wsscale_connections_active from the pod",
         || {

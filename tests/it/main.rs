@@ -1,5 +1,6 @@
-//! Integration tests: one binary, a module per area. Every test starts the real
-//! `wsscale serve` on 127.0.0.1:0 and talks to it with real clients, in both modes.
+//! Integration tests: one binary, a module per area. Every test runs the real server on
+//! 127.0.0.1:0 — `wsscale serve` as a child process, or (in_process.rs) the library's
+//! `server::run` — and talks to it with real clients.
 
 // A test binary has no public API; its `pub` items are for sibling modules.
 #![allow(unreachable_pub)]
@@ -9,6 +10,7 @@ mod conformance;
 mod deploy;
 mod faults;
 mod hostile;
+mod in_process;
 mod load;
 mod memory;
 mod metrics;

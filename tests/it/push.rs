@@ -10,7 +10,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Client, Kind, TestServer, http_post, read_json};
+use crate::support::{Client, Kind, TestServer, eventually, http_post, read_json};
 
 crate::both_modes!(
     every_connection_gets_every_broadcast_once_in_order,
@@ -200,14 +200,15 @@ async fn a_broadcast_meets_the_drain_cleanly(kind: Kind) {
         assert!(seqs.is_empty() || seqs == [1], "{kind}: {seqs:?}");
     }
     // While the drain waits for the silent peer, a broadcast is refused with a reason.
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let (status, body) = loop {
-        let (status, body) = http_post(server.metrics_addr, "/broadcast").await;
-        if status != 200 || std::time::Instant::now() >= deadline {
-            break (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (status, body) = eventually(
+        Duration::from_secs(10),
+        "a broadcast refused while draining",
+        async || match http_post(server.metrics_addr, "/broadcast").await {
+            (200, body) => Err(format!("200 {body}")),
+            refused => Ok(refused),
+        },
+    )
+    .await;
     assert_eq!(status, 503, "{kind}: {body}");
     assert!(body.contains("shutting down"), "{body}");
     let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(10)))

@@ -14,6 +14,8 @@ use serde_json::Value;
 use wsscale::child::ServeChild;
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::support::eventually_blocking;
+
 const DATASOURCE_UID: &str = "wsscale-prometheus";
 
 pub fn root() -> PathBuf {
@@ -593,18 +595,6 @@ pub fn get_json(url: &str, query: &[(&str, &str)]) -> Option<Value> {
     serde_json::from_str(&body).ok()
 }
 
-/// Polls until `check` returns Some, or panics with `what` after `within`.
-pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// Prometheus on 127.0.0.1 port 0 with `config`, and its API's base URL (the address it
 /// logs once listening).
 pub fn start_prometheus(config: &Path, data: &Path) -> (Running, String) {
@@ -832,7 +822,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         let answer = get_json(&format!("{api}/query"), &[("query", expr)])?;
         answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
-    eventually(Duration::from_secs(60), "the servers up in Prometheus", || {
+    eventually_blocking(Duration::from_secs(60), "the servers up in Prometheus", || {
         let targets = get_json(&format!("{api}/targets"), &[])?;
         let active = targets["data"]["activeTargets"].as_array()?;
         let up = active
@@ -883,12 +873,12 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let _load_b = load(replica_b.url(), ON_B, &[]);
     let _load_stock = load(stock.url(), ON_STOCK, &[]);
 
-    eventually(Duration::from_secs(60), "five targets up", || {
+    eventually_blocking(Duration::from_secs(60), "five targets up", || {
         let targets = get_json(&format!("{api}/targets"), &[])?;
         let active = targets["data"]["activeTargets"].as_array()?;
         (active.len() == 5 && active.iter().all(|t| t["health"] == "up")).then_some(())
     });
-    eventually(Duration::from_secs(60), "every connection open", || {
+    eventually_blocking(Duration::from_secs(60), "every connection open", || {
         let held = |server: &ServeChild| scrape(server.metrics_addr, "wsscale_connections_active", &[]);
         let segments: f64 = segment_metrics
             .iter()
@@ -914,7 +904,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         "wsscale_handshakes_in_flight{{instance=\"{}\"}}",
         replica_b.metrics_addr
     );
-    eventually(Duration::from_secs(7), "Prometheus sees 3 handshakes in flight", || {
+    eventually_blocking(Duration::from_secs(7), "Prometheus sees 3 handshakes in flight", || {
         (query(&in_flight_b)? == 3.0).then_some(())
     });
 
@@ -922,7 +912,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // posted to replica b: its queue fills and pushes are dropped.
     let stuck = stuck_peer(replica_b.ws_addr);
     let posted = std::cell::Cell::new(0);
-    let dropped = eventually(Duration::from_secs(60), "a push dropped", || {
+    let dropped = eventually_blocking(Duration::from_secs(60), "a push dropped", || {
         let url = format!("http://{}/broadcast?size=60000", replica_b.metrics_addr);
         if ureq::post(&url).send_empty().is_ok() {
             posted.set(posted.get() + 1);
@@ -944,7 +934,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     drop(replica_a);
     let replica_a = serve("tasks", listen_a, REPLICA);
     discover(&[&replica_a, &replica_b, &stock]);
-    let reconnected = eventually(Duration::from_secs(60), "every connection back", || {
+    let reconnected = eventually_blocking(Duration::from_secs(60), "every connection back", || {
         let reconnects: f64 = segment_metrics
             .iter()
             .map(|m| scrape(*m, "wsscale_loadgen_reconnects_total", &[]))
@@ -952,7 +942,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         let held = scrape(replica_a.metrics_addr, "wsscale_connections_active", &[])?;
         (reconnects >= RUN as f64 && held == RUN as f64).then_some(reconnects)
     });
-    eventually(Duration::from_secs(30), "the half-sent handshakes timed out", || {
+    eventually_blocking(Duration::from_secs(30), "the half-sent handshakes timed out", || {
         let rejected = scrape(
             replica_b.metrics_addr,
             "wsscale_connections_rejected_total",
@@ -963,7 +953,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     drop(half_sent);
     // Prometheus has the settled fleet, and the new replica long enough for a rate.
     let new_a = replica_a.metrics_addr;
-    eventually(Duration::from_secs(30), "Prometheus has the settled fleet", || {
+    eventually_blocking(Duration::from_secs(30), "Prometheus has the settled fleet", || {
         let settled = query("sum(wsscale_loadgen_connections_open)")? == RUN as f64
             && query("sum(wsscale_loadgen_reconnects_total)")? >= reconnected
             && query(&format!("wsscale_connections_active{{instance=\"{new_a}\"}}"))? == RUN as f64
@@ -975,7 +965,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // One evaluation time for everything below, once every target has been scraped after
     // it: a sample stamped before it can no longer arrive between two queries.
     let time = unix_now();
-    eventually(
+    eventually_blocking(
         Duration::from_secs(10),
         "a scrape of every target after the evaluation time",
         || (query("min(timestamp(up))")? > time).then_some(()),

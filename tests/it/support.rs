@@ -121,6 +121,68 @@ impl TestServer {
     }
 }
 
+/// How often a deadline loop looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// What one look of a deadline loop found: the value (`Some`, `Ok`), or not yet (`None`,
+/// or `Err` with the state it saw, for the message when time runs out).
+pub trait Attempt<T> {
+    fn outcome(self) -> Result<T, String>;
+}
+
+impl<T> Attempt<T> for Option<T> {
+    fn outcome(self) -> Result<T, String> {
+        self.ok_or_else(|| "not yet".to_owned())
+    }
+}
+
+impl<T> Attempt<T> for Result<T, String> {
+    fn outcome(self) -> Result<T, String> {
+        self
+    }
+}
+
+/// The one deadline loop of the tests: calls `check` until it finds the value (see
+/// [`Attempt`]), at most for `within`, and then panics with `what` and the last state it
+/// saw. Never a
+/// sleep as synchronisation: only a condition, and a deadline generous enough for a busy
+/// machine.
+pub async fn eventually<T, R>(within: Duration, what: impl std::fmt::Display, mut check: impl AsyncFnMut() -> R) -> T
+where
+    R: Attempt<T>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await.outcome() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}: {last}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for code that blocks (a plain `#[test]`, a blocking HTTP client).
+pub fn eventually_blocking<T, R: Attempt<T>>(
+    within: Duration,
+    what: impl std::fmt::Display,
+    mut check: impl FnMut() -> R,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().outcome() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}: {last}"
+            ),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Polls the /metrics at `addr` (a server's or a load generator's) until `name` equals
 /// `value`; panics with the last reading, naming `whose`, after the deadline.
 pub async fn wait_for_metric_at(
@@ -131,21 +193,20 @@ pub async fn wait_for_metric_at(
     within: Duration,
     whose: impl std::fmt::Display,
 ) -> Metrics {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, response) = http_get(addr, "/metrics", &[]).await;
-        assert_eq!(status, 200, "{response}");
-        let metrics = Metrics(body(&response).to_owned());
-        let current = metrics.get(name, labels);
-        if current == Some(value) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {current:?}, expected {value} ({whose})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        within,
+        format_args!("{name}{labels:?} = {value} ({whose})"),
+        async || {
+            let (status, response) = http_get(addr, "/metrics", &[]).await;
+            assert_eq!(status, 200, "{response}");
+            let metrics = Metrics(body(&response).to_owned());
+            match metrics.get(name, labels) {
+                Some(current) if current == value => Ok(metrics),
+                current => Err(format!("{current:?}")),
+            }
+        },
+    )
+    .await
 }
 
 /// `promtool check metrics` finds nothing to say about `text`.
