@@ -234,6 +234,10 @@ pub struct ServeArgs {
     /// --push-interval and for POST /broadcast without ?size.
     #[arg(long, env = "WSSCALE_PUSH_SIZE", default_value = "32B")]
     pub push_size: ByteSize,
+
+    /// TLS on the WebSocket listener (wss://); the metrics listener stays plain.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -328,6 +332,101 @@ pub struct CompareArgs {
     /// Size of each push with --push.
     #[arg(long, env = "WSSCALE_COMPARE_PUSH_SIZE", default_value = "32B")]
     pub push_size: ByteSize,
+}
+
+/// TLS on the WebSocket listener: a certificate and key from files, or a self-signed
+/// certificate made at start. Declared once, for `serve`; `compare` passes the files it
+/// makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct TlsArgs {
+    /// Serve wss:// with this certificate chain (PEM, leaf first). Needs --tls-key.
+    #[arg(
+        long,
+        env = "WSSCALE_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WSSCALE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Serve wss:// with a certificate for localhost, 127.0.0.1 and ::1 made at start
+    /// (ECDSA P-256). Its PEM is written to a file whose path the start line gives
+    /// (`cert=PATH`), for clients to trust (`wsscale load --tls-ca PATH`).
+    #[arg(long, env = "WSSCALE_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+}
+
+impl TlsArgs {
+    /// The TLS the flags ask for, if any.
+    pub fn source(&self) -> Option<TlsSource> {
+        match (&self.tls_cert, &self.tls_key, self.tls_self_signed) {
+            (Some(cert), Some(key), _) => Some(TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, true) => Some(TlsSource::SelfSigned),
+            _ => None,
+        }
+    }
+
+    /// The flags that were set, as `wsscale serve` takes them.
+    pub fn to_args(&self) -> Vec<String> {
+        let TlsArgs {
+            tls_cert,
+            tls_key,
+            tls_self_signed,
+        } = self;
+        let mut args = Vec::new();
+        for (flag, path) in [("--tls-cert", tls_cert), ("--tls-key", tls_key)] {
+            if let Some(path) = path {
+                args.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        }
+        if *tls_self_signed {
+            args.push("--tls-self-signed".to_owned());
+        }
+        args
+    }
+}
+
+/// Where a server's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    SelfSigned,
+}
+
+/// The URL scheme a server speaks: the `scheme` label of every metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain TCP.
+    Ws,
+    /// TLS (rustls).
+    Wss,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 2] = [Scheme::Ws, Scheme::Wss];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The buffer and size flags, declared once: `wsscale serve` reads them, and `wsscale
@@ -533,6 +632,15 @@ pub struct ServeConfig {
     pub allow_broadcast: bool,
     pub push_interval: Option<Duration>,
     pub push_size: usize,
+    /// TLS on the WebSocket listener, when asked for.
+    pub tls: Option<TlsSource>,
+}
+
+impl ServeConfig {
+    /// ws, or wss with TLS.
+    pub fn scheme(&self) -> Scheme {
+        if self.tls.is_some() { Scheme::Wss } else { Scheme::Ws }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -613,6 +721,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             allow_broadcast: args.allow_broadcast,
             push_interval,
             push_size: push_size as usize,
+            tls: args.tls.source(),
         })
     }
 }

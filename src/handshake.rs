@@ -18,14 +18,18 @@ pub enum RejectReason {
     BadRequest,
     /// threads mode: the OS refused a new thread (HTTP 503).
     ThreadSpawn,
+    /// The TLS handshake failed (wsscale_tls_handshake_failures_total says why); one that
+    /// timed out counts as `handshake_timeout`.
+    Tls,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 5] = [
         RejectReason::Capacity,
         RejectReason::HandshakeTimeout,
         RejectReason::BadRequest,
         RejectReason::ThreadSpawn,
+        RejectReason::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +38,7 @@ impl RejectReason {
             RejectReason::HandshakeTimeout => "handshake_timeout",
             RejectReason::BadRequest => "bad_request",
             RejectReason::ThreadSpawn => "thread_spawn",
+            RejectReason::Tls => "tls",
         }
     }
 }

@@ -32,10 +32,11 @@ pub struct StartLine {
 }
 
 impl StartLine {
-    /// The line of a server listening on `ws_addr` and `metrics_addr`, with `fields`.
-    pub fn new(ws_addr: SocketAddr, metrics_addr: SocketAddr, fields: Vec<(String, String)>) -> Self {
+    /// The line of a server speaking `scheme` (ws or wss) on `ws_addr`, with its metrics
+    /// on `metrics_addr`, and `fields`.
+    pub fn new(scheme: &str, ws_addr: SocketAddr, metrics_addr: SocketAddr, fields: Vec<(String, String)>) -> Self {
         StartLine {
-            url: format!("ws://{ws_addr}/ws"),
+            url: format!("{scheme}://{ws_addr}/ws"),
             ws_addr,
             metrics_addr,
             fields,
@@ -117,6 +118,7 @@ mod tests {
     #[test]
     fn a_line_reads_back_as_written() {
         let line = StartLine::new(
+            "ws",
             "127.0.0.1:40123".parse().unwrap(),
             "[::1]:9100".parse().unwrap(),
             vec![("mode".into(), "tasks".into()), ("engine".into(), "lean".into())],

@@ -10,8 +10,8 @@
 //!   a burst of handshakes;
 //! - [`http`]: GET /metrics and GET /healthz.
 //!
-//! Every series carries the `mode` and `engine` labels (global labels) so every server
-//! compares on one dashboard. Labels are bounded: close and reject reasons, memory
+//! Every series carries the `mode`, `engine` and `scheme` (ws or wss) labels (global
+//! labels) so every server compares on one dashboard. Labels are bounded: close and reject reasons, memory
 //! source; never anything per connection. Every metric is described and written at start,
 //! so the first scrape already shows all of them.
 
@@ -23,7 +23,7 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use self::registry::*;
-use crate::config::{Engine, Mode};
+use crate::config::{Engine, Mode, Scheme};
 
 /// Handshake durations span loopback microseconds to slow clients' seconds.
 const HANDSHAKE_BUCKETS: &[f64] = &[
@@ -40,11 +40,13 @@ const TRIM_BUCKETS: &[f64] = &[0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05
 
 /// Installs the process-wide Prometheus recorder with the `mode` and `engine` labels and
 /// describes every metric this server exports.
-pub fn install(mode: Mode, engine: Engine) -> anyhow::Result<PrometheusHandle> {
+pub fn install(mode: Mode, engine: Engine, scheme: Scheme) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .add_global_label("mode", mode.as_str())
         .add_global_label("engine", engine.as_str())
+        .add_global_label("scheme", scheme.as_str())
         .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TLS_HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BROADCAST_DURATION.to_owned()), BROADCAST_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(MEMORY_TRIM_DURATION.to_owned()), TRIM_BUCKETS)?
         .install_recorder()?;
@@ -73,7 +75,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED,
         Unit::Count,
-        "Clients refused a WebSocket, by reason: capacity (503), handshake_timeout, bad_request (400/426), thread_spawn (503)."
+        "Clients refused a WebSocket, by reason: capacity (503), handshake_timeout, bad_request (400/426), thread_spawn (503), tls (a failed TLS handshake)."
     );
     describe_counter!(
         MESSAGES_RECEIVED,
@@ -154,6 +156,16 @@ fn describe() {
         MEMORY_TRIM_DURATION,
         Unit::Seconds,
         "Time each of those trims took, on the sampler thread."
+    );
+    describe_histogram!(
+        TLS_HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "Time from accepting the TCP connection to the end of its TLS handshake (wss:// only)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        Unit::Count,
+        "TLS handshakes that failed, by reason: timeout, plain_http (answered 400), protocol (not TLS, an alert, nothing in common), eof, io."
     );
     describe_gauge!(
         HOST_TCP_SOCKETS,

@@ -32,6 +32,43 @@ pub const HOST_TCP_SOCKETS: &str = "wsscale_host_tcp_sockets_inuse";
 pub const MEMORY_TRIMS: &str = "wsscale_memory_trims_total";
 pub const MEMORY_TRIMMED: &str = "wsscale_memory_trimmed_bytes_total";
 pub const MEMORY_TRIM_DURATION: &str = "wsscale_memory_trim_duration_seconds";
+pub const TLS_HANDSHAKE_DURATION: &str = "wsscale_tls_handshake_duration_seconds";
+pub const TLS_HANDSHAKE_FAILURES: &str = "wsscale_tls_handshake_failures_total";
+
+/// Why a TLS handshake failed: the `reason` label of `wsscale_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// It did not finish within --handshake-timeout (a stalled or slow ClientHello).
+    Timeout,
+    /// The client spoke plain HTTP to the TLS port (answered with a plain 400).
+    PlainHttp,
+    /// Not TLS, a malformed message, an alert, no common version or cipher suite.
+    Protocol,
+    /// The client closed or reset the connection mid-handshake.
+    Eof,
+    /// Another socket error.
+    Io,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 5] = [
+        TlsFailure::Timeout,
+        TlsFailure::PlainHttp,
+        TlsFailure::Protocol,
+        TlsFailure::Eof,
+        TlsFailure::Io,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::PlainHttp => "plain_http",
+            TlsFailure::Protocol => "protocol",
+            TlsFailure::Eof => "eof",
+            TlsFailure::Io => "io",
+        }
+    }
+}
 
 /// Handles to the metrics the connection path writes, registered once so the hot path
 /// does no registry lookups.
@@ -52,8 +89,10 @@ pub struct ServerMetrics {
     pending: Arc<Mutex<Pending>>,
     handshake_duration: Histogram,
     broadcast_duration: Histogram,
+    tls_handshake_duration: Histogram,
     closed: ByReason<CloseReason>,
     rejected: ByReason<RejectReason>,
+    tls_failed: ByReason<TlsFailure>,
 }
 
 /// Durations waiting for the sampler thread to record them.
@@ -61,6 +100,7 @@ pub struct ServerMetrics {
 struct Pending {
     handshakes: Vec<f64>,
     broadcasts: Vec<f64>,
+    tls_handshakes: Vec<f64>,
 }
 
 /// Writes a counter's zero, so it is present from the first scrape rather than from its
@@ -109,8 +149,10 @@ impl ServerMetrics {
             pending: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             broadcast_duration: metrics::histogram!(BROADCAST_DURATION),
+            tls_handshake_duration: metrics::histogram!(TLS_HANDSHAKE_DURATION),
             closed: ByReason::register(CONNECTIONS_CLOSED, &CloseReason::ALL, CloseReason::as_str),
             rejected: ByReason::register(CONNECTIONS_REJECTED, &RejectReason::ALL, RejectReason::as_str),
+            tls_failed: ByReason::register(TLS_HANDSHAKE_FAILURES, &TlsFailure::ALL, TlsFailure::as_str),
         }
     }
 
@@ -123,6 +165,16 @@ impl ServerMetrics {
         lock(&self.pending).broadcasts.push(seconds);
     }
 
+    /// A TLS handshake finished, `seconds` after the connection was accepted.
+    pub fn tls_handshake(&self, seconds: f64) {
+        lock(&self.pending).tls_handshakes.push(seconds);
+    }
+
+    /// A TLS handshake failed.
+    pub fn tls_failed(&self, reason: TlsFailure) {
+        self.tls_failed.increment(reason);
+    }
+
     /// Records the pending durations into their histograms, on the caller's thread.
     pub fn flush_pending(&self) {
         let pending = std::mem::take(&mut *lock(&self.pending));
@@ -131,6 +183,9 @@ impl ServerMetrics {
         }
         for seconds in pending.broadcasts {
             self.broadcast_duration.record(seconds);
+        }
+        for seconds in pending.tls_handshakes {
+            self.tls_handshake_duration.record(seconds);
         }
     }
 

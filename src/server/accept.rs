@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use super::shared::{HandshakeGuard, Shared};
 use super::stack::Stack;
+use super::transport::Transport;
 use super::upgrade;
 
 /// The listen backlog asked for; the kernel caps it at net.core.somaxconn.
@@ -20,8 +21,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// HTTP phase and then what its execution model does after the upgrade. A handshake
 /// permit is taken before each accept, so with `--max-handshakes` phases in flight the
 /// loop waits and new clients queue in the listen backlog.
-pub(super) async fn accept_loop<S: Stack>(listener: TcpListener, shared: &Arc<Shared>) {
-    let app = upgrade::router::<S>(shared.clone());
+pub(super) async fn accept_loop<S: Stack<T>, T: Transport>(listener: TcpListener, shared: &Arc<Shared>) {
+    let app = upgrade::router::<S, T>(shared.clone());
     let mut backoff = AcceptBackoff::new();
     loop {
         let handshake = tokio::select! {
@@ -36,7 +37,7 @@ pub(super) async fn accept_loop<S: Stack>(listener: TcpListener, shared: &Arc<Sh
             Ok((stream, peer)) => {
                 backoff.reset();
                 let handshake = HandshakeGuard::new(shared.clone(), handshake);
-                let http = upgrade::serve_http::<S>(stream, peer, app.clone(), shared.clone(), handshake);
+                let http = upgrade::serve_http::<S, T>(stream, peer, app.clone(), shared.clone(), handshake);
                 shared.tracker.spawn(S::connection(http, shared.clone()));
             }
             Err(error) if is_per_connection_accept_error(&error) => {}

@@ -4,15 +4,20 @@
 //! mode — through [`Wake`]; [`Connection::on_wake`] handles it in one order for both, so
 //! both move the same bytes through the same code.
 //!
-//! Buffers are borrowed from a [`super::buffers::BufferPool`] for the length of one read or write and
-//! given back, so an idle connection holds none: the only per-connection bytes are its
-//! [`Connection`] (and, while a peer is not reading, the answers it has not taken yet).
+//! Buffers are borrowed from a [`super::buffers::BufferPool`] for the length of one
+//! wake-up and given back, so an idle connection holds none: the only per-connection bytes
+//! are its [`Connection`] (and, while a peer is not reading, the answers it has not taken
+//! yet). Under TLS the connection also holds its [`LeanTls`] session — keys and sequence
+//! numbers, and a record only while it is not whole: ciphertext is read into the lent
+//! buffer, decrypted into another lent buffer, and answers are encrypted into a third.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::board::Board;
+use super::buffers::Lent;
+use super::lean_tls::LeanTls;
 use super::shared::Shared;
 use crate::lifecycle::{CloseReason, Flow};
 use crate::session::{Session, Tally};
@@ -73,12 +78,14 @@ pub trait Wake {
     fn timer_due(&mut self, deadline: Instant) -> bool;
 }
 
-/// One connection: its session, the answers a slow peer has not taken yet, and its
-/// place on the board.
+/// One connection: its session, its TLS session (wss://), the bytes a slow peer has not
+/// taken yet, and its place on the board.
 pub struct Connection {
     session: Session,
-    /// Bytes produced but not yet accepted by the socket; empty (no allocation) unless
-    /// the peer is not reading.
+    /// wss://: the TLS session every byte goes through.
+    tls: Option<Box<LeanTls>>,
+    /// Bytes produced but not yet accepted by the socket (ciphertext under TLS); empty (no
+    /// allocation) unless the peer is not reading.
     unsent: Vec<u8>,
     /// The board, and the sequence number of the last push this connection took; the
     /// pushes it has not taken when it is dropped stop waiting for it.
@@ -92,16 +99,79 @@ impl Drop for Connection {
     }
 }
 
+/// A connection's socket as the lean engine takes it after the HTTP phase: the socket,
+/// its TLS session (wss://), the plaintext that came after the upgrade request, and the
+/// ciphertext the HTTP phase could not send yet.
+pub struct LeanSocket<S> {
+    pub stream: S,
+    pub tls: Option<Box<LeanTls>>,
+    pub early: Vec<u8>,
+    pub unsent: Vec<u8>,
+}
+
+impl<S> LeanSocket<S> {
+    /// The same connection over another kind of socket (a Tokio one made std's for its
+    /// thread).
+    pub fn map<T>(self, f: impl FnOnce(S) -> io::Result<T>) -> io::Result<LeanSocket<T>> {
+        Ok(LeanSocket {
+            stream: f(self.stream)?,
+            tls: self.tls,
+            early: self.early,
+            unsent: self.unsent,
+        })
+    }
+}
+
+/// What the lean engine takes of a connection's HTTP-phase IO after the 101.
+pub trait IntoLeanSocket {
+    /// The socket and its TLS session, with `early` (the plaintext hyper read past the
+    /// request) first among the plaintext that came after the request.
+    fn into_lean(self, early: Vec<u8>) -> LeanSocket<tokio::net::TcpStream>;
+}
+
+impl IntoLeanSocket for tokio::net::TcpStream {
+    fn into_lean(self, early: Vec<u8>) -> LeanSocket<tokio::net::TcpStream> {
+        LeanSocket {
+            stream: self,
+            tls: None,
+            early,
+            unsent: Vec::new(),
+        }
+    }
+}
+
+impl IntoLeanSocket for super::lean_tls::LeanTlsStream {
+    fn into_lean(self, mut early: Vec<u8>) -> LeanSocket<tokio::net::TcpStream> {
+        let parts = self.into_parts();
+        early.extend_from_slice(&parts.early);
+        LeanSocket {
+            stream: parts.stream,
+            tls: Some(parts.tls),
+            early,
+            unsent: parts.unsent,
+        }
+    }
+}
+
 impl Connection {
-    pub fn new(shared: &Shared) -> Self {
+    /// A connection's session, with its TLS session when it has one and the ciphertext
+    /// the HTTP phase left unsent.
+    pub fn new(shared: &Shared, tls: Option<Box<LeanTls>>, unsent: Vec<u8>) -> Self {
         let board = shared.board.clone();
         let seen_push = board.open();
         Connection {
             session: Session::new(&shared.policy, Instant::now()),
-            unsent: Vec::new(),
+            tls,
+            unsent,
             board,
             seen_push,
         }
+    }
+
+    /// Bytes held for the peer between wake-ups: the decoder's, a TLS record not yet
+    /// whole, and what a slow peer has not taken. 0 while idle.
+    pub fn held_bytes(&self) -> usize {
+        self.session.held_bytes() + self.tls.as_ref().map_or(0, |tls| tls.held_bytes()) + self.unsent.capacity()
     }
 
     /// The session's next deadline (ping, idle timeout or drain).
@@ -160,33 +230,64 @@ impl Connection {
         self.unsent.len() < shared.max_unsent
     }
 
-    /// Bytes that arrived with the upgrade request, before the driver's first read.
+    /// Bytes that arrived with the upgrade request (plaintext), before the driver's
+    /// first read.
     pub fn on_early_bytes(&mut self, socket: &impl Socket, shared: &Shared, mut bytes: Vec<u8>) -> Flow {
-        if bytes.is_empty() {
+        if bytes.is_empty() && self.unsent.is_empty() {
             return Flow::Continue;
         }
-        let (read, mut output) = shared.buffers.take();
+        let mut lent = shared.buffers.take();
         let mut tally = Tally::default();
-        let flow = self
-            .session
-            .on_bytes(&mut bytes, Instant::now(), &shared.policy, &mut tally, &mut output);
+        let flow = if bytes.is_empty() {
+            Flow::Continue
+        } else {
+            self.session
+                .on_bytes(&mut bytes, Instant::now(), &shared.policy, &mut tally, &mut lent.output)
+        };
         shared.metrics.add(tally);
-        self.finish_wake(socket, shared, flow, read, output)
+        self.finish_wake(socket, shared, flow, lent)
     }
 
     /// The socket is readable: read until it would block (or the budget is spent).
     fn on_readable(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let (mut read, mut output) = shared.buffers.take();
+        let mut lent = shared.buffers.take();
         let mut budget = READ_BUDGET;
         let mut tally = Tally::default();
         let flow = loop {
-            match socket.try_read(&mut read) {
+            match socket.try_read(&mut lent.read) {
                 Ok(0) => break Flow::Finish(self.session.on_eof()),
                 Ok(n) => {
                     let now = Instant::now();
-                    let flow = self
-                        .session
-                        .on_bytes(&mut read[..n], now, &shared.policy, &mut tally, &mut output);
+                    let policy = &shared.policy;
+                    let flow = match self.tls.as_deref_mut() {
+                        None => self
+                            .session
+                            .on_bytes(&mut lent.read[..n], now, policy, &mut tally, &mut lent.output),
+                        // What TLS answers itself (key updates, alerts) goes out before the
+                        // session's answers: both end up in `ciphertext`, in that order.
+                        Some(tls) => {
+                            lent.plaintext.clear();
+                            match tls.receive(&mut lent.read[..n], &mut lent.plaintext, &mut lent.ciphertext) {
+                                Err(_) => Flow::Finish(CloseReason::Error),
+                                Ok(()) => {
+                                    let mut flow = Flow::Continue;
+                                    if !lent.plaintext.is_empty() {
+                                        flow = self.session.on_bytes(
+                                            &mut lent.plaintext,
+                                            now,
+                                            policy,
+                                            &mut tally,
+                                            &mut lent.output,
+                                        );
+                                    }
+                                    if flow == Flow::Continue && tls.peer_closed() {
+                                        flow = Flow::Finish(self.session.on_eof());
+                                    }
+                                    flow
+                                }
+                            }
+                        }
+                    };
                     budget = budget.saturating_sub(n);
                     if flow != Flow::Continue || budget == 0 || !self.wants_read(shared) {
                         break flow;
@@ -198,7 +299,7 @@ impl Connection {
             }
         };
         shared.metrics.add(tally);
-        self.finish_wake(socket, shared, flow, read, output)
+        self.finish_wake(socket, shared, flow, lent)
     }
 
     /// The socket is writable again: send what was waiting.
@@ -219,17 +320,19 @@ impl Connection {
 
     /// The session's deadline passed (or may have: the session checks its own clock).
     fn on_timer(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let (read, mut output) = shared.buffers.take();
-        let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut output);
-        self.finish_wake(socket, shared, flow, read, output)
+        let mut lent = shared.buffers.take();
+        let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut lent.output);
+        self.finish_wake(socket, shared, flow, lent)
     }
 
-    /// The board holds pushes this connection has not taken: write each through, or
-    /// queue it behind what a slow peer has not taken yet; a push that does not fit in
-    /// that queue (`--write-buffer-size`) is dropped, and counted, so a peer that does not
-    /// read costs a bounded amount and delays nobody.
+    /// The board holds pushes this connection has not taken: write each through (under
+    /// TLS, encrypted for this connection), or queue it behind what a slow peer has not
+    /// taken yet; a push that does not fit in that queue (`--write-buffer-size`) is
+    /// dropped, and counted, so a peer that does not read costs a bounded amount and
+    /// delays nobody.
     fn on_push(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
         let taken = shared.board.take(&mut self.seen_push);
+        let mut lent = self.tls.is_some().then(|| shared.buffers.take());
         let mut flow = Flow::Continue;
         let mut sent = 0;
         for push in &taken {
@@ -239,17 +342,24 @@ impl Connection {
                 continue;
             }
             sent += 1;
-            if !self.unsent.is_empty() {
-                self.unsent.extend_from_slice(frame);
-                continue;
-            }
-            match write_some(socket, frame) {
-                Ok(written) => self.unsent.extend_from_slice(&frame[written..]),
-                Err(_) => {
-                    flow = Flow::Finish(CloseReason::Error);
-                    break;
+            let bytes = match (self.tls.as_deref_mut(), lent.as_mut()) {
+                (Some(tls), Some(lent)) => {
+                    lent.ciphertext.clear();
+                    if tls.encrypt(frame, &mut lent.ciphertext).is_err() {
+                        flow = Flow::Finish(CloseReason::Error);
+                        break;
+                    }
+                    &lent.ciphertext[..]
                 }
+                _ => frame,
+            };
+            if self.transmit(socket, bytes).is_err() {
+                flow = Flow::Finish(CloseReason::Error);
+                break;
             }
+        }
+        if let Some(lent) = lent {
+            shared.buffers.give(lent);
         }
         shared.metrics.add(Tally {
             messages_received: 0,
@@ -263,42 +373,59 @@ impl Connection {
 
     /// The server is shutting down.
     fn on_shutdown(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let (read, mut output) = shared.buffers.take();
-        self.session.begin_shutdown(Instant::now(), &shared.policy, &mut output);
-        self.finish_wake(socket, shared, Flow::Continue, read, output)
+        let mut lent = shared.buffers.take();
+        self.session
+            .begin_shutdown(Instant::now(), &shared.policy, &mut lent.output);
+        self.finish_wake(socket, shared, Flow::Continue, lent)
     }
 
-    /// Sends what the session produced, gives the buffers back, and closes the socket if
-    /// the session is finished.
-    fn finish_wake(
-        &mut self,
-        socket: &impl Socket,
-        shared: &Shared,
-        flow: Flow,
-        read: Vec<u8>,
-        output: Vec<u8>,
-    ) -> Flow {
+    /// Sends what the session produced (encrypted first under TLS), gives the buffers
+    /// back, and closes the socket if the session is finished.
+    fn finish_wake(&mut self, socket: &impl Socket, shared: &Shared, flow: Flow, mut lent: Lent) -> Flow {
         let mut next = Flow::Continue;
-        if !output.is_empty() {
-            if self.unsent.is_empty() {
-                match write_some(socket, &output) {
-                    Ok(written) => self.unsent.extend_from_slice(&output[written..]),
-                    Err(_) => next = Flow::Finish(CloseReason::Error),
+        let wire = match self.tls.as_deref_mut() {
+            None => &lent.output,
+            Some(tls) => {
+                if !lent.output.is_empty() && tls.encrypt(&lent.output, &mut lent.ciphertext).is_err() {
+                    next = Flow::Finish(CloseReason::Error);
                 }
-            } else {
-                self.unsent.extend_from_slice(&output);
+                &lent.ciphertext
             }
+        };
+        if !wire.is_empty() && self.transmit(socket, wire).is_err() {
+            next = Flow::Finish(CloseReason::Error);
         }
-        shared.buffers.give(read, output);
+        let flow = match flow {
+            Flow::Finish(reason) => Flow::Finish(reason),
+            Flow::Continue => next,
+        };
         if let Flow::Finish(reason) = flow {
-            // Best effort for what is still queued: the connection is over either way.
+            // Best effort for what is still queued, and TLS's close_notify: the connection
+            // is over either way.
+            if let Some(tls) = self.tls.as_deref_mut() {
+                tls.close(&mut self.unsent);
+            }
             if !self.unsent.is_empty() {
                 let _ = write_some(socket, &self.unsent);
             }
             socket.shutdown_write();
+            shared.buffers.give(lent);
             return Flow::Finish(reason);
         }
+        shared.buffers.give(lent);
         next
+    }
+
+    /// Writes `bytes` through, or queues them behind what the peer has not taken yet (in
+    /// order: under TLS every byte is part of a record).
+    fn transmit(&mut self, socket: &impl Socket, bytes: &[u8]) -> io::Result<()> {
+        if self.unsent.is_empty() {
+            let written = write_some(socket, bytes)?;
+            self.unsent.extend_from_slice(&bytes[written..]);
+        } else {
+            self.unsent.extend_from_slice(bytes);
+        }
+        Ok(())
     }
 }
 

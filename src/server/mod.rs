@@ -19,11 +19,14 @@ mod accept;
 pub mod board;
 mod buffers;
 pub mod connection;
+pub mod lean_tls;
 pub mod shared;
 mod stack;
 mod stock;
 pub mod tasks;
 pub mod threads;
+pub mod tls;
+mod transport;
 mod upgrade;
 mod wait;
 
@@ -36,41 +39,62 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use wsscale_host::fd::FdLimit;
 
+use self::accept::accept_loop;
 use self::shared::{SHUTDOWN_MARGIN, Shared};
-use crate::config::{Engine, Mode, ServeConfig};
+use crate::config::{Engine, Mode, Scheme, ServeConfig};
 use crate::limits::{self, Bound, Capacity};
 use crate::metrics::http::{Broadcaster, Refused};
 use crate::metrics::sampler::SamplerHandle;
 use crate::start_line::StartLine;
 
-/// The two listeners a server serves on, bound by the caller.
+/// The two listeners a server serves on, bound by the caller, and the TLS the WebSocket
+/// listener speaks (wss://).
 pub struct Listeners {
     /// WebSocket clients (GET /ws).
     pub websocket: std::net::TcpListener,
-    /// GET /metrics, GET /healthz, POST /broadcast.
+    /// GET /metrics, GET /healthz, POST /broadcast; always plain HTTP.
     pub metrics: std::net::TcpListener,
+    /// TLS on the WebSocket listener: its configuration and certificate file (a
+    /// self-signed one is removed when the server ends).
+    pub tls: Option<tls::Tls>,
 }
 
 impl Listeners {
     /// Binds both addresses (port 0 picks a free port); the WebSocket listener with a
-    /// backlog fit for thousands of connections opening at once.
-    pub fn bind(config: &ServeConfig) -> anyhow::Result<Listeners> {
+    /// backlog fit for thousands of connections opening at once, under `tls` if given.
+    pub fn bind(config: &ServeConfig, tls: Option<tls::Tls>) -> anyhow::Result<Listeners> {
         let websocket = accept::bind_websocket_listener(config.listen)
             .with_context(|| format!("binding the WebSocket listener on {}", config.listen))?;
         let metrics = crate::metrics::http::bind(config.metrics_listen)
             .with_context(|| format!("binding the metrics listener on {}", config.metrics_listen))?;
-        Ok(Listeners { websocket, metrics })
+        Ok(Listeners {
+            websocket,
+            metrics,
+            tls,
+        })
     }
 
-    /// What a server on these listeners announces.
+    /// ws, or wss under TLS.
+    pub fn scheme(&self) -> Scheme {
+        if self.tls.is_some() { Scheme::Wss } else { Scheme::Ws }
+    }
+
+    /// What a server on these listeners announces: its URL and metrics address, its mode,
+    /// engine and scheme, and (wss://) the certificate file clients can trust.
     pub fn start_line(&self, config: &ServeConfig) -> std::io::Result<StartLine> {
+        let mut fields = vec![
+            ("mode".to_owned(), config.mode.to_string()),
+            ("engine".to_owned(), config.engine.to_string()),
+            ("scheme".to_owned(), self.scheme().to_string()),
+        ];
+        if let Some(tls) = &self.tls {
+            fields.push(("cert".to_owned(), tls.cert_path.display().to_string()));
+        }
         Ok(StartLine::new(
+            self.scheme().as_str(),
             self.websocket.local_addr()?,
             self.metrics.local_addr()?,
-            vec![
-                ("mode".to_owned(), config.mode.to_string()),
-                ("engine".to_owned(), config.engine.to_string()),
-            ],
+            fields,
         ))
     }
 }
@@ -85,8 +109,10 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "raised the soft RLIMIT_NOFILE to the hard limit"
         );
     }
-    let prometheus = crate::metrics::install(config.mode, config.engine)?;
-    let listeners = Listeners::bind(&config)?;
+    // A certificate or key that cannot be used is bad input: exit status 2 (main.rs).
+    let tls = config.tls.as_ref().map(tls::Tls::set_up).transpose()?;
+    let prometheus = crate::metrics::install(config.mode, config.engine, config.scheme())?;
+    let listeners = Listeners::bind(&config, tls)?;
     println!("{}", listeners.start_line(&config)?);
 
     // Tasks mode: one worker per core. Threads mode: the connections are threads, and
@@ -133,8 +159,15 @@ pub async fn run(
     let fd_limit = wsscale_host::fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let capacity = capacity(&config, fd_limit);
     log_settings(&config, &listeners, capacity, fd_limit);
-    let (mode, engine) = (config.mode, config.engine);
-    let shared = Arc::new(Shared::new(config, capacity.max_connections)?);
+    let (mode, engine, scheme) = (config.mode, config.engine, listeners.scheme());
+    if scheme != config.scheme() {
+        anyhow::bail!(
+            "the configuration asks for {} but the listener speaks {scheme}",
+            config.scheme()
+        );
+    }
+    let tls_config = listeners.tls.as_ref().map(|tls| tls.config.clone());
+    let shared = Arc::new(Shared::new(config, capacity.max_connections, tls_config)?);
     let sampler = SamplerHandle::start(
         prometheus,
         tokio::runtime::Handle::current(),
@@ -144,9 +177,14 @@ pub async fn run(
         shared.config.max_handshakes,
         shared.config.trim_threshold,
     )?;
-    listeners.websocket.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listeners.websocket)?;
-    let metrics_listener = TcpListener::from_std(listeners.metrics)?;
+    let Listeners {
+        websocket,
+        metrics,
+        tls: _certificate,
+    } = listeners;
+    websocket.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(websocket)?;
+    let metrics_listener = TcpListener::from_std(metrics)?;
     let metrics_task = tokio::spawn({
         let broadcaster: Arc<dyn Broadcaster> = shared.clone();
         async move {
@@ -167,15 +205,25 @@ pub async fn run(
         }
     });
 
-    // The one choice of stack: everything after it is generic over the stack.
-    match (mode, engine) {
-        (Mode::Tasks, Engine::Lean) => accept::accept_loop::<tasks::TasksLean>(listener, &shared).await,
-        (Mode::Tasks, Engine::Tungstenite) => accept::accept_loop::<stock::TasksStock>(listener, &shared).await,
-        (Mode::Threads, Engine::Lean) => {
-            accept::accept_loop::<threads::Threads<threads::Lean>>(listener, &shared).await
+    // The one choice of stack and transport: everything after it is generic over them.
+    use self::stock::{Blocking, TasksStock};
+    use self::tasks::TasksLean;
+    use self::threads::{Lean, Threads};
+    use self::transport::{LeanTlsTransport, Plain, StockTls};
+    match (mode, engine, scheme) {
+        (Mode::Tasks, Engine::Lean, Scheme::Ws) => accept_loop::<TasksLean, Plain>(listener, &shared).await,
+        (Mode::Tasks, Engine::Lean, Scheme::Wss) => accept_loop::<TasksLean, LeanTlsTransport>(listener, &shared).await,
+        (Mode::Tasks, Engine::Tungstenite, Scheme::Ws) => accept_loop::<TasksStock, Plain>(listener, &shared).await,
+        (Mode::Tasks, Engine::Tungstenite, Scheme::Wss) => accept_loop::<TasksStock, StockTls>(listener, &shared).await,
+        (Mode::Threads, Engine::Lean, Scheme::Ws) => accept_loop::<Threads<Lean>, Plain>(listener, &shared).await,
+        (Mode::Threads, Engine::Lean, Scheme::Wss) => {
+            accept_loop::<Threads<Lean>, LeanTlsTransport>(listener, &shared).await
         }
-        (Mode::Threads, Engine::Tungstenite) => {
-            accept::accept_loop::<threads::Threads<stock::Blocking>>(listener, &shared).await
+        (Mode::Threads, Engine::Tungstenite, Scheme::Ws) => {
+            accept_loop::<Threads<Blocking>, Plain>(listener, &shared).await
+        }
+        (Mode::Threads, Engine::Tungstenite, Scheme::Wss) => {
+            accept_loop::<Threads<Blocking>, StockTls>(listener, &shared).await
         }
     }
 

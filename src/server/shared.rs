@@ -37,6 +37,8 @@ pub struct Shared {
     /// Most answers queued for a peer that is not reading before we stop reading it.
     pub max_unsent: usize,
     pub max_connections: usize,
+    /// The TLS configuration every connection of a wss:// server shares.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Cancelled on the first SIGINT/SIGTERM: the accept loop stops, HTTP phases end, and
     /// the board tells every open session to send 1001.
     pub shutdown: CancellationToken,
@@ -63,7 +65,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: ServeConfig, max_connections: usize) -> std::io::Result<Self> {
+    pub fn new(
+        config: ServeConfig,
+        max_connections: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let metrics = ServerMetrics::register();
         Ok(Shared {
             policy: SessionPolicy {
@@ -77,6 +83,7 @@ impl Shared {
             buffers: BufferPool::new(config.buffers.read_buffer_size.value, BUFFERS_KEPT),
             max_unsent: config.buffers.max_unsent(),
             max_connections,
+            tls,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
@@ -85,6 +92,14 @@ impl Shared {
             active: AtomicUsize::new(0),
             config,
         })
+    }
+
+    /// The TLS configuration. Only TLS transports ask for it, and `server::run` picks those
+    /// only when there is one.
+    pub fn tls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.tls
+            .clone()
+            .expect("a TLS transport runs only with a TLS configuration")
     }
 
     /// A permit for one more connection, or `None` at capacity.
@@ -230,7 +245,7 @@ mod tests {
         let config = ServeConfig::try_from(args).unwrap();
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let shared = ::metrics::with_local_recorder(&recorder, || Shared::new(config, 4).unwrap());
+        let shared = ::metrics::with_local_recorder(&recorder, || Shared::new(config, 4, None).unwrap());
         (Arc::new(shared), handle)
     }
 

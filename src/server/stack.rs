@@ -1,7 +1,8 @@
 //! A *stack*: one execution model with one engine, and what becomes of a connection once
-//! its HTTP phase has accepted the upgrade. [`super::run`] picks the stack from the
-//! configuration once, and the accept loop and the HTTP phase are generic over it, so no
-//! connection path asks which mode or engine it runs:
+//! its HTTP phase has accepted the upgrade. [`super::run`] picks the stack and the
+//! transport under it (plain TCP or TLS, [`super::transport`]) from the configuration
+//! once, and the accept loop and the HTTP phase are generic over both, so no connection
+//! path asks which mode, engine or scheme it runs:
 //!
 //! | stack | before the 101 ([`Stack::answer`]) | after it ([`Stack::connection`]) |
 //! |---|---|---|
@@ -19,14 +20,14 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::response::Response;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::shared::Shared;
+use super::transport::Transport;
 use crate::handshake::Accepted;
 
-/// An execution model with an engine.
-pub(crate) trait Stack: Send + Sync + 'static {
+/// An execution model with an engine, over transport `T`.
+pub(crate) trait Stack<T: Transport>: Send + Sync + 'static {
     /// What the handler reserves for the session before the 101, and the HTTP phase
     /// hands on with the socket: threads mode's connection thread (so a thread the OS
     /// refuses is still answered with a 503); nothing in tasks mode.
@@ -45,13 +46,13 @@ pub(crate) trait Stack: Send + Sync + 'static {
     /// yields the upgraded connection, or nothing when the request was answered
     /// otherwise).
     fn connection(
-        http: impl Future<Output = Option<Upgraded<TcpStream, Self::Reserved>>> + Send + 'static,
+        http: impl Future<Output = Option<Upgraded<T::Io, Self::Reserved>>> + Send + 'static,
         shared: Arc<Shared>,
     ) -> impl Future<Output = ()> + Send + 'static;
 }
 
-/// A connection after its 101: the bare socket, the bytes that came after the request,
-/// the connection's permit, and what the handler reserved for it.
+/// A connection after its 101: its IO (the socket, under TLS or not), the bytes that came
+/// after the request, the connection's permit, and what the handler reserved for it.
 pub(crate) struct Upgraded<Io, Reserved = ()> {
     pub stream: Io,
     pub peer: SocketAddr,

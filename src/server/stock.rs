@@ -14,6 +14,12 @@
 //!   engine's thread does, so SIGTERM's 1001 reaches it; tungstenite reads a non-blocking
 //!   socket and keeps its place across `WouldBlock`.
 //!
+//! Over TLS (wss://) the stock stack is what axum-server's rustls support and the
+//! tutorials run: tokio-rustls under hyper and axum in tasks mode; in threads mode the
+//! same rustls `ServerConnection`, after the HTTP phase, in a `rustls::StreamOwned` over
+//! the non-blocking socket (a blocking socket could not be woken for the drain's 1001),
+//! read until `WouldBlock` like the plain socket. rustls' defaults throughout.
+//!
 //! Server push is the lean engine's: `POST /broadcast` refuses a stock server.
 //!
 //! Buffers are tungstenite's defaults unless a flag sets them (see
@@ -38,6 +44,7 @@ use tungstenite::protocol::{CloseFrame, Role};
 use super::shared::{ConnectionGuard, Shared};
 use super::stack::{Stack, Upgraded};
 use super::threads::ThreadEngine;
+use super::transport::Transport;
 use super::upgrade;
 use super::wait::{Ready, poll};
 use crate::handshake::{Accepted, Refusal};
@@ -46,10 +53,10 @@ use crate::protocol::close_code;
 use crate::session::Tally;
 
 /// Tasks mode with the stock engine: axum's `WebSocketUpgrade` answers the upgrade and
-/// runs the session in a task of its own.
+/// runs the session in a task of its own, over plain TCP or tokio-rustls.
 pub(crate) struct TasksStock;
 
-impl Stack for TasksStock {
+impl<T: Transport> Stack<T> for TasksStock {
     type Reserved = ();
 
     async fn answer(shared: &Arc<Shared>, request: Request, permit: OwnedSemaphorePermit, _: Accepted) -> Response {
@@ -60,17 +67,88 @@ impl Stack for TasksStock {
     }
 
     /// The session is axum's `on_upgrade` task: nothing comes back from the HTTP phase.
-    async fn connection(http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static, _: Arc<Shared>) {
+    async fn connection(http: impl Future<Output = Option<Upgraded<T::Io>>> + Send + 'static, _: Arc<Shared>) {
         let _ = http.await;
     }
 }
 
-/// Threads mode with the stock engine: blocking tungstenite on the connection's thread.
+/// Threads mode with the stock engine: blocking tungstenite on the connection's thread,
+/// over the socket or a rustls connection on it.
 pub(crate) struct Blocking;
 
-impl ThreadEngine for Blocking {
-    fn session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
-        serve_blocking(stream, early, shared)
+impl<Io: IntoBlockingSocket> ThreadEngine<Io> for Blocking {
+    type Socket = (BlockingSocket, Vec<u8>);
+
+    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket> {
+        Ok((io.into_blocking()?, early))
+    }
+
+    fn session((socket, early): Self::Socket, shared: &Shared) -> CloseReason {
+        serve_blocking(socket, early, shared)
+    }
+}
+
+/// A connection as blocking tungstenite reads and writes it: the non-blocking std socket,
+/// or rustls' buffered connection over it (its `StreamOwned`, as a blocking rustls server
+/// is written).
+pub(crate) enum BlockingSocket {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>),
+}
+
+/// The HTTP phase's IO, taken off the runtime for a connection's thread.
+pub(crate) trait IntoBlockingSocket {
+    fn into_blocking(self) -> io::Result<BlockingSocket>;
+}
+
+impl IntoBlockingSocket for TcpStream {
+    fn into_blocking(self) -> io::Result<BlockingSocket> {
+        Ok(BlockingSocket::Plain(self.into_std()?))
+    }
+}
+
+impl IntoBlockingSocket for tokio_rustls::server::TlsStream<TcpStream> {
+    /// The session goes on in the same rustls connection, with whatever it has buffered.
+    fn into_blocking(self) -> io::Result<BlockingSocket> {
+        let (stream, connection) = self.into_inner();
+        Ok(BlockingSocket::Tls(Box::new(rustls::StreamOwned::new(
+            connection,
+            stream.into_std()?,
+        ))))
+    }
+}
+
+impl BlockingSocket {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            BlockingSocket::Plain(stream) => stream.as_raw_fd(),
+            BlockingSocket::Tls(stream) => stream.sock.as_raw_fd(),
+        }
+    }
+}
+
+impl io::Read for BlockingSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlockingSocket::Plain(stream) => stream.read(buf),
+            BlockingSocket::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl io::Write for BlockingSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BlockingSocket::Plain(stream) => stream.write(buf),
+            BlockingSocket::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            BlockingSocket::Plain(stream) => stream.flush(),
+            BlockingSocket::Tls(stream) => stream.flush(),
+        }
     }
 }
 
@@ -175,9 +253,9 @@ async fn echo(mut socket: WebSocket, shared: &Shared) -> CloseReason {
 
 /// Threads mode: one connection on its thread, blocking tungstenite reading and echoing
 /// until the connection ends; returns why. The socket is closed on return.
-fn serve_blocking(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
+fn serve_blocking(stream: BlockingSocket, early: Vec<u8>, shared: &Shared) -> CloseReason {
     let policy = &shared.policy;
-    let fd = stream.as_raw_fd();
+    let fd = stream.fd();
     let config = shared.config.buffers.tungstenite_config();
     let mut socket = tungstenite::WebSocket::from_partially_read(stream, early, Role::Server, Some(config));
     let mut life = Lifecycle::new(policy, Instant::now());

@@ -21,17 +21,21 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::futures::OwnedNotified;
 
-use super::connection::{Connection, Wake};
+use super::connection::{Connection, IntoLeanSocket, LeanSocket, Wake};
 use super::shared::{ConnectionGuard, Shared};
 use super::stack::{Stack, Upgraded};
+use super::transport::Transport;
 use super::upgrade;
 use crate::handshake::Accepted;
 use crate::lifecycle::Flow;
 
-/// Tasks mode with the lean engine.
+/// Tasks mode with the lean engine, over plain TCP or the lean engine's TLS.
 pub(crate) struct TasksLean;
 
-impl Stack for TasksLean {
+impl<T: Transport> Stack<T> for TasksLean
+where
+    T::Io: IntoLeanSocket,
+{
     type Reserved = ();
 
     async fn answer(
@@ -44,15 +48,25 @@ impl Stack for TasksLean {
     }
 
     fn connection(
-        http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static,
+        http: impl Future<Output = Option<Upgraded<T::Io>>> + Send + 'static,
         shared: Arc<Shared>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        ConnectionTask::new(http, shared)
+        ConnectionTask::new(
+            async move {
+                let upgraded = http.await?;
+                Some((upgraded.stream.into_lean(upgraded.early), upgraded.permit))
+            },
+            shared,
+        )
     }
 }
 
+/// What the HTTP phase hands the session: the socket as the lean engine holds it, and the
+/// connection's permit.
+type Handover = (LeanSocket<TcpStream>, OwnedSemaphorePermit);
+
 /// The HTTP phase of one connection, boxed: it is used once and freed at the upgrade.
-type HttpPhase = Pin<Box<dyn Future<Output = Option<Upgraded<TcpStream>>> + Send>>;
+type HttpPhase = Pin<Box<dyn Future<Output = Option<Handover>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// One TCP connection, from accept to close: HTTP until an upgrade, then the session,
@@ -68,7 +82,7 @@ pin_project_lite::pin_project! {
 }
 
 impl ConnectionTask {
-    fn new(http: impl Future<Output = Option<Upgraded<TcpStream>>> + Send + 'static, shared: Arc<Shared>) -> Self {
+    fn new(http: impl Future<Output = Option<Handover>> + Send + 'static, shared: Arc<Shared>) -> Self {
         ConnectionTask {
             http: Some(Box::pin(http)),
             shared,
@@ -83,12 +97,13 @@ impl Future for ConnectionTask {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         if let Some(http) = this.http.as_mut() {
-            let upgrade = std::task::ready!(http.as_mut().poll(cx));
+            let handover = std::task::ready!(http.as_mut().poll(cx));
             *this.http = None;
-            let Some(upgrade) = upgrade else {
+            let Some((socket, permit)) = handover else {
                 return Poll::Ready(());
             };
-            this.session.set(Some(SessionTask::new(upgrade, this.shared.clone())));
+            this.session
+                .set(Some(SessionTask::new(socket, permit, this.shared.clone())));
         }
         match this.session.as_pin_mut() {
             Some(session) => session.poll(cx),
@@ -119,12 +134,12 @@ pin_project_lite::pin_project! {
 }
 
 impl SessionTask {
-    fn new(upgrade: Upgraded<TcpStream>, shared: Arc<Shared>) -> Self {
-        let mut connection = Connection::new(&shared);
-        let flow = connection.on_early_bytes(&upgrade.stream, &shared, upgrade.early);
+    fn new(socket: LeanSocket<TcpStream>, permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Self {
+        let mut connection = Connection::new(&shared, socket.tls, socket.unsent);
+        let flow = connection.on_early_bytes(&socket.stream, &shared, socket.early);
         let timer = tokio::time::sleep_until(connection.deadline(&shared).into());
         let board = shared.board.notify.clone().notified_owned();
-        let guard = ConnectionGuard::open(shared, upgrade.permit);
+        let guard = ConnectionGuard::open(shared, permit);
         let guard = match flow {
             Flow::Continue => Some(guard),
             Flow::Finish(reason) => {
@@ -133,7 +148,7 @@ impl SessionTask {
             }
         };
         SessionTask {
-            stream: upgrade.stream,
+            stream: socket.stream,
             connection,
             guard,
             timer,

@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -30,9 +31,10 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::connection::Connection;
+use super::connection::{Connection, IntoLeanSocket, LeanSocket};
 use super::shared::{ConnectionGuard, Shared};
 use super::stack::{Stack, Upgraded};
+use super::transport::Transport;
 use super::upgrade;
 use super::wait::{Ready, poll};
 use crate::handshake::{Accepted, Refusal};
@@ -41,18 +43,26 @@ use crate::lifecycle::{CloseReason, Flow};
 /// Connection threads' name (the kernel keeps 15 bytes).
 const THREAD_NAME: &str = "wsscale-conn";
 
-/// What runs a connection on its own thread: an engine's blocking session.
-pub(crate) trait ThreadEngine: Send + Sync + 'static {
-    /// Runs the session of an upgraded connection until it ends; returns why. The socket
-    /// is non-blocking and is closed on return.
-    fn session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason;
+/// What runs a connection on its own thread: an engine's blocking session, over the HTTP
+/// phase's IO `Io` (plain TCP or TLS).
+pub(crate) trait ThreadEngine<Io>: Send + Sync + 'static {
+    /// The connection as its thread holds it.
+    type Socket: Send + 'static;
+
+    /// Takes the upgraded IO off the runtime (with `early`, the bytes hyper read past the
+    /// request), for the connection's thread.
+    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket>;
+
+    /// Runs the session until it ends; returns why. The socket is non-blocking and is
+    /// closed on return.
+    fn session(socket: Self::Socket, shared: &Shared) -> CloseReason;
 }
 
 /// Threads mode with engine `E`.
 pub(crate) struct Threads<E>(PhantomData<E>);
 
-impl<E: ThreadEngine> Stack for Threads<E> {
-    type Reserved = ConnectionThread;
+impl<T: Transport, E: ThreadEngine<T::Io>> Stack<T> for Threads<E> {
+    type Reserved = ConnectionThread<E::Socket>;
 
     async fn answer(
         shared: &Arc<Shared>,
@@ -60,7 +70,7 @@ impl<E: ThreadEngine> Stack for Threads<E> {
         permit: OwnedSemaphorePermit,
         accepted: Accepted,
     ) -> Response {
-        match ConnectionThread::spawn::<E>(shared) {
+        match ConnectionThread::spawn::<E, T::Io>(shared) {
             Ok(thread) => upgrade::switch_protocols(shared, request, permit, thread, &accepted),
             Err(error) => {
                 tracing::warn!(%error, "cannot spawn a connection thread; answering 503");
@@ -70,11 +80,11 @@ impl<E: ThreadEngine> Stack for Threads<E> {
     }
 
     async fn connection(
-        http: impl Future<Output = Option<Upgraded<TcpStream, ConnectionThread>>> + Send + 'static,
+        http: impl Future<Output = Option<Upgraded<T::Io, ConnectionThread<E::Socket>>>> + Send + 'static,
         _: Arc<Shared>,
     ) {
         if let Some(upgraded) = http.await {
-            ConnectionThread::hand_over(upgraded);
+            ConnectionThread::hand_over::<E, T::Io>(upgraded);
         }
     }
 }
@@ -82,35 +92,48 @@ impl<E: ThreadEngine> Stack for Threads<E> {
 /// The lean engine on a connection's thread.
 pub(crate) struct Lean;
 
-impl ThreadEngine for Lean {
-    fn session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
-        run_session(stream, early, shared)
+impl<Io: IntoLeanSocket> ThreadEngine<Io> for Lean {
+    type Socket = LeanSocket<std::net::TcpStream>;
+
+    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket> {
+        io.into_lean(early).map(TcpStream::into_std)
     }
+
+    fn session(socket: Self::Socket, shared: &Shared) -> CloseReason {
+        run_session(socket, shared)
+    }
+}
+
+/// A connection on its way to its thread.
+pub(crate) struct Handover<S> {
+    socket: S,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
 }
 
 /// A connection's thread, started by the handler before the 101; it waits for its
 /// connection, which [`ConnectionThread::hand_over`] sends it after the 101. Dropped
 /// without it (the client left before the upgrade completed), the thread ends.
-pub(crate) struct ConnectionThread {
-    inbox: SyncSender<Upgraded<std::net::TcpStream>>,
+pub(crate) struct ConnectionThread<S> {
+    inbox: SyncSender<Handover<S>>,
 }
 
-impl ConnectionThread {
+impl<S: Send + 'static> ConnectionThread<S> {
     /// Starts the thread; its tracker token keeps the server's drain waiting until it
     /// ends.
-    fn spawn<E: ThreadEngine>(shared: &Arc<Shared>) -> io::Result<ConnectionThread> {
+    fn spawn<E: ThreadEngine<Io, Socket = S>, Io>(shared: &Arc<Shared>) -> io::Result<ConnectionThread<S>> {
         let (inbox, waiting) = sync_channel(1);
         let shared = shared.clone();
         let token = shared.tracker.token();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .stack_size(shared.config.buffers.thread_stack_size.value)
-            .spawn(move || run_thread::<E>(waiting, &shared, token))?;
+            .spawn(move || run_thread::<E, Io>(waiting, &shared, token))?;
         Ok(ConnectionThread { inbox })
     }
 
-    /// Takes the upgraded socket off the runtime and gives it to its thread.
-    fn hand_over(upgraded: Upgraded<TcpStream, ConnectionThread>) {
+    /// Takes the upgraded connection off the runtime and gives it to its thread.
+    fn hand_over<E: ThreadEngine<Io, Socket = S>, Io>(upgraded: Upgraded<Io, ConnectionThread<S>>) {
         let Upgraded {
             stream,
             peer,
@@ -118,15 +141,9 @@ impl ConnectionThread {
             permit,
             reserved: thread,
         } = upgraded;
-        match stream.into_std() {
-            Ok(stream) => {
-                let _ = thread.inbox.send(Upgraded {
-                    stream,
-                    peer,
-                    early,
-                    permit,
-                    reserved: (),
-                });
+        match E::take(stream, early) {
+            Ok(socket) => {
+                let _ = thread.inbox.send(Handover { socket, peer, permit });
             }
             Err(error) => tracing::warn!(%error, "cannot take the socket off the runtime"),
         }
@@ -134,17 +151,17 @@ impl ConnectionThread {
 }
 
 /// One connection's thread: wait for the connection, run the session, count the close.
-fn run_thread<E: ThreadEngine>(
-    waiting: Receiver<Upgraded<std::net::TcpStream>>,
+fn run_thread<E: ThreadEngine<Io>, Io>(
+    waiting: Receiver<Handover<E::Socket>>,
     shared: &Arc<Shared>,
     token: TaskTrackerToken,
 ) {
-    if let Ok(upgraded) = waiting.recv() {
+    if let Ok(handover) = waiting.recv() {
         drop(waiting);
-        let span = tracing::debug_span!("conn", peer = %upgraded.peer);
+        let span = tracing::debug_span!("conn", peer = %handover.peer);
         let _entered = span.enter();
-        let guard = ConnectionGuard::open(shared.clone(), upgraded.permit);
-        let reason = E::session(upgraded.stream, upgraded.early, shared);
+        let guard = ConnectionGuard::open(shared.clone(), handover.permit);
+        let reason = E::session(handover.socket, shared);
         guard.close(reason);
     }
     drop(token);
@@ -154,8 +171,14 @@ fn run_thread<E: ThreadEngine>(
 /// writable while a slow peer has answers waiting), the board's generation or the
 /// session's deadline wakes us, then let the shared [`Connection`] do the rest. The
 /// socket is closed on return.
-fn run_session(stream: std::net::TcpStream, early: Vec<u8>, shared: &Shared) -> CloseReason {
-    let mut connection = Connection::new(shared);
+fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared) -> CloseReason {
+    let LeanSocket {
+        stream,
+        tls,
+        early,
+        unsent,
+    } = socket;
+    let mut connection = Connection::new(shared, tls, unsent);
     let mut flow = connection.on_early_bytes(&stream, shared, early);
     let socket = stream.as_raw_fd();
     let mut ready = Ready::default();

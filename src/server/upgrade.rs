@@ -1,6 +1,7 @@
-//! The HTTP phase of every connection, whatever its stack: hyper serves HTTP/1 with the
-//! axum router until the request is answered (404, 405, 426, 400, 503) or upgraded
-//! (101). [`handshake::check`] decides; a connection permit is taken only by a request
+//! The HTTP phase of every connection, whatever its stack: the transport's handshake
+//! (TLS, for wss://), then hyper serves HTTP/1 with the axum router until the request is
+//! answered (404, 405, 426, 400, 503) or upgraded (101); the handshake timeout bounds
+//! the whole phase. [`handshake::check`] decides; a connection permit is taken only by a request
 //! that passed it; the stack answers ([`Stack::answer`]); every refusal is counted and
 //! answered by [`refuse`], the one refusal path.
 //!
@@ -29,7 +30,9 @@ use tracing::Instrument;
 
 use super::shared::{HandshakeGuard, Shared};
 use super::stack::{Stack, Upgraded};
+use super::transport::Transport;
 use crate::handshake::{self, Accepted, Refusal, RejectReason};
+use crate::metrics::TlsFailure;
 
 /// An accepted upgrade, left by the handler for [`serve_http`] to pick up after hyper has
 /// written the 101.
@@ -47,9 +50,9 @@ type PendingSlot<Reserved> = Arc<Mutex<Option<Pending<Reserved>>>>;
 struct AcceptedAt(Instant);
 
 /// The router every connection's HTTP phase serves.
-pub(super) fn router<S: Stack>(shared: Arc<Shared>) -> Router {
+pub(super) fn router<S: Stack<T>, T: Transport>(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(handshake::WEBSOCKET_PATH, axum::routing::any(upgrade::<S>))
+        .route(handshake::WEBSOCKET_PATH, axum::routing::any(upgrade::<S, T>))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -57,16 +60,34 @@ pub(super) fn router<S: Stack>(shared: Arc<Shared>) -> Router {
 /// Serves HTTP/1 with the axum router until the request is answered (a refusal: None)
 /// or upgraded. Bounded by the handshake timeout and cut short by shutdown; holds its
 /// handshake permit until it returns.
-pub(super) async fn serve_http<S: Stack>(
+pub(super) async fn serve_http<S: Stack<T>, T: Transport>(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     shared: Arc<Shared>,
     handshake: HandshakeGuard,
-) -> Option<Upgraded<TcpStream, S::Reserved>> {
+) -> Option<Upgraded<T::Io, S::Reserved>> {
     async move {
         let _handshake = handshake;
         let accepted_at = Instant::now();
+        let deadline = tokio::time::Instant::from_std(accepted_at + shared.config.handshake_timeout);
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return None,
+            accepted = tokio::time::timeout_at(deadline, T::accept(&shared, stream)) => accepted,
+        };
+        let io = match accepted {
+            Ok(Ok(io)) => io,
+            Ok(Err(failure)) => {
+                shared.metrics.tls_failed(failure);
+                shared.reject(RejectReason::Tls);
+                return None;
+            }
+            Err(_elapsed) => {
+                shared.metrics.tls_failed(TlsFailure::Timeout);
+                shared.reject(RejectReason::HandshakeTimeout);
+                return None;
+            }
+        };
         let slot: PendingSlot<S::Reserved> = Arc::default();
         let service = app.map_request({
             let slot = slot.clone();
@@ -81,14 +102,11 @@ pub(super) async fn serve_http<S: Stack>(
             .header_read_timeout(shared.config.handshake_timeout)
             // Keep-alive stays on: hyper would otherwise overwrite the 101's `Connection:
             // upgrade`; every refusal carries `Connection: close` instead.
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            )
+            .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))
             .with_upgrades();
         let served = tokio::select! {
             _ = shared.shutdown.cancelled() => return None,
-            served = tokio::time::timeout(shared.config.handshake_timeout, http) => served,
+            served = tokio::time::timeout_at(deadline, http) => served,
         };
         match served {
             Err(_elapsed) => {
@@ -120,10 +138,10 @@ pub(super) async fn serve_http<S: Stack>(
                 return None;
             }
         };
-        // Back to the bare socket (and any bytes hyper read past the request): the
-        // session reads only when the socket is readable, into a pooled buffer.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::warn!("upgraded connection is not a TcpStream");
+        // Back to the bare IO (and any bytes hyper read past the request): the session
+        // reads only when the socket is readable, into a pooled buffer.
+        let Ok(parts) = upgraded.downcast::<TokioIo<T::Io>>() else {
+            tracing::warn!("upgraded connection is not the transport's IO");
             return None;
         };
         // Copy the early bytes out: hyper's `read_buf` shares its 8 KiB read buffer, which
@@ -141,7 +159,7 @@ pub(super) async fn serve_http<S: Stack>(
 }
 
 /// GET /ws: the shared handshake check, then capacity, then the stack's answer.
-async fn upgrade<S: Stack>(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn upgrade<S: Stack<T>, T: Transport>(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let accepted = match handshake::check(
         request.method(),
         request.uri().path(),

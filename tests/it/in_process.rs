@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use wsscale::config::{Cli, Command, Engine, Mode, ServeConfig};
+use wsscale::config::{Cli, Command, Engine, Mode, Scheme, ServeConfig};
 use wsscale::server::Listeners;
 
 use crate::support::{assert_echo, wait_for_metric_at};
@@ -20,7 +20,9 @@ use crate::support::{assert_echo, wait_for_metric_at};
 fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| wsscale::metrics::install(Mode::Tasks, Engine::Lean).expect("the first recorder installs"))
+        .get_or_init(|| {
+            wsscale::metrics::install(Mode::Tasks, Engine::Lean, Scheme::Ws).expect("the first recorder installs")
+        })
         .clone()
 }
 
@@ -41,7 +43,7 @@ async fn a_server_runs_in_process_until_its_shutdown_future_resolves() {
         unreachable!("a serve command line")
     };
     let config = ServeConfig::try_from(args).unwrap();
-    let listeners = Listeners::bind(&config).unwrap();
+    let listeners = Listeners::bind(&config, None).unwrap();
     let start = listeners.start_line(&config).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(wsscale::server::run(config, listeners, recorder(), async {
