@@ -107,7 +107,7 @@ impl LeanTls {
                 Ok(state) => state,
                 Err(error) => {
                     // rustls queued an alert for the peer: send it with the error.
-                    self.drain_alert(outgoing);
+                    drain_alert(&mut self.connection, &mut buffer[used..], outgoing);
                     return Err(error);
                 }
             };
@@ -139,24 +139,40 @@ impl LeanTls {
 
     /// Encrypts `data` (plaintext) into records appended to `outgoing`.
     pub fn encrypt(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), rustls::Error> {
-        loop {
-            let status = self.connection.process_tls_records(&mut []);
-            match status.state? {
-                ConnectionState::WriteTraffic(mut write) => {
-                    return append(outgoing, |buffer| write.encrypt(data, buffer).map_err(encrypt_error));
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error))?;
-                }
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                state => {
-                    return Err(rustls::Error::General(format!(
-                        "cannot encrypt application data in state {state:?}"
-                    )));
+        let mut result = Ok(());
+        self.with_pending(|connection, pending, peer_closed| {
+            loop {
+                let status = connection.process_tls_records(pending);
+                let state = match status.state {
+                    Ok(state) => state,
+                    Err(error) => {
+                        result = Err(error);
+                        return 0;
+                    }
+                };
+                match state {
+                    ConnectionState::WriteTraffic(mut write) => {
+                        result = append(outgoing, |buffer| write.encrypt(data, buffer).map_err(encrypt_error));
+                        return status.discard;
+                    }
+                    ConnectionState::EncodeTlsData(mut encode) => {
+                        if let Err(error) = append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error)) {
+                            result = Err(error);
+                            return status.discard;
+                        }
+                    }
+                    ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                    ConnectionState::PeerClosed => *peer_closed = true,
+                    state => {
+                        result = Err(rustls::Error::General(format!(
+                            "cannot encrypt application data in state {state:?}"
+                        )));
+                        return status.discard;
+                    }
                 }
             }
-        }
+        });
+        result
     }
 
     /// Appends our close_notify to `outgoing`, once.
@@ -164,38 +180,52 @@ impl LeanTls {
         if std::mem::replace(&mut self.closing, true) {
             return;
         }
-        loop {
-            let status = self.connection.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::WriteTraffic(mut write)) => {
-                    let _ = append(outgoing, |buffer| {
-                        write.queue_close_notify(buffer).map_err(encrypt_error)
-                    });
-                    return;
+        self.with_pending(|connection, pending, peer_closed| {
+            loop {
+                let status = connection.process_tls_records(pending);
+                match status.state {
+                    Ok(ConnectionState::WriteTraffic(mut write)) => {
+                        let _ = append(outgoing, |buffer| {
+                            write.queue_close_notify(buffer).map_err(encrypt_error)
+                        });
+                        return status.discard;
+                    }
+                    Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                        let _ = append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error));
+                    }
+                    Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                    Ok(ConnectionState::PeerClosed) => *peer_closed = true,
+                    _ => return status.discard,
                 }
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let _ = append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error));
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
-                _ => return,
             }
-        }
+        });
     }
 
-    /// After an error, the alert rustls queued (if any) into `outgoing`.
-    fn drain_alert(&mut self, outgoing: &mut Vec<u8>) {
-        loop {
-            let status = self.connection.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
+    /// Runs `f` on the connection with the bytes it has not consumed yet: rustls keeps
+    /// its place in them (a handshake message spread over records), so every call must
+    /// see them, never an empty buffer in their stead. `f` returns how many it consumed.
+    fn with_pending(&mut self, f: impl FnOnce(&mut UnbufferedServerConnection, &mut [u8], &mut bool) -> usize) {
+        let mut pending = std::mem::take(&mut self.partial);
+        let consumed = f(&mut self.connection, &mut pending, &mut self.peer_closed);
+        if consumed < pending.len() {
+            pending.drain(..consumed);
+            self.partial = pending;
+        }
+    }
+}
+
+/// After an error, the alert rustls queued (if any) into `outgoing`. `pending` is what
+/// rustls has not consumed of the buffer it failed on. Each call pops one queued message
+/// before rustls looks at `pending` again, and looking again would repeat the error (and
+/// its alert, which rustls asserts against): so it is called only while a message waits.
+fn drain_alert(connection: &mut UnbufferedServerConnection, pending: &mut [u8], outgoing: &mut Vec<u8>) {
+    while connection.wants_write() {
+        let status = connection.process_tls_records(pending);
+        let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state else {
+            return;
+        };
+        if append(outgoing, |buffer| encode.encode(buffer).map_err(encode_error)).is_err() {
+            return;
         }
     }
 }
@@ -503,6 +533,32 @@ mod tests {
         let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
         assert!(server.receive(&mut garbage, &mut plaintext, &mut outgoing).is_err());
         assert!(plaintext.is_empty());
+        assert_eq!(outgoing.first(), Some(&0x15), "an alert record: {outgoing:?}");
+    }
+
+    /// Found by tests/it/tls.rs: rustls keeps its place in bytes it has not consumed (a
+    /// handshake message spread over records), and a call with an empty buffer in their
+    /// stead indexed past it and panicked — after a bad ClientHello, and after a partial
+    /// post-handshake message followed by an answer to encrypt.
+    #[test]
+    fn bytes_rustls_has_not_consumed_are_always_passed_back() {
+        // A ClientHello that announces 131,844 bytes: an error, with an alert, no panic.
+        let (mut tls, _) = server();
+        let mut garbage = vec![0x16, 0x03, 0x01, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8];
+        let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+        assert!(tls.receive(&mut garbage, &mut plaintext, &mut outgoing).is_err());
+        // A handshake message cut across records before the handshake ends: kept, and a
+        // close (which runs rustls without new bytes) does not panic.
+        let (mut tls, _) = server();
+        let mut start = vec![0x16, 0x03, 0x01, 0x00, 0x04, 1, 0, 0, 200];
+        assert!(tls.receive(&mut start, &mut plaintext, &mut outgoing).is_ok());
+        assert!(tls.held_bytes() > 0);
+        tls.close(&mut outgoing);
+        // After the handshake: encrypting and closing run rustls without new bytes.
+        let (mut tls, mut client) = server();
+        handshake(&mut tls, &mut client, 4096);
+        tls.encrypt(b"after", &mut outgoing).unwrap();
+        tls.close(&mut outgoing);
     }
 
     #[test]

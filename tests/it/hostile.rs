@@ -280,7 +280,7 @@ async fn accept_recovers_from_descriptor_exhaustion(kind: Kind) {
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url))
+                tokio::time::timeout(Duration::from_secs(2), crate::support::connect_to(&url, None))
                     .await
                     .ok()?
                     .ok()
@@ -304,7 +304,7 @@ async fn accept_recovers_from_descriptor_exhaustion(kind: Kind) {
     let mut client = eventually(
         Duration::from_secs(15),
         format_args!("{kind}: accept to recover"),
-        async || match tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(&url)).await {
+        async || match tokio::time::timeout(Duration::from_secs(2), crate::support::connect_to(&url, None)).await {
             Ok(Ok((client, _))) => Ok(client),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no answer within 2 s".to_owned()),
@@ -317,8 +317,8 @@ async fn accept_recovers_from_descriptor_exhaustion(kind: Kind) {
 
 crate::servers!(
     [a_refused_thread_is_a_503_and_nothing_else];
-    thread_spawn_lean: "threads" "lean",
-    thread_spawn_tungstenite: "threads" "tungstenite"
+    thread_spawn_lean: "threads" "lean" "ws",
+    thread_spawn_tungstenite: "threads" "tungstenite" "ws"
 );
 
 /// threads mode: a thread the OS refuses is a 503 (counted), never a crash. Refusal is
@@ -330,7 +330,7 @@ async fn a_refused_thread_is_a_503_and_nothing_else(kind: Kind) {
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..20 {
-        match tokio_tungstenite::connect_async(server.url()).await {
+        match crate::support::connect_to(&server.url(), None).await {
             Ok((client, _)) => held.push(client),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 503);
@@ -386,7 +386,7 @@ async fn half_open_clients_hold_no_permit_and_no_thread(kind: Kind) {
         held.push(server.connect().await);
     }
     assert_all_echo(&mut held).await;
-    match tokio_tungstenite::connect_async(server.url()).await {
+    match server.try_connect().await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("{kind}: expected 503 past the cap of 100, got {other:?}"),
     }

@@ -50,7 +50,7 @@ async fn a_server_runs_in_process_until_its_shutdown_future_resolves() {
         let _ = stopped.await;
     }));
 
-    let (mut client, _) = tokio_tungstenite::connect_async(start.url.as_str()).await.unwrap();
+    let (mut client, _) = crate::support::connect_to(&start.url, None).await.unwrap();
     assert_echo(&mut client, "in process").await;
     let metrics = wait_for_metric_at(
         start.metrics_addr,

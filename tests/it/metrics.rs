@@ -108,36 +108,34 @@ async fn passes_promtool(kind: Kind) {
 /// changes it. If either figure drifted, `compare` would be measuring something else.
 /// Measured as `compare` does: the RSS slope between two connection counts, so what the
 /// first connections warm up once (runtime, allocator arenas) is not charged to each.
+/// RSS per connection between `first` and `first + more` idle connections, as `compare`
+/// measures it: the slope, so what the first connections warm up once is not charged to
+/// each.
+async fn rss_slope(server: &TestServer, first: usize, more: usize) -> f64 {
+    let mut clients = Vec::with_capacity(first + more);
+    let mut rss = Vec::new();
+    for target in [first, first + more] {
+        while clients.len() < target {
+            clients.push(server.connect().await);
+        }
+        let held = server
+            .wait_for_metric(
+                "wsscale_connections_active",
+                &[],
+                target as f64,
+                Duration::from_secs(60),
+            )
+            .await;
+        rss.push(held.value("process_resident_memory_bytes", &[]));
+    }
+    (rss[1] - rss[0]) / more as f64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stock_connection_costs_its_read_buffer() {
-    const FIRST: usize = 1000;
-    const MORE: usize = 2000;
-    let stock = Kind {
-        mode: "tasks",
-        engine: "tungstenite",
-    };
-    let mut slopes = Vec::new();
-    for extra in [&[][..], &["--read-buffer-size", "4KiB"][..]] {
-        let server = TestServer::start(stock, extra);
-        let mut clients = Vec::with_capacity(FIRST + MORE);
-        let mut rss = Vec::new();
-        for target in [FIRST, FIRST + MORE] {
-            while clients.len() < target {
-                clients.push(server.connect().await);
-            }
-            let held = server
-                .wait_for_metric(
-                    "wsscale_connections_active",
-                    &[],
-                    target as f64,
-                    Duration::from_secs(30),
-                )
-                .await;
-            rss.push(held.value("process_resident_memory_bytes", &[]));
-        }
-        slopes.push((rss[1] - rss[0]) / MORE as f64);
-    }
-    let (defaults, small_buffer) = (slopes[0], slopes[1]);
+    let stock = Kind::ws("tasks", "tungstenite");
+    let defaults = rss_slope(&TestServer::start(stock, &[]), 1000, 2000).await;
+    let small_buffer = rss_slope(&TestServer::start(stock, &["--read-buffer-size", "4KiB"]), 1000, 2000).await;
     println!("stock tasks RSS per connection: defaults {defaults:.0} B, --read-buffer-size 4KiB {small_buffer:.0} B");
     assert!(
         defaults > 64.0 * 1024.0,
@@ -147,4 +145,31 @@ async fn an_idle_stock_connection_costs_its_read_buffer() {
         small_buffer < 8.0 * 1024.0,
         "stock connection with a 4 KiB read buffer: {small_buffer:.0} B of RSS"
     );
+}
+
+/// What an idle wss:// connection costs: the lean engine holds its TLS session and no
+/// buffer (rustls' unbuffered API); the stock stack holds tungstenite's read buffer and
+/// rustls' buffered connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wss_connection_costs_its_tls_session_and_no_buffer() {
+    let lean = rss_slope(
+        &TestServer::start(
+            Kind {
+                scheme: "wss",
+                ..Kind::TASKS_LEAN
+            },
+            &[],
+        ),
+        1000,
+        2000,
+    )
+    .await;
+    let stock = Kind {
+        scheme: "wss",
+        ..Kind::ws("tasks", "tungstenite")
+    };
+    let stock = rss_slope(&TestServer::start(stock, &[]), 500, 1000).await;
+    println!("tasks wss RSS per connection: lean {lean:.0} B, stock {stock:.0} B");
+    assert!(lean < 6.0 * 1024.0, "lean wss connection: {lean:.0} B of RSS");
+    assert!(stock > 64.0 * 1024.0, "stock wss connection: {stock:.0} B of RSS");
 }

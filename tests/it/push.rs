@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{Client, Kind, TestServer, eventually, http_post, read_json};
 
-crate::both_modes!(
+crate::lean_stacks!(
     every_connection_gets_every_broadcast_once_in_order,
     a_peer_that_does_not_read_is_bounded_and_delays_nobody,
     a_broadcast_meets_the_drain_cleanly,
@@ -116,12 +116,15 @@ async fn a_peer_that_does_not_read_is_bounded_and_delays_nobody(kind: Kind) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.ws_addr).await.unwrap();
-    let (_stuck, _) = tokio_tungstenite::client_async(server.url(), stream).await.unwrap();
+    let io = crate::support::open_over(&server.url(), server.cert.as_deref(), stream)
+        .await
+        .unwrap();
+    let (_stuck, _) = tokio_tungstenite::client_async(server.url(), io).await.unwrap();
     let readers: Vec<_> = (0..READERS)
         .map(|_| {
-            let url = server.url();
+            let (url, cert) = (server.url(), server.cert.clone());
             tokio::spawn(async move {
-                let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                let (mut client, _) = crate::support::connect_to(&url, cert.as_deref()).await.unwrap();
                 pushes(&mut client, BROADCASTS).await
             })
         })
@@ -172,9 +175,7 @@ async fn a_broadcast_meets_the_drain_cleanly(kind: Kind) {
         readers.push(server.connect().await);
     }
     // A peer that never answers the close keeps the drain going.
-    let socket = TcpSocket::new_v4().unwrap();
-    let stream = socket.connect(server.ws_addr).await.unwrap();
-    let (_silent, _) = tokio_tungstenite::client_async(server.url(), stream).await.unwrap();
+    let _silent = server.connect().await;
     let (status, body) = http_post(server.metrics_addr, "/broadcast").await;
     assert_eq!(status, 200, "{body}");
     server.signal(libc::SIGTERM);
@@ -229,13 +230,7 @@ async fn push_interval_pushes_on_its_own(kind: Kind) {
 
 #[tokio::test]
 async fn the_broadcast_endpoint_says_why_it_refuses() {
-    let stock = TestServer::start(
-        Kind {
-            mode: "tasks",
-            engine: "tungstenite",
-        },
-        &["--allow-broadcast"],
-    );
+    let stock = TestServer::start(Kind::ws("tasks", "tungstenite"), &["--allow-broadcast"]);
     let (status, body) = http_post(stock.metrics_addr, "/broadcast").await;
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("lean engine"), "{body}");

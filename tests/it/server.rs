@@ -1,5 +1,5 @@
-//! The wire behaviour a client relies on: upgrade and echo, the HTTP answers, capacity,
-//! the idle timeout and graceful shutdown.
+//! The wire behaviour a client relies on, over ws:// and wss:// in every mode and engine:
+//! upgrade and echo, the HTTP answers, capacity, the idle timeout and graceful shutdown.
 
 use std::time::{Duration, Instant};
 
@@ -9,13 +9,46 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{Kind, TestServer, assert_all_echo, assert_echo, body, http_exchange, http_get};
 
-crate::every_server!(
+crate::every_stack!(
     upgrades_and_echoes,
-    answers_plain_http,
     refuses_past_capacity_and_keeps_serving,
     reaps_silent_peers,
     sigterm_closes_every_connection_with_1001
 );
+
+/// The HTTP answers on the plain port (the TLS port's are in tls.rs).
+mod plain_http {
+    use super::*;
+
+    crate::every_server!(answers_plain_http);
+
+    async fn answers_plain_http(kind: Kind) {
+        let server = TestServer::start(kind, &[]);
+        let (status, response) = http_get(server.ws_addr, "/elsewhere", &[]).await;
+        assert_eq!(status, 404, "{response}");
+        let (status, response) = http_get(server.ws_addr, "/ws", &[]).await;
+        assert_eq!(status, 426, "{response}");
+        assert_eq!(body(&response).lines().count(), 1, "one-line body: {response}");
+        let bad_key = [
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: nope",
+        ];
+        let (status, response) = http_get(server.ws_addr, "/ws", &bad_key).await;
+        assert_eq!(status, 400, "{response}");
+        let (status, response) = http_exchange(server.ws_addr, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n").await;
+        assert_eq!(status, 400, "{response}");
+        let metrics = server.metrics().await;
+        assert_eq!(
+            metrics.value("wsscale_connections_rejected_total", &[("reason", "bad_request")]),
+            3.0
+        );
+        // The server is still healthy for WebSocket clients.
+        let mut client = server.connect().await;
+        assert_echo(&mut client, "still here").await;
+    }
+}
 
 async fn upgrades_and_echoes(kind: Kind) {
     let server = TestServer::start(kind, &[]);
@@ -47,33 +80,6 @@ async fn upgrades_and_echoes(kind: Kind) {
     assert_eq!(metrics.value("wsscale_handshake_duration_seconds_count", &[]), 1.0);
 }
 
-async fn answers_plain_http(kind: Kind) {
-    let server = TestServer::start(kind, &[]);
-    let (status, response) = http_get(server.ws_addr, "/elsewhere", &[]).await;
-    assert_eq!(status, 404, "{response}");
-    let (status, response) = http_get(server.ws_addr, "/ws", &[]).await;
-    assert_eq!(status, 426, "{response}");
-    assert_eq!(body(&response).lines().count(), 1, "one-line body: {response}");
-    let bad_key = [
-        "Connection: Upgrade",
-        "Upgrade: websocket",
-        "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Key: nope",
-    ];
-    let (status, response) = http_get(server.ws_addr, "/ws", &bad_key).await;
-    assert_eq!(status, 400, "{response}");
-    let (status, response) = http_exchange(server.ws_addr, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n").await;
-    assert_eq!(status, 400, "{response}");
-    let metrics = server.metrics().await;
-    assert_eq!(
-        metrics.value("wsscale_connections_rejected_total", &[("reason", "bad_request")]),
-        3.0
-    );
-    // The server is still healthy for WebSocket clients.
-    let mut client = server.connect().await;
-    assert_echo(&mut client, "still here").await;
-}
-
 async fn refuses_past_capacity_and_keeps_serving(kind: Kind) {
     let server = TestServer::start(kind, &["--max-connections", "5"]);
     let mut held = Vec::new();
@@ -81,7 +87,7 @@ async fn refuses_past_capacity_and_keeps_serving(kind: Kind) {
         held.push(server.connect().await);
     }
     for _ in 0..3 {
-        match tokio_tungstenite::connect_async(server.url()).await {
+        match server.try_connect().await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 503)
             }

@@ -3,17 +3,69 @@
 //! sleeps.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_util::either::Either;
 use wsscale::child::ServeChild;
 
-pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A test client's socket: plain TCP (ws://) or TLS over it (wss://).
+pub type ClientIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+pub type Client = WebSocketStream<ClientIo>;
+
+/// A rustls client configuration that trusts the certificates in `cert` (PEM) alone.
+pub fn trusting(cert: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(cert).expect("a PEM file") {
+        roots.add(cert.expect("a PEM certificate")).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The TCP connection (under TLS for wss://, trusting `cert`) of a client of `url`.
+pub async fn open(url: &str, cert: Option<&Path>) -> std::io::Result<ClientIo> {
+    let addr = url::Url::parse(url)
+        .map_err(std::io::Error::other)?
+        .socket_addrs(|| None)?[0];
+    open_over(url, cert, TcpStream::connect(addr).await?).await
+}
+
+/// [`open`] over a TCP connection the caller made (with its own socket options).
+pub async fn open_over(url: &str, cert: Option<&Path>, stream: TcpStream) -> std::io::Result<ClientIo> {
+    let url = url::Url::parse(url).map_err(std::io::Error::other)?;
+    if url.scheme() != "wss" {
+        return Ok(Either::Left(stream));
+    }
+    let cert = cert.expect("a wss:// client needs the server's certificate");
+    let name = rustls_pki_types::ServerName::try_from(url.host_str().unwrap().to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(trusting(cert))
+        .connect(name, stream)
+        .await?;
+    Ok(Either::Right(tls))
+}
+
+/// A WebSocket client of `url` (ws:// or wss://, trusting `cert`), and the response to its
+/// upgrade: a refusal is an `Err` with the HTTP response in it.
+pub async fn connect_to(
+    url: &str,
+    cert: Option<&Path>,
+) -> Result<(Client, Response), tokio_tungstenite::tungstenite::Error> {
+    let io = open(url, cert).await?;
+    tokio_tungstenite::client_async(url, io).await
+}
 
 /// Reads a JSON file a run wrote (a summary, a report index); a missing or malformed
 /// file fails the test with its path.
@@ -22,27 +74,43 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> T {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-/// Which server a test runs against: an execution model and an engine.
+/// Which server a test runs against: an execution model, an engine and a scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kind {
     pub mode: &'static str,
     pub engine: &'static str,
+    /// "ws", or "wss" (the server makes a self-signed certificate, the clients trust it).
+    pub scheme: &'static str,
 }
 
 impl Kind {
-    pub const TASKS_LEAN: Kind = Kind {
-        mode: "tasks",
-        engine: "lean",
-    };
+    pub const TASKS_LEAN: Kind = Kind::ws("tasks", "lean");
+
+    /// A plain ws:// server.
+    pub const fn ws(mode: &'static str, engine: &'static str) -> Kind {
+        Kind {
+            mode,
+            engine,
+            scheme: "ws",
+        }
+    }
 
     pub fn is_lean(self) -> bool {
         self.engine == "lean"
     }
 
-    /// `--mode MODE --engine ENGINE` followed by `extra_args`, for `wsscale serve`.
+    pub fn is_tls(self) -> bool {
+        self.scheme == "wss"
+    }
+
+    /// `--mode MODE --engine ENGINE` (and `--tls-self-signed` for wss) followed by
+    /// `extra_args`, for `wsscale serve`.
     pub fn args<'a>(self, extra_args: &[&'a str]) -> Vec<&'a str> {
         let (mode, engine): (&'static str, &'static str) = (self.mode, self.engine);
         let mut args = vec!["--mode", mode, "--engine", engine];
+        if self.is_tls() {
+            args.push("--tls-self-signed");
+        }
         args.extend_from_slice(extra_args);
         args
     }
@@ -50,7 +118,11 @@ impl Kind {
 
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.mode, self.engine)
+        write!(f, "{}-{}", self.mode, self.engine)?;
+        if self.is_tls() {
+            f.write_str("-wss")?;
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +132,8 @@ pub struct TestServer {
     pub kind: Kind,
     pub ws_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// wss://: the server's certificate, for clients to trust.
+    pub cert: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -78,6 +152,7 @@ impl TestServer {
             kind,
             ws_addr: child.ws_addr,
             metrics_addr: child.metrics_addr,
+            cert: child.start.field("cert").map(PathBuf::from),
             child,
         }
     }
@@ -86,14 +161,20 @@ impl TestServer {
         self.child.pid()
     }
 
+    /// ws://ADDR/ws or wss://ADDR/ws, as the server announced it.
     pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.ws_addr)
+        self.child.url()
     }
 
     pub async fn connect(&self) -> Client {
-        let (client, response) = tokio_tungstenite::connect_async(self.url()).await.expect("upgrade");
+        let (client, response) = self.try_connect().await.expect("upgrade");
         assert_eq!(response.status(), 101);
         client
+    }
+
+    /// A client's attempt, whatever its outcome.
+    pub async fn try_connect(&self) -> Result<(Client, Response), tokio_tungstenite::tungstenite::Error> {
+        connect_to(&self.url(), self.cert.as_deref()).await
     }
 
     pub async fn metrics(&self) -> Metrics {
