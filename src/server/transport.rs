@@ -72,8 +72,16 @@ impl Transport for StockTls {
     }
 }
 
-/// The answer to an HTTP request on the TLS port.
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 61\r\n\r\nThis port speaks TLS: connect with wss:// (or https://), not ws://.\n";
+/// What an HTTP request on the TLS port is told.
+const PLAIN_HTTP_ANSWER: &str = "This port speaks TLS: connect with wss:// (or https://), not ws://.\n";
+
+/// The whole plain 400 response.
+fn plain_http_answer() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{PLAIN_HTTP_ANSWER}",
+        PLAIN_HTTP_ANSWER.len()
+    )
+}
 
 /// A TLS record starts with its content type (handshake: 22); an HTTP request with a
 /// method's letters. A client that speaks plain HTTP to the TLS port gets a plain 400
@@ -85,7 +93,7 @@ async fn refuse_plain_http(mut stream: TcpStream) -> Result<TcpStream, TlsFailur
         return Err(TlsFailure::Eof);
     }
     if first[0].is_ascii_uppercase() {
-        let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+        let _ = stream.write_all(plain_http_answer().as_bytes()).await;
         let _ = stream.shutdown().await;
         return Err(TlsFailure::PlainHttp);
     }
@@ -109,7 +117,7 @@ impl TlsFailure {
 mod tests {
     #[test]
     fn the_plain_http_answer_has_the_right_length() {
-        let text = std::str::from_utf8(super::PLAIN_HTTP_ANSWER).unwrap();
+        let text = super::plain_http_answer();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text}");
     }
