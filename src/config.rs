@@ -272,11 +272,25 @@ pub struct CompareArgs {
     )]
     pub engines: Vec<Engine>,
 
+    /// Schemes to measure every wsscale run in: ws (plain TCP) and wss (TLS, with one
+    /// ECDSA P-256 certificate compare makes in --out). A wss run is named
+    /// `<mode>-<engine>-wss`.
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_SCHEMES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ws"
+    )]
+    pub schemes: Vec<Scheme>,
+
     /// Also measure any WebSocket server: NAME=COMMAND (repeatable). COMMAND runs under
     /// `sh -c` in its own process group, with `{port}` replaced by a free port (also in
     /// WSSCALE_PORT); it must answer WebSocket upgrades on --path. Its RSS, threads and
     /// fds are read from /proc for the process and its descendants. Env: one NAME=COMMAND
-    /// per line. Example: --server 'node-ws=node peers/node-ws/server.js {port}'.
+    /// per line. A command that uses `{cert}` and `{key}` (compare's certificate and key,
+    /// PEM) serves wss:// and is measured over TLS. Example: --server 'node-ws=node
+    /// peers/node-ws/server.js {port}'.
     #[arg(long = "server", env = "WSSCALE_COMPARE_SERVERS", value_delimiter = '\n')]
     pub servers: Vec<String>,
 

@@ -1,8 +1,9 @@
 //! Any WebSocket server, run by `wsscale compare --server NAME=COMMAND`: started under
 //! `sh -c` in a process group of its own with `{port}` (and `WSSCALE_PORT`) set to a free
-//! port, its output kept in the report folder, ready once a WebSocket upgrade succeeds,
-//! measured from /proc as a process tree, and stopped with SIGTERM to the group (SIGKILL
-//! after a grace period).
+//! port — and `{cert}`, `{key}` to compare's certificate and key, which make it a wss://
+//! server —, its output kept in the report folder, ready once a WebSocket upgrade
+//! succeeds (over TLS for wss://, trusting that certificate), measured from /proc as a
+//! process tree, and stopped with SIGTERM to the group (SIGKILL after a grace period).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -11,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use super::plan::TlsFiles;
 
 /// How long a stopped server's group may take to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -21,21 +24,36 @@ pub struct ExternalServer {
     pub command: String,
     child: Child,
     pub port: u16,
+    /// wss://: the certificate clients trust.
+    pub cert: Option<PathBuf>,
     log: PathBuf,
 }
 
 impl ExternalServer {
-    /// Starts `command` and waits until `ws://127.0.0.1:PORT{path}` upgrades, or fails
-    /// naming the server and quoting the end of its output.
+    /// Starts `command` and waits until `ws://127.0.0.1:PORT{path}` (wss:// when the
+    /// command takes `{cert}` or `{key}`, from `tls`) upgrades, or fails naming the server
+    /// and quoting the end of its output.
     pub async fn start(
         name: &str,
         command: &str,
         path: &str,
         start_timeout: Duration,
         log: &Path,
+        tls: Option<&TlsFiles>,
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let command_line = command.replace("{port}", &port.to_string());
+        let mut command_line = command.replace("{port}", &port.to_string());
+        let uses_tls = command.contains("{cert}") || command.contains("{key}");
+        let cert = match (uses_tls, tls) {
+            (false, _) => None,
+            (true, Some(tls)) => {
+                command_line = command_line
+                    .replace("{cert}", &tls.cert.display().to_string())
+                    .replace("{key}", &tls.key.display().to_string());
+                Some(tls.cert.clone())
+            }
+            (true, None) => bail!("server {name} takes {{cert}} or {{key}}, but compare made no certificate"),
+        };
         let output = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new("sh")
             .arg("-c")
@@ -52,6 +70,7 @@ impl ExternalServer {
             command: command_line,
             child,
             port,
+            cert,
             log: log.to_owned(),
         };
         server.wait_for_upgrade(path, start_timeout).await?;
@@ -63,7 +82,8 @@ impl ExternalServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.cert.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     async fn wait_for_upgrade(&mut self, path: &str, start_timeout: Duration) -> anyhow::Result<()> {
@@ -78,15 +98,11 @@ impl ExternalServer {
                     tail(&self.log)
                 );
             }
-            let last_error =
-                match tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(&url)).await {
-                    Ok(Ok((mut socket, _))) => {
-                        let _ = socket.close(None).await;
-                        return Ok(());
-                    }
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => "no answer within 2 s".to_owned(),
-                };
+            let last_error = match tokio::time::timeout(Duration::from_secs(2), self.try_upgrade(&url)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => "no answer within 2 s".to_owned(),
+            };
             if Instant::now() >= deadline {
                 bail!(
                     "server {} did not upgrade {url} within {start_timeout:?} (last attempt: {last_error}); its output ({}):\n{}",
@@ -97,6 +113,31 @@ impl ExternalServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// One upgrade of `url` (over TLS, trusting the server's certificate, for wss://),
+    /// closed at once.
+    async fn try_upgrade(&self, url: &str) -> Result<(), String> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|error| error.to_string())?;
+        let io = match &self.cert {
+            None => tokio_util::either::Either::Left(stream),
+            Some(cert) => {
+                let config = crate::server::tls::client_config_trusting(cert).map_err(|error| error.to_string())?;
+                let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("an IP address");
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|error| format!("TLS: {error}"))?;
+                tokio_util::either::Either::Right(tls)
+            }
+        };
+        let (mut socket, _) = tokio_tungstenite::client_async(url, io)
+            .await
+            .map_err(|error| error.to_string())?;
+        let _ = socket.close(None).await;
+        Ok(())
     }
 
     /// SIGTERM to the whole group, SIGKILL after the grace period; true if every

@@ -185,8 +185,8 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
                 sample.proc_threads
             );
         }
-        if let (Some(push), Server::Wsscale(child), Some((_, engine))) = (plan.push, &server, run.builtin())
-            && engine.pushes()
+        if let (Some(push), Server::Wsscale(child), Some(builtin)) = (plan.push, &server, run.builtin())
+            && builtin.engine.pushes()
             && open_now > 0
         {
             let measured = measure_push(child, &stats, push).await?;

@@ -11,7 +11,9 @@
 //! - [`measure`]: a pool of client connections grown step by step, waiting at each step
 //!   until the server's memory is steady, then a [`measure::Sample`];
 //! - [`summary`] (with [`fit`]): bytes per connection and the ratios;
-//! - [`report`] and [`charts`]: summary.json, report.md and the SVGs.
+//! - [`report`] and [`charts`]: summary.json, report.md and the SVGs;
+//! - [`tls_state`]: with wss runs, what a bare TLS session holds after its handshake, the
+//!   floor the wss figures are read against.
 //!
 //! Every run gets the same steps, the same clients and (wsscale servers) the same flags;
 //! each server is a child process, so every figure is the server's alone.
@@ -24,6 +26,7 @@ pub mod plan;
 pub mod report;
 pub mod server;
 pub mod summary;
+pub mod tls_state;
 
 use std::time::Duration;
 
@@ -49,6 +52,13 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         eprintln!("  {line}");
     }
     std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+    // wss runs (and `{cert}` servers) share one certificate, made here.
+    if let Some(tls) = &plan.server_flags.tls {
+        let (cert, key) = crate::server::tls::self_signed().map_err(anyhow::Error::msg)?;
+        for (path, pem) in [(&tls.cert, cert), (&tls.key, key)] {
+            std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // A server that cannot start fails the comparison now, not after the others ran.
     runtime.block_on(server::check_external_servers(&plan))?;
@@ -60,8 +70,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     let machine = report::Machine::read(fd, kernel);
     let summaries = summary::Summaries::of(&results);
-    let written = report::write(&plan, &machine, &summaries)?;
+    // The floor of a wss connection's cost: a bare TLS session after its handshake.
+    let tls_state = match plan.server_flags.tls {
+        Some(_) => Some(tls_state::measure(1000).context("measuring a bare TLS session")?),
+        None => None,
+    };
+    let written = report::write(&plan, &machine, &summaries, tls_state)?;
     println!("{}", report::comparison_table(&summaries));
+    if let Some(tls) = report::tls_table(&summaries, tls_state) {
+        println!("{tls}");
+    }
     if let Some(push) = report::push_table(&summaries) {
         println!("{push}");
     }

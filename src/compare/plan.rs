@@ -11,7 +11,7 @@ use serde::Serialize;
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::KernelLimits;
 
-use crate::config::{BufferArgs, Buffers, CompareArgs, Engine, Mode};
+use crate::config::{BufferArgs, Buffers, CompareArgs, Engine, Mode, Scheme, TlsArgs};
 use crate::limits;
 
 /// Descriptors this process keeps for itself beyond the client sockets.
@@ -24,21 +24,41 @@ const CLIENT_BYTES_PER_CONNECTION: u64 = 4 * 1024;
 /// Connections above the last step every wsscale server accepts (its --max-connections).
 const MAX_CONNECTIONS_MARGIN: usize = 16;
 
+/// One of wsscale's own runs: a mode, an engine, a scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Builtin {
+    pub mode: Mode,
+    pub engine: Engine,
+    pub scheme: Scheme,
+}
+
+impl Builtin {
+    /// `tasks-lean`, `threads-tungstenite`, `tasks-lean-wss`, ...
+    pub fn name(self) -> String {
+        match self.scheme {
+            Scheme::Ws => format!("{}-{}", self.mode, self.engine),
+            Scheme::Wss => format!("{}-{}-wss", self.mode, self.engine),
+        }
+    }
+
+    /// The same run in another scheme.
+    pub fn in_scheme(self, scheme: Scheme) -> Builtin {
+        Builtin { scheme, ..self }
+    }
+}
+
 /// What one run measures.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// `wsscale serve` in a mode, with an engine, and the buffer settings it will resolve.
-    Wsscale {
-        mode: Mode,
-        engine: Engine,
-        settings: Buffers,
-    },
+    /// `wsscale serve` in a mode, with an engine, in a scheme, and the buffer settings it
+    /// will resolve.
+    Wsscale { builtin: Builtin, settings: Buffers },
     /// Any server, started from a command line (`--server NAME=COMMAND`).
     External { command: String },
 }
 
 /// One run of the comparison: its name (the table's column, `serve-NAME.log`), the
-/// server it starts, and (wsscale's own) the mode, engine and settings.
+/// server it starts, its scheme, and (wsscale's own) the mode, engine and settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSpec {
     pub name: String,
@@ -48,6 +68,8 @@ pub struct RunSpec {
     pub mode: Option<Mode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<Engine>,
+    /// ws, or wss (TLS).
+    pub scheme: Scheme,
     /// Each buffer and size setting in force, and whether it is the engine's default or
     /// a flag.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,15 +79,16 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    fn wsscale(mode: Mode, engine: Engine, settings: Buffers) -> Self {
+    fn wsscale(builtin: Builtin, settings: Buffers) -> Self {
         RunSpec {
-            name: builtin_name(mode, engine),
+            name: builtin.name(),
             // Written once the server flags are final (see `plan`).
             server: String::new(),
-            mode: Some(mode),
-            engine: Some(engine),
+            mode: Some(builtin.mode),
+            engine: Some(builtin.engine),
+            scheme: builtin.scheme,
             settings: Some(settings),
-            target: Target::Wsscale { mode, engine, settings },
+            target: Target::Wsscale { builtin, settings },
         }
     }
 
@@ -75,6 +98,7 @@ impl RunSpec {
             server: command.to_owned(),
             mode: None,
             engine: None,
+            scheme: external_scheme(command),
             settings: None,
             target: Target::External {
                 command: command.to_owned(),
@@ -82,25 +106,40 @@ impl RunSpec {
         }
     }
 
-    /// The mode and engine of a wsscale run.
-    pub fn builtin(&self) -> Option<(Mode, Engine)> {
+    /// The mode, engine and scheme of a wsscale run.
+    pub fn builtin(&self) -> Option<Builtin> {
         match self.target {
-            Target::Wsscale { mode, engine, .. } => Some((mode, engine)),
+            Target::Wsscale { builtin, .. } => Some(builtin),
             Target::External { .. } => None,
         }
     }
 }
 
-/// Whether `name` is one of wsscale's own runs (in any mode with any engine).
-pub fn is_builtin_name(name: &str) -> bool {
-    Mode::ALL
-        .iter()
-        .any(|&mode| Engine::ALL.iter().any(|&engine| builtin_name(mode, engine) == name))
+/// An external server's scheme: wss when its command takes compare's certificate.
+fn external_scheme(command: &str) -> Scheme {
+    if command.contains("{cert}") || command.contains("{key}") {
+        Scheme::Wss
+    } else {
+        Scheme::Ws
+    }
 }
 
-/// `tasks-lean`, `threads-tungstenite`, ...
-pub fn builtin_name(mode: Mode, engine: Engine) -> String {
-    format!("{mode}-{engine}")
+/// Whether `name` is one of wsscale's own runs (in any mode with any engine and scheme).
+pub fn is_builtin_name(name: &str) -> bool {
+    Mode::ALL.iter().any(|&mode| {
+        Engine::ALL.iter().any(|&engine| {
+            Scheme::ALL
+                .iter()
+                .any(|&scheme| Builtin { mode, engine, scheme }.name() == name)
+        })
+    })
+}
+
+/// The certificate and key compare makes for wss runs (and `{cert}`, `{key}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `--push`: broadcasts per step and their size.
@@ -122,17 +161,19 @@ pub struct ServerFlags {
     pub buffers: BufferArgs,
     /// `--push`: POST /broadcast allowed, pushes of this size.
     pub broadcast_size: Option<usize>,
+    /// wss runs: compare's certificate and key.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerFlags {
     /// The `wsscale serve` arguments of a run (its listeners, on port 0, besides): the one
     /// place a plan becomes a server's command line.
-    pub fn args(&self, mode: Mode, engine: Engine) -> Vec<String> {
+    pub fn args(&self, builtin: Builtin) -> Vec<String> {
         let mut args = vec![
             "--mode".to_owned(),
-            mode.to_string(),
+            builtin.mode.to_string(),
             "--engine".to_owned(),
-            engine.to_string(),
+            builtin.engine.to_string(),
             "--max-connections".to_owned(),
             self.max_connections.to_string(),
         ];
@@ -144,12 +185,20 @@ impl ServerFlags {
             ]);
         }
         args.extend(self.buffers.to_args());
+        if let (Scheme::Wss, Some(tls)) = (builtin.scheme, &self.tls) {
+            let tls = TlsArgs {
+                tls_cert: Some(tls.cert.clone()),
+                tls_key: Some(tls.key.clone()),
+                tls_self_signed: false,
+            };
+            args.extend(tls.to_args());
+        }
         args
     }
 
     /// The command line a report shows for a run.
-    pub fn command_line(&self, mode: Mode, engine: Engine) -> String {
-        format!("wsscale serve {}", self.args(mode, engine).join(" "))
+    pub fn command_line(&self, builtin: Builtin) -> String {
+        format!("wsscale serve {}", self.args(builtin).join(" "))
     }
 }
 
@@ -160,6 +209,7 @@ pub struct Plan {
     pub steps: Vec<usize>,
     pub modes: Vec<Mode>,
     pub engines: Vec<Engine>,
+    pub schemes: Vec<Scheme>,
     pub runs: Vec<RunSpec>,
     pub out: PathBuf,
     pub rate: f64,
@@ -217,13 +267,19 @@ pub fn plan(
     } else {
         None
     };
+    if args.schemes.is_empty() {
+        bail!("--schemes needs at least one of ws, wss");
+    }
     let mut runs = Vec::new();
-    for &engine in &args.engines {
-        for &mode in &args.modes {
-            // The server's own resolution of the same flags: what it will run with.
-            let settings = Buffers::resolve(engine, &args.buffers)
-                .with_context(|| format!("{}: invalid buffer flags", builtin_name(mode, engine)))?;
-            runs.push(RunSpec::wsscale(mode, engine, settings));
+    for &scheme in &args.schemes {
+        for &engine in &args.engines {
+            for &mode in &args.modes {
+                let builtin = Builtin { mode, engine, scheme };
+                // The server's own resolution of the same flags: what it will run with.
+                let settings = Buffers::resolve(engine, &args.buffers)
+                    .with_context(|| format!("{}: invalid buffer flags", builtin.name()))?;
+                runs.push(RunSpec::wsscale(builtin, settings));
+            }
         }
     }
     if let Some(push) = push {
@@ -285,10 +341,10 @@ pub fn plan(
     if let Some(available) = memory_available {
         let budget = (available as f64 * MEMORY_BUDGET) as u64;
         for run in &runs {
-            let Target::Wsscale { mode, engine, settings } = &run.target else {
+            let Target::Wsscale { builtin, settings } = &run.target else {
                 continue;
             };
-            let per_connection = estimated_bytes_per_connection(*mode, *engine, settings) + CLIENT_BYTES_PER_CONNECTION;
+            let per_connection = estimated_bytes_per_connection(*builtin, settings) + CLIENT_BYTES_PER_CONNECTION;
             let room = (budget / per_connection) as usize;
             limits.push(format!(
                 "{} memory: ~{} KiB per connection (server + client) in {} MiB ({:.0}% of MemAvailable) -> {room} connections",
@@ -321,20 +377,26 @@ pub fn plan(
         steps.push(fits);
     }
 
+    let needs_tls = runs.iter().any(|run| run.scheme == Scheme::Wss);
     let server_flags = ServerFlags {
         max_connections: fits + MAX_CONNECTIONS_MARGIN,
         buffers: args.buffers,
         broadcast_size: push.map(|push| push.size_bytes),
+        tls: needs_tls.then(|| TlsFiles {
+            cert: args.out.join("tls-cert.pem"),
+            key: args.out.join("tls-key.pem"),
+        }),
     };
     for run in &mut runs {
-        if let Target::Wsscale { mode, engine, .. } = run.target {
-            run.server = server_flags.command_line(mode, engine);
+        if let Target::Wsscale { builtin, .. } = run.target {
+            run.server = server_flags.command_line(builtin);
         }
     }
     Ok(Plan {
         steps,
         modes: args.modes,
         engines: args.engines,
+        schemes: args.schemes,
         runs,
         out: args.out,
         rate: args.rate,
@@ -352,19 +414,24 @@ pub fn plan(
 
 /// A rough upper estimate of what one idle connection of a wsscale run costs (user +
 /// kernel), for the memory preflight: the stock engine holds its read buffer for the
-/// connection's life (the lean engine lends one per read); a thread adds its touched
-/// stack and 16 KiB of kernel stack.
-fn estimated_bytes_per_connection(mode: Mode, engine: Engine, settings: &Buffers) -> u64 {
-    let held_buffer = match engine {
+/// connection's life (the lean engine lends one per read); TLS adds its session state
+/// (the stock engine's buffered rustls connection also its 4 KiB incoming buffer); a
+/// thread adds its touched stack and 16 KiB of kernel stack.
+fn estimated_bytes_per_connection(builtin: Builtin, settings: &Buffers) -> u64 {
+    let held_buffer = match builtin.engine {
         Engine::Lean => 0,
         Engine::Tungstenite => settings.read_buffer_size.value as u64,
     };
-    let engine = held_buffer + 8 * 1024;
-    let thread = match mode {
+    let tls = match (builtin.scheme, builtin.engine) {
+        (Scheme::Ws, _) => 0,
+        (Scheme::Wss, Engine::Lean) => 4 * 1024,
+        (Scheme::Wss, Engine::Tungstenite) => 8 * 1024,
+    };
+    let thread = match builtin.mode {
         Mode::Tasks => 0,
         Mode::Threads => 32 * 1024 + 16 * 1024,
     };
-    engine + thread
+    held_buffer + 8 * 1024 + tls + thread
 }
 
 /// `NAME=COMMAND`.

@@ -12,9 +12,10 @@ use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{self, KernelLimits};
 
 use super::charts;
-use super::plan::Plan;
-use super::summary::{Ratio, Ratios, RunSummary, Summaries};
-use crate::config::{Engine, Mode};
+use super::plan::{Builtin, Plan};
+use super::summary::{Ratio, Ratios, RunSummary, Summaries, keyed};
+use super::tls_state::TlsState;
+use crate::config::{Engine, Mode, Scheme};
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -62,15 +63,30 @@ pub struct Summary<'a> {
     /// Every run, in the order measured.
     pub runs: &'a [RunSummary],
     pub ratios: &'a Ratios,
+    /// With wss runs: what a bare TLS session holds after its handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_session: Option<TlsState>,
 }
 
 /// Writes summary.json, report.md and the charts into the plan's folder; returns it.
-pub fn write(plan: &Plan, machine: &Machine, summaries: &Summaries) -> anyhow::Result<PathBuf> {
+pub fn write(
+    plan: &Plan,
+    machine: &Machine,
+    summaries: &Summaries,
+    tls_session: Option<TlsState>,
+) -> anyhow::Result<PathBuf> {
     let out = &plan.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let modes = Mode::ALL
         .into_iter()
-        .filter_map(|mode| Some((mode, summaries.builtin(mode, Engine::Lean)?)))
+        .filter_map(|mode| {
+            let builtin = Builtin {
+                mode,
+                engine: Engine::Lean,
+                scheme: Scheme::Ws,
+            };
+            Some((mode, summaries.builtin(builtin)?))
+        })
         .collect();
     let summary = Summary {
         wsscale_version: env!("CARGO_PKG_VERSION"),
@@ -80,9 +96,10 @@ pub fn write(plan: &Plan, machine: &Machine, summaries: &Summaries) -> anyhow::R
         config: plan,
         machine,
         modes,
-        ratios_threads_over_tasks: summaries.ratios.threads_over_tasks.get(&Engine::Lean).copied(),
+        ratios_threads_over_tasks: summaries.ratios.threads_over_tasks.get("lean").copied(),
         runs: &summaries.runs,
         ratios: &summaries.ratios,
+        tls_session,
     };
     write_file(
         &out.join("summary.json"),
@@ -179,6 +196,73 @@ pub fn comparison_table(summaries: &Summaries) -> String {
     out
 }
 
+/// What TLS costs per idle connection: each run measured in both schemes, side by side,
+/// and (when it was measured) a bare TLS session after its handshake, the floor a wss
+/// connection's cost is read against. None without wss runs.
+pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option<String> {
+    let mut out = String::from(
+        "| what TLS costs per idle connection | ws | wss | wss − ws | wss ÷ ws | heap wss − ws |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for run in &summaries.runs {
+        let Some(builtin) = run.builtin().filter(|builtin| builtin.scheme == Scheme::Wss) else {
+            continue;
+        };
+        let Some(plain) = summaries.builtin(builtin.in_scheme(Scheme::Ws)) else {
+            continue;
+        };
+        any = true;
+        let heap = match (
+            run.heap_slope_bytes_per_connection,
+            plain.heap_slope_bytes_per_connection,
+        ) {
+            (Some(tls), Some(plain)) => bytes(tls - plain),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2}× | {heap} |",
+            plain.spec.name,
+            bytes(plain.slope_bytes_per_connection),
+            bytes(run.slope_bytes_per_connection),
+            bytes(run.slope_bytes_per_connection - plain.slope_bytes_per_connection),
+            run.slope_bytes_per_connection / plain.slope_bytes_per_connection,
+        );
+    }
+    if !any {
+        return None;
+    }
+    if let Some(state) = tls_session {
+        let _ = write!(
+            out,
+            "\nA bare TLS session after its handshake (rustls 0.23, ring, rustls' defaults; {} in memory, live heap              each): {} for the lean engine's (rustls' unbuffered connection), {} for rustls' buffered              `ServerConnection` (what tokio-rustls holds, its 4 KiB incoming buffer in it).\n",
+            state.sessions,
+            bytes(state.lean_bytes),
+            bytes(state.buffered_bytes)
+        );
+        let lean = |scheme| {
+            summaries.builtin(Builtin {
+                mode: Mode::Tasks,
+                engine: Engine::Lean,
+                scheme,
+            })
+        };
+        if let (Some(plain), Some(tls)) = (lean(Scheme::Ws), lean(Scheme::Wss)) {
+            let floor = plain.slope_bytes_per_connection + state.lean_bytes;
+            let _ = writeln!(
+                out,
+                "tasks-lean-wss costs {} per idle connection against tasks-lean's {} plus that session's {} = {}:                  **{:.2}×** the floor.",
+                bytes(tls.slope_bytes_per_connection),
+                bytes(plain.slope_bytes_per_connection),
+                bytes(state.lean_bytes),
+                bytes(floor),
+                tls.slope_bytes_per_connection / floor
+            );
+        }
+    }
+    Some(out)
+}
+
 /// `--push`: per run and step, delivery latency to every connection and the server's cost
 /// per broadcast. None when nothing was pushed.
 pub fn push_table(summaries: &Summaries) -> Option<String> {
@@ -210,12 +294,20 @@ pub fn push_table(summaries: &Summaries) -> Option<String> {
 
 /// The ratio table's rows, named for a reader.
 fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
+    // "lean" or "lean-wss" → "lean engine" or "lean engine, wss".
+    let named = |key: &str, what: &str| match key.strip_suffix("-wss") {
+        Some(key) => format!("{key} {what}, wss"),
+        None => format!("{key} {what}"),
+    };
     let mut rows = Vec::new();
     for (engine, ratio) in &ratios.threads_over_tasks {
-        rows.push((format!("threads ÷ tasks ({engine} engine)"), *ratio));
+        rows.push((format!("threads ÷ tasks ({})", named(engine, "engine")), *ratio));
     }
     for (mode, ratio) in &ratios.stock_over_lean {
-        rows.push((format!("tungstenite ÷ lean ({mode} mode)"), *ratio));
+        rows.push((format!("tungstenite ÷ lean ({})", named(mode, "mode")), *ratio));
+    }
+    for (name, ratio) in &ratios.wss_over_ws {
+        rows.push((format!("wss ÷ ws ({name})"), *ratio));
     }
     for (name, ratio) in &ratios.over_lean_tasks {
         if !super::plan::is_builtin_name(name) {
@@ -256,55 +348,50 @@ fn conclusions(summaries: &Summaries) -> String {
             bytes(run.user_plus_kernel_bytes_per_connection)
         );
     }
-    for engine in Engine::ALL {
-        let (Some(tasks), Some(threads)) = (
-            summaries.builtin(Mode::Tasks, engine),
-            summaries.builtin(Mode::Threads, engine),
-        ) else {
-            continue;
+    for scheme in Scheme::ALL {
+        let kind = |mode, engine| summaries.builtin(Builtin { mode, engine, scheme });
+        let over = match scheme {
+            Scheme::Ws => "",
+            Scheme::Wss => " over TLS",
         };
-        let ratio = summaries.ratios.threads_over_tasks[&engine];
-        let _ = writeln!(
-            out,
-            "- The execution model, {engine} engine: a thread per connection costs {} more than a task per \
-             connection ({} vs {} user + kernel: **{:.1}×**, {:.1}× in user memory alone). Beyond the heap, the \
-             difference is the thread itself: its touched stack, TLS and signal stack in RSS, and 16 KiB of \
-             kernel stack.",
-            bytes(threads.user_plus_kernel_bytes_per_connection - tasks.user_plus_kernel_bytes_per_connection),
-            bytes(threads.user_plus_kernel_bytes_per_connection),
-            bytes(tasks.user_plus_kernel_bytes_per_connection),
-            ratio.user_plus_kernel_memory,
-            ratio.user_memory
-        );
-    }
-    for mode in Mode::ALL {
-        let (Some(lean), Some(stock)) = (
-            summaries.builtin(mode, Engine::Lean),
-            summaries.builtin(mode, Engine::Tungstenite),
-        ) else {
-            continue;
-        };
-        let extra = stock.slope_bytes_per_connection - lean.slope_bytes_per_connection;
-        let read_buffer = stock.spec.settings.map(|settings| settings.read_buffer_size);
-        let buffer_share = read_buffer.map_or(String::new(), |read| {
-            format!(
-                "; tungstenite allocates its read buffer, {} ({}), when the connection opens and keeps it for the \
-                 connection's life — that is {:.0}% of the difference, and `--read-buffer-size` is the flag that \
-                 changes it",
-                bytes(read.value as f64),
-                if read.is_flag() { "set by flag" } else { "its default" },
-                100.0 * read.value as f64 / extra.max(1.0)
-            )
-        });
-        let _ = writeln!(
-            out,
-            "- The engine, {mode} mode: the stock stack costs {} of RSS per connection against the lean engine's \
-             {} (**{:.1}×**): {} more, buffers held while idle{buffer_share}.",
-            bytes(stock.slope_bytes_per_connection),
-            bytes(lean.slope_bytes_per_connection),
-            summaries.ratios.stock_over_lean[&mode].user_memory,
-            bytes(extra),
-        );
+        for engine in Engine::ALL {
+            let (Some(tasks), Some(threads)) = (kind(Mode::Tasks, engine), kind(Mode::Threads, engine)) else {
+                continue;
+            };
+            let ratio = summaries.ratios.threads_over_tasks[&keyed(engine, scheme)];
+            let _ = writeln!(
+                out,
+                "- The execution model, {engine} engine{over}: a thread per connection costs {} more than a task                  per connection ({} vs {} user + kernel: **{:.1}×**, {:.1}× in user memory alone). Beyond the heap,                  the difference is the thread itself: its touched stack, TLS and signal stack in RSS, and 16 KiB of                  kernel stack.",
+                bytes(threads.user_plus_kernel_bytes_per_connection - tasks.user_plus_kernel_bytes_per_connection),
+                bytes(threads.user_plus_kernel_bytes_per_connection),
+                bytes(tasks.user_plus_kernel_bytes_per_connection),
+                ratio.user_plus_kernel_memory,
+                ratio.user_memory
+            );
+        }
+        for mode in Mode::ALL {
+            let (Some(lean), Some(stock)) = (kind(mode, Engine::Lean), kind(mode, Engine::Tungstenite)) else {
+                continue;
+            };
+            let extra = stock.slope_bytes_per_connection - lean.slope_bytes_per_connection;
+            let read_buffer = stock.spec.settings.map(|settings| settings.read_buffer_size);
+            let buffer_share = read_buffer.map_or(String::new(), |read| {
+                format!(
+                    "; tungstenite allocates its read buffer, {} ({}), when the connection opens and keeps it for                      the connection's life — that is {:.0}% of the difference, and `--read-buffer-size` is the flag                      that changes it",
+                    bytes(read.value as f64),
+                    if read.is_flag() { "set by flag" } else { "its default" },
+                    100.0 * read.value as f64 / extra.max(1.0)
+                )
+            });
+            let _ = writeln!(
+                out,
+                "- The engine, {mode} mode{over}: the stock stack costs {} of RSS per connection against the lean                  engine's {} (**{:.1}×**): {} more, buffers held while idle{buffer_share}.",
+                bytes(stock.slope_bytes_per_connection),
+                bytes(lean.slope_bytes_per_connection),
+                summaries.ratios.stock_over_lean[&keyed(mode, scheme)].user_memory,
+                bytes(extra),
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -343,6 +430,14 @@ fn markdown(summary: &Summary<'_>, summaries: &Summaries, charts: &[(String, Str
         let _ = writeln!(out, "- **{}**: `{}`", run.name, run.server);
     }
     let _ = writeln!(out, "\n## Per connection\n\n{}", comparison_table(summaries));
+    if let Some(tls) = tls_table(summaries, summary.tls_session) {
+        let _ = writeln!(
+            out,
+            "## What TLS costs per idle connection\n\nEvery run below was measured over plain TCP (ws) and over \
+             TLS (wss, one ECDSA P-256 certificate for all, rustls with the ring provider and its defaults: TLS 1.3, \
+             session tickets). The difference is what an idle encrypted connection holds beyond a plain one.\n\n{tls}"
+        );
+    }
     if let Some(push) = push_table(summaries) {
         let _ = writeln!(
             out,

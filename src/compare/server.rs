@@ -42,11 +42,11 @@ impl Server {
     pub async fn start(plan: &Plan, run: &RunSpec) -> anyhow::Result<Server> {
         let log_path = plan.out.join(format!("serve-{}.log", run.name));
         match &run.target {
-            Target::Wsscale { mode, engine, .. } => {
+            Target::Wsscale { builtin, .. } => {
                 let log =
                     std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
                 let program = plan.program.clone();
-                let args = plan.server_flags.args(*mode, *engine);
+                let args = plan.server_flags.args(*builtin);
                 let child = tokio::task::spawn_blocking(move || {
                     ServeChild::spawn(&program, &args, |command| {
                         command.stderr(Stdio::from(log));
@@ -66,7 +66,15 @@ impl Server {
             Target::External { command } => {
                 let timeout = Duration::from_secs_f64(plan.server_start_timeout_secs);
                 Ok(Server::External(
-                    ExternalServer::start(&run.name, command, &plan.path, timeout, &log_path).await?,
+                    ExternalServer::start(
+                        &run.name,
+                        command,
+                        &plan.path,
+                        timeout,
+                        &log_path,
+                        plan.server_flags.tls.as_ref(),
+                    )
+                    .await?,
                 ))
             }
         }
@@ -136,7 +144,15 @@ pub async fn check_external_servers(plan: &Plan) -> anyhow::Result<()> {
         eprintln!("[{}] checking that it starts and upgrades", run.name);
         let log = plan.out.join(format!("serve-{}.log", run.name));
         let timeout = Duration::from_secs_f64(plan.server_start_timeout_secs);
-        let server = ExternalServer::start(&run.name, command, &plan.path, timeout, &log).await?;
+        let server = ExternalServer::start(
+            &run.name,
+            command,
+            &plan.path,
+            timeout,
+            &log,
+            plan.server_flags.tls.as_ref(),
+        )
+        .await?;
         tokio::task::spawn_blocking(move || server.stop()).await?;
     }
     Ok(())

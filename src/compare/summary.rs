@@ -1,7 +1,9 @@
 //! What the samples come to: each run's fits (bytes per connection with R², heap and
 //! kernel stack) and the ratios a reader needs — threads ÷ tasks within each engine,
-//! stock ÷ lean within each mode, and every other run ÷ wsscale's lean tasks run.
-//! Computed once, for the table, the report and the charts.
+//! stock ÷ lean within each mode, wss ÷ ws for each run, and every other run ÷ wsscale's
+//! lean tasks run. Every ratio compares runs of one scheme (wss ÷ ws aside): keys name
+//! the engine, mode or run, with `-wss` for the TLS runs. Computed once, for the table,
+//! the report and the charts.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +11,8 @@ use serde::Serialize;
 
 use super::fit::{self, Fit};
 use super::measure::{RunResult, Sample};
-use super::plan::RunSpec;
-use crate::config::{Engine, Mode};
+use super::plan::{Builtin, RunSpec};
+use crate::config::{Engine, Mode, Scheme};
 
 /// One run's samples and what they fit to.
 #[derive(Debug, Clone, Serialize)]
@@ -66,8 +68,8 @@ impl RunSummary {
         }
     }
 
-    /// The mode and engine of a wsscale run.
-    pub fn builtin(&self) -> Option<(Mode, Engine)> {
+    /// The mode, engine and scheme of a wsscale run.
+    pub fn builtin(&self) -> Option<Builtin> {
         self.spec.builtin()
     }
 }
@@ -89,15 +91,27 @@ impl Ratio {
     }
 }
 
-/// The ratios, for the runs that exist.
+/// The ratios, for the runs that exist. Keys carry `-wss` for the TLS runs, so the plain
+/// runs' keys read as they always have.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ratios {
-    /// threads ÷ tasks, within each engine: the execution model.
-    pub threads_over_tasks: BTreeMap<Engine, Ratio>,
-    /// tungstenite ÷ lean, within each mode: the engine (mostly its buffers).
-    pub stock_over_lean: BTreeMap<Mode, Ratio>,
-    /// Every other run ÷ wsscale's lean tasks run, by name.
+    /// threads ÷ tasks, within each engine (and scheme): the execution model.
+    pub threads_over_tasks: BTreeMap<String, Ratio>,
+    /// tungstenite ÷ lean, within each mode (and scheme): the engine (mostly its buffers).
+    pub stock_over_lean: BTreeMap<String, Ratio>,
+    /// Every other run ÷ wsscale's lean tasks run of the same scheme, by name.
     pub over_lean_tasks: BTreeMap<String, Ratio>,
+    /// Each run over TLS ÷ the same run over plain TCP, by the plain run's name: what TLS
+    /// costs.
+    pub wss_over_ws: BTreeMap<String, Ratio>,
+}
+
+/// `key`, or `key-wss` for a TLS run: how the ratios are keyed.
+pub fn keyed(key: impl std::fmt::Display, scheme: Scheme) -> String {
+    match scheme {
+        Scheme::Ws => key.to_string(),
+        Scheme::Wss => format!("{key}-wss"),
+    }
 }
 
 /// Every run's fits and the ratios between them.
@@ -111,29 +125,48 @@ impl Summaries {
     pub fn of(results: &[RunResult]) -> Summaries {
         let runs: Vec<RunSummary> = results.iter().map(RunSummary::of).collect();
         let mut ratios = Ratios::default();
-        let find = |mode, engine| runs.iter().find(|run| run.builtin() == Some((mode, engine)));
-        for engine in Engine::ALL {
-            if let (Some(tasks), Some(threads)) = (find(Mode::Tasks, engine), find(Mode::Threads, engine)) {
-                ratios.threads_over_tasks.insert(engine, Ratio::of(threads, tasks));
+        let find = |builtin: Builtin| runs.iter().find(|run| run.builtin() == Some(builtin));
+        for scheme in Scheme::ALL {
+            let kind = |mode, engine| find(Builtin { mode, engine, scheme });
+            for engine in Engine::ALL {
+                if let (Some(tasks), Some(threads)) = (kind(Mode::Tasks, engine), kind(Mode::Threads, engine)) {
+                    ratios
+                        .threads_over_tasks
+                        .insert(keyed(engine, scheme), Ratio::of(threads, tasks));
+                }
+            }
+            for mode in Mode::ALL {
+                if let (Some(lean), Some(stock)) = (kind(mode, Engine::Lean), kind(mode, Engine::Tungstenite)) {
+                    ratios
+                        .stock_over_lean
+                        .insert(keyed(mode, scheme), Ratio::of(stock, lean));
+                }
+            }
+            if let Some(lean_tasks) = kind(Mode::Tasks, Engine::Lean) {
+                for run in runs
+                    .iter()
+                    .filter(|run| run.spec.scheme == scheme && run.spec.name != lean_tasks.spec.name)
+                {
+                    ratios
+                        .over_lean_tasks
+                        .insert(run.spec.name.clone(), Ratio::of(run, lean_tasks));
+                }
             }
         }
-        for mode in Mode::ALL {
-            if let (Some(lean), Some(stock)) = (find(mode, Engine::Lean), find(mode, Engine::Tungstenite)) {
-                ratios.stock_over_lean.insert(mode, Ratio::of(stock, lean));
-            }
-        }
-        if let Some(lean_tasks) = find(Mode::Tasks, Engine::Lean) {
-            for run in runs.iter().filter(|run| run.spec.name != lean_tasks.spec.name) {
+        for run in &runs {
+            if let Some(builtin) = run.builtin().filter(|builtin| builtin.scheme == Scheme::Wss)
+                && let Some(plain) = find(builtin.in_scheme(Scheme::Ws))
+            {
                 ratios
-                    .over_lean_tasks
-                    .insert(run.spec.name.clone(), Ratio::of(run, lean_tasks));
+                    .wss_over_ws
+                    .insert(plain.spec.name.clone(), Ratio::of(run, plain));
             }
         }
         Summaries { runs, ratios }
     }
 
     /// A wsscale run, if it ran.
-    pub fn builtin(&self, mode: Mode, engine: Engine) -> Option<&RunSummary> {
-        self.runs.iter().find(|run| run.builtin() == Some((mode, engine)))
+    pub fn builtin(&self, builtin: Builtin) -> Option<&RunSummary> {
+        self.runs.iter().find(|run| run.builtin() == Some(builtin))
     }
 }

@@ -105,6 +105,28 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A client configuration (ring) that trusts the certificates in `cert` (PEM) alone: for
+/// the clients that talk to a server whose certificate compare or `--tls-self-signed`
+/// made.
+pub fn client_config_trusting(cert: &Path) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in read_chain(cert)? {
+        roots.add(der).map_err(|error| TlsSetupError::Cert {
+            path: cert.to_owned(),
+            what: error.to_string(),
+        })?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsSetupError::Cert {
+            path: cert.to_owned(),
+            what: error.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let fail = |what: String| TlsSetupError::Cert {
         path: path.to_owned(),
