@@ -21,8 +21,9 @@ wsscale_bin() {
 # Starts `wsscale serve` in the background (stdout OUTDIR/serve.out, stderr appended to
 # OUTDIR/serve.err; SERVE_ENV adds environment variables to the server alone, e.g.
 # SERVE_ENV=GLIBC_TUNABLES=glibc.malloc.arena_max=1) and waits up to 10 s for its start
-# line. Sets server_pid,
-# ws_url (ws://ADDR/ws), ws_addr (ADDR) and metrics_url (http://ADDR/metrics).
+# line. The metrics listener is on $METRICS_LISTEN (default 127.0.0.1:0). Sets
+# server_pid, ws_url (ws://ADDR/ws, or wss://), ws_addr (ADDR), metrics_url
+# (http://ADDR/metrics) and metrics_addr (ADDR).
 start_server() {
     local bin=$1 mode=$2 listen=$3 outdir=$4
     shift 4
@@ -30,7 +31,7 @@ start_server() {
     read -r -a serve_env <<<"${SERVE_ENV:-}"
     : >"$outdir/serve.out"
     RUST_LOG=${RUST_LOG:-warn} env "${serve_env[@]}" "$bin" serve --mode "$mode" --listen "$listen" \
-        --metrics-listen 127.0.0.1:0 "$@" >"$outdir/serve.out" 2>>"$outdir/serve.err" &
+        --metrics-listen "${METRICS_LISTEN:-127.0.0.1:0}" "$@" >"$outdir/serve.out" 2>>"$outdir/serve.err" &
     server_pid=$!
     local _
     for _ in $(seq 100); do
@@ -48,6 +49,8 @@ start_server() {
     metrics_url=$(start_line_field metrics "$outdir/serve.out")
     ws_addr=${ws_url#*://}
     ws_addr=${ws_addr%%/*}
+    metrics_addr=${metrics_url#http://}
+    metrics_addr=${metrics_addr%%/*}
 }
 
 # start_line_field KEY FILE: the value of KEY in the start line `wsscale serve` printed

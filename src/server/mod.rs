@@ -30,7 +30,6 @@ mod transport;
 mod upgrade;
 mod wait;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use wsscale_host::fd::FdLimit;
 use self::accept::accept_loop;
 use self::shared::{SHUTDOWN_MARGIN, Shared};
 use crate::config::{Engine, Mode, Scheme, ServeConfig};
+use crate::drain::{self, Draining, Signals, StopRequests};
 use crate::limits::{self, Bound, Capacity};
 use crate::metrics::http::{Broadcaster, Refused};
 use crate::metrics::sampler::SamplerHandle;
@@ -125,36 +125,39 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .build()?,
         Mode::Threads => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
     };
-    runtime.block_on(run(config, listeners, prometheus, terminated()))?;
+    runtime.block_on(async {
+        match Signals::install() {
+            Ok(signals) => run(config, listeners, prometheus, signals).await,
+            Err(error) => {
+                tracing::error!(%error, "cannot install SIGINT/SIGTERM handlers; stop the server with SIGKILL");
+                run(config, listeners, prometheus, Never).await
+            }
+        }
+    })?;
     // Idle pooled threads and leftover tasks must not hold the exit up.
     runtime.shutdown_background();
     Ok(())
 }
 
-/// Resolves on the first SIGINT or SIGTERM; never, when the handlers cannot be installed
-/// (said in the log).
-async fn terminated() {
-    match wsscale_host::signal::terminated().await {
-        Ok(signal) => tracing::info!(
-            signal,
-            "shutting down: no new connections, closing every session with 1001"
-        ),
-        Err(error) => {
-            tracing::error!(%error, "cannot install SIGINT/SIGTERM handlers; stop the server with SIGKILL");
-            std::future::pending::<()>().await
-        }
+/// No request to stop will come.
+struct Never;
+
+impl StopRequests for Never {
+    async fn next(&mut self) -> &'static str {
+        std::future::pending().await
     }
 }
 
-/// Serves `config` on `listeners` until `shutdown` resolves, then stops accepting, closes
-/// every session with 1001 and waits for them (at most the drain timeout). Runs on the
+/// Serves `config` on `listeners` until the first of `stops` and its drain delay (see
+/// [`crate::drain`]: /healthz answers 503 meanwhile), then stops accepting, closes every
+/// session with 1001 and waits for them (at most the drain timeout). Runs on the
 /// caller's Tokio runtime; `prometheus` is the handle of the recorder the caller
 /// installed (`metrics::install`, once per process), which /metrics renders.
 pub async fn run(
     config: ServeConfig,
     listeners: Listeners,
     prometheus: PrometheusHandle,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stops: impl StopRequests,
 ) -> anyhow::Result<()> {
     let fd_limit = wsscale_host::fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let capacity = capacity(&config, fd_limit);
@@ -185,10 +188,12 @@ pub async fn run(
     websocket.set_nonblocking(true)?;
     let listener = TcpListener::from_std(websocket)?;
     let metrics_listener = TcpListener::from_std(metrics)?;
+    let draining = Draining::new();
     let metrics_task = tokio::spawn({
         let broadcaster: Arc<dyn Broadcaster> = shared.clone();
+        let draining = draining.clone();
         async move {
-            if let Err(error) = crate::metrics::http::serve(metrics_listener, sampler, broadcaster).await {
+            if let Err(error) = crate::metrics::http::serve(metrics_listener, sampler, broadcaster, draining).await {
                 tracing::error!(%error, "metrics listener failed");
             }
         }
@@ -199,7 +204,11 @@ pub async fn run(
     let shutdown_task = tokio::spawn({
         let shared = shared.clone();
         async move {
-            shutdown.await;
+            let first = drain::stop_requested(stops, shared.config.drain_delay, &draining).await;
+            tracing::info!(
+                request = first,
+                "shutting down: no new connections, closing every session with 1001"
+            );
             shared.shutdown.cancel();
             shared.board.begin_shutdown();
         }
@@ -297,6 +306,7 @@ fn log_settings(config: &ServeConfig, listeners: &Listeners, capacity: Capacity,
         idle_timeout = ?config.idle_timeout,
         handshake_timeout = ?config.handshake_timeout,
         drain_timeout = ?config.drain_timeout,
+        drain_delay = ?config.drain_delay,
         "wsscale serve starting",
     );
 }

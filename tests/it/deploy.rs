@@ -1,7 +1,7 @@
 //! The deployment past one machine (deploy/kubernetes), proven without a cluster: every
 //! kustomization rendered by `kubectl kustomize` and validated by `kubernetes-validate`
 //! against the Kubernetes API schemas; the Grafana ConfigMaps holding exactly the files
-//! docker-compose.yml mounts; probes, grace periods, sysctls and memory budgets consistent
+//! docker-compose.yml mounts; probes, drain delays, grace periods, sysctls and memory budgets consistent
 //! with the server's flags and FACTS.md's measurements; the Indexed Job's segments and
 //! the documented way to start a run; the Prometheus relabelling run by a real
 //! Prometheus; and every WSSCALE_* variable set by the manifests and by compose checked
@@ -62,8 +62,12 @@ fn bytes_per_connection(mode: &str) -> u64 {
 /// The server process before its first connection (runtime, metrics, buffers), rounded up.
 const PROCESS_BASE_BYTES: u64 = 32 << 20;
 
-/// How much longer than preStop + drain the kubelet must wait before SIGKILL.
+/// How much longer than preStop + drain delay + drain the kubelet must wait before SIGKILL.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Time for a pod that turned unready to leave the Service's endpoints everywhere
+/// (EndpointSlice controller, then every node's kube-proxy), kept inside the drain delay.
+const ENDPOINT_PROPAGATION: Duration = Duration::from_secs(2);
 
 fn kubernetes_dir() -> PathBuf {
     root().join("deploy/kubernetes")
@@ -349,23 +353,37 @@ fn servers_probe_drain_and_fit_their_memory_budget() {
         assert_eq!(env(container, "WSSCALE_ENGINE"), Some("lean"), "{deployment_name}");
         modes.insert(mode.to_owned());
 
-        // SIGTERM comes after preStop; then the server drains for up to
-        // WSSCALE_DRAIN_TIMEOUT; the kubelet must not SIGKILL before both are over.
+        // On SIGTERM (after the preStop hook, if there is one) /healthz answers 503 while
+        // the server still serves and accepts for WSSCALE_DRAIN_DELAY, then it drains for
+        // up to WSSCALE_DRAIN_TIMEOUT; the kubelet must not SIGKILL before both are over.
         let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_i64().unwrap() as u64);
         let pre_stop = Duration::from_secs(
             container["lifecycle"]["preStop"]["sleep"]["seconds"]
                 .as_i64()
-                .unwrap_or_else(|| panic!("{deployment_name}: preStop sleeps while the endpoint goes"))
-                as u64,
+                .unwrap_or(0) as u64,
         );
-        let drain: Duration = env(container, "WSSCALE_DRAIN_TIMEOUT")
-            .expect("the pod sets its drain timeout")
-            .parse::<humantime::Duration>()
-            .unwrap()
-            .into();
+        let duration = |name: &str| -> Duration {
+            env(container, name)
+                .unwrap_or_else(|| panic!("{deployment_name} sets {name}"))
+                .parse::<humantime::Duration>()
+                .unwrap()
+                .into()
+        };
+        let drain = duration("WSSCALE_DRAIN_TIMEOUT");
+        let delay = duration("WSSCALE_DRAIN_DELAY");
         assert!(
-            grace >= pre_stop + drain + GRACE_MARGIN,
-            "{deployment_name}: grace {grace:?} < preStop {pre_stop:?} + drain {drain:?} + {GRACE_MARGIN:?}"
+            grace >= pre_stop + delay + drain + GRACE_MARGIN,
+            "{deployment_name}: grace {grace:?} < preStop {pre_stop:?} + drain delay {delay:?} + drain {drain:?} + {GRACE_MARGIN:?}"
+        );
+        // The readiness probe sees the 503 and the pod leaves the Service's endpoints
+        // (and reaches kube-proxy) within the drain delay, before the listener stops.
+        let readiness = &container["readinessProbe"];
+        let period = readiness["periodSeconds"].as_i64().unwrap_or(10) as u64;
+        let failures = readiness["failureThreshold"].as_i64().unwrap_or(3) as u64;
+        let not_ready_within = Duration::from_secs(period * failures);
+        assert!(
+            delay >= not_ready_within + ENDPOINT_PROPAGATION,
+            "{deployment_name}: drain delay {delay:?} < readiness {period} s x {failures} + {ENDPOINT_PROPAGATION:?}"
         );
 
         // Readiness and scraping on the metrics listener, clients on the WebSocket one.

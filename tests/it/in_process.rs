@@ -1,6 +1,7 @@
 //! The library entry, `wsscale::server::run`, in this test's own process: bound
-//! listeners on port 0, the recorder's handle and a shutdown future, as mini-redis' `run`
-//! takes them. The other tests run `wsscale serve` as a child process, which is what
+//! listeners on port 0, the recorder's handle and the requests to stop (a channel here;
+//! SIGINT and SIGTERM for `wsscale serve`), as mini-redis' `run` takes its listener and
+//! shutdown signal. The other tests run `wsscale serve` as a child process, which is what
 //! users run; this one shows a server can be embedded and stopped by its caller.
 
 use std::sync::OnceLock;
@@ -27,7 +28,7 @@ fn recorder() -> PrometheusHandle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_runs_in_process_until_its_shutdown_future_resolves() {
+async fn a_server_runs_in_process_until_it_is_asked_to_stop() {
     let Command::Serve(args) = Cli::parse_from([
         "wsscale",
         "serve",
@@ -45,10 +46,8 @@ async fn a_server_runs_in_process_until_its_shutdown_future_resolves() {
     let config = ServeConfig::try_from(args).unwrap();
     let listeners = Listeners::bind(&config, None).unwrap();
     let start = listeners.start_line(&config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(wsscale::server::run(config, listeners, recorder(), async {
-        let _ = stopped.await;
-    }));
+    let (stop, stops) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let server = tokio::spawn(wsscale::server::run(config, listeners, recorder(), stops));
 
     let (mut client, _) = crate::support::connect_to(&start.url, None).await.unwrap();
     assert_echo(&mut client, "in process").await;

@@ -9,6 +9,7 @@ mod compare;
 mod conformance;
 mod deploy;
 mod faults;
+mod fleet;
 mod hostile;
 mod in_process;
 mod load;

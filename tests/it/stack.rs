@@ -305,9 +305,100 @@ fn balancer_configuration_passes_haproxy_check() {
         let section = backend.split("\n\n").next().unwrap();
         assert!(section.contains("balance leastconn"), "{section}");
         assert!(section.contains("http-check send meth GET uri /healthz"), "{section}");
+        // A draining server answers 503: anything but 200 takes it out.
+        assert!(section.contains("http-check expect status 200"), "{section}");
         count += 1;
     }
     assert_eq!(count, balancer_backends(&config).len());
+
+    // A connection attempt that fails (a replica gone) is retried, on another replica.
+    let retries: u32 = setting("retries ").parse().unwrap();
+    assert!(retries >= 1, "retries {retries}");
+    assert_eq!(setting("option redispatch"), "1", "every retry on another replica");
+    assert!(setting("retry-on ").split_whitespace().any(|w| w == "conn-failure"));
+
+    // Two descriptors per proxied connection: the global maxconn fits the fd limit compose
+    // gives `lb`, with room for listeners, checks and logs.
+    let maxconn: u64 = setting("maxconn ").parse().unwrap();
+    let nofile = compose()["services"]["lb"]["ulimits"]["nofile"]["soft"]
+        .as_i64()
+        .unwrap() as u64;
+    assert!(
+        2 * maxconn + 100 <= nofile,
+        "maxconn {maxconn} needs {} descriptors; lb has {nofile}",
+        2 * maxconn + 100
+    );
+}
+
+/// How long HAProxy may take to mark a replica down once its /healthz answers 503, from
+/// haproxy.cfg's `default-server` (`inter`, `fastinter`, `fall`) and `timeout check`: the
+/// next regular check, then `fall - 1` checks at the transition's pace, and `timeout
+/// check` for the check in flight (a draining replica answers its 503 at once).
+pub fn balancer_takes_a_replica_out_within(config: &str) -> Duration {
+    let default_server: Vec<&str> = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("default-server "))
+        .expect("a default-server line")
+        .split_whitespace()
+        .collect();
+    let option = |name: &str| -> &str {
+        let at = default_server
+            .iter()
+            .position(|word| *word == name)
+            .unwrap_or_else(|| panic!("default-server sets no {name}"));
+        default_server[at + 1]
+    };
+    let duration = |text: &str| -> Duration { text.parse::<humantime::Duration>().unwrap().into() };
+    let inter = duration(option("inter"));
+    let fastinter = duration(option("fastinter"));
+    let fall: u32 = option("fall").parse().unwrap();
+    let timeout_check = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("timeout check "))
+        .map_or(inter, |value| duration(value.trim()));
+    inter + fastinter * (fall - 1) + timeout_check
+}
+
+/// Every `wsscale serve` service of compose drains before Docker's SIGKILL
+/// (`stop_grace_period` covers the drain delay, the drain timeout and a margin), and
+/// every one behind the balancer keeps accepting until the balancer has taken it out
+/// (its drain delay exceeds the time HAProxy's checks take to mark it down): a rolling
+/// `docker compose up` loses no client (docs/fleet.md measures it).
+#[test]
+fn compose_servers_drain_as_the_balancer_follows() {
+    let compose = compose();
+    let config = std::fs::read_to_string(root().join("deploy/haproxy/haproxy.cfg")).unwrap();
+    let takes_out = balancer_takes_a_replica_out_within(&config);
+    assert!(takes_out <= Duration::from_secs(5), "{takes_out:?}");
+    let behind: BTreeSet<String> = balancer_backends(&config)
+        .into_iter()
+        .map(|(_, host, _)| host)
+        .collect();
+    let duration = |text: &str| -> Duration { text.parse::<humantime::Duration>().unwrap().into() };
+    let mut servers = 0;
+    for (name, service) in services(&compose).filter(|(_, s)| s["command"][0].as_str() == Some("serve")) {
+        let delay = service_env(service, "WSSCALE_DRAIN_DELAY").map_or(Duration::ZERO, duration);
+        let drain = duration(
+            service_env(service, "WSSCALE_DRAIN_TIMEOUT")
+                .unwrap_or_else(|| panic!("{name} sets WSSCALE_DRAIN_TIMEOUT")),
+        );
+        // Docker's default is 10 s: as long as the drain timeout alone.
+        let grace = service["stop_grace_period"]
+            .as_str()
+            .map_or(Duration::from_secs(10), duration);
+        assert!(
+            grace >= delay + drain + Duration::from_secs(5),
+            "{name}: stop_grace_period {grace:?} < drain delay {delay:?} + drain timeout {drain:?} + 5s"
+        );
+        if behind.contains(name) {
+            assert!(
+                delay > takes_out,
+                "{name}: WSSCALE_DRAIN_DELAY {delay:?} does not outlast the {takes_out:?} HAProxy takes to mark it down"
+            );
+        }
+        servers += 1;
+    }
+    assert_eq!(servers, 3);
 }
 
 /// The load segments of compose cover the run exactly once: `I/N` for every I below N,
@@ -953,8 +1044,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     drop(half_sent);
     // Prometheus has the settled fleet, and the new replica long enough for a rate.
     let new_a = replica_a.metrics_addr;
+    let b = replica_b.metrics_addr;
     eventually_blocking(Duration::from_secs(30), "Prometheus has the settled fleet", || {
         let settled = query("sum(wsscale_loadgen_connections_open)")? == RUN as f64
+            // Two seconds before the evaluation time, so a step of the range queries
+            // (1 s apart) falls after the timeouts' scrape.
+            && query(&format!(
+                "wsscale_connections_rejected_total{{instance=\"{b}\",reason=\"handshake_timeout\"}} offset 2s"
+            ))? == 3.0
             && query("sum(wsscale_loadgen_reconnects_total)")? >= reconnected
             && query(&format!("wsscale_connections_active{{instance=\"{new_a}\"}}"))? == RUN as f64
             && query(&format!(
@@ -1090,7 +1187,10 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let tasks_lean = [("mode", "tasks"), ("engine", "lean")];
     assert!(peak("Handshakes in flight vs the bound", "A", &tasks_lean) >= 3.0);
     let timed_out = [("mode", "tasks"), ("reason", "handshake_timeout")];
-    assert!(peak("Rejects by reason", "A", &timed_out) > 0.0);
+    assert!(
+        peak("Rejects by reason", "A", &timed_out) > 0.0,
+        "no handshake timeout on its panel:\n{report}"
+    );
     assert!(peak("Broadcasts", "A", &tasks_lean) > 0.0);
     assert!(peak("Broadcast duration", "B", &tasks_lean) > 0.0);
     assert!(peak("Pushes dropped", "A", &tasks_lean) > 0.0);
