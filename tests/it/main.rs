@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod in_process;
 mod load;
+mod load_tls;
 mod memory;
 mod metrics;
 mod push;
