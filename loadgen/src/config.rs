@@ -12,14 +12,16 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
+use crate::tls::{TlsClient, TlsError, Trust};
+
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
     #[command(subcommand)]
     pub command: Option<LoadCommand>,
 
-    /// WebSocket URL to load (ws:// only). Every test and benchmark of this project
-    /// targets loopback.
+    /// WebSocket URL to load: ws:// or wss:// (TLS; see --tls-ca, --tls-insecure). Every
+    /// test and benchmark of this project targets loopback.
     #[arg(long, env = "WSSCALE_LOAD_URL", default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
@@ -69,7 +71,7 @@ pub struct LoadArgs {
     #[arg(long, env = "WSSCALE_LOAD_MAX_PER_PROCESS")]
     pub max_per_process: Option<usize>,
 
-    /// Time allowed for one TCP connect plus WebSocket upgrade.
+    /// Time allowed for one TCP connect plus TLS handshake (wss://) plus WebSocket upgrade.
     #[arg(long, env = "WSSCALE_LOAD_CONNECT_TIMEOUT", default_value = "10s")]
     pub connect_timeout: humantime::Duration,
 
@@ -92,6 +94,29 @@ pub struct LoadArgs {
     /// or an HTTP 503 it waits 1 s plus up to 5 s, or the 503's Retry-After plus up to 5 s.
     #[arg(long, env = "WSSCALE_LOAD_RECONNECT")]
     pub reconnect: bool,
+
+    /// wss://: trust the PEM certificates in FILE, and nothing else.
+    ///
+    /// For a server with a self-signed certificate (give its certificate) or a private CA
+    /// (give the CA's). Without --tls-ca or --tls-insecure, a wss:// run trusts the
+    /// Mozilla root program compiled in (webpki-roots), as a browser would, and a
+    /// self-signed server fails every attempt with `tls_certificate_unknown`.
+    #[arg(
+        long,
+        env = "WSSCALE_LOAD_TLS_CA",
+        value_name = "FILE",
+        conflicts_with = "tls_insecure",
+        help_heading = "TLS (wss://)"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// wss://: do not verify the server's certificate at all (chain, name, dates).
+    ///
+    /// Only for a throwaway server on a network you control; a warning says so on stderr.
+    /// The server's handshake signature is still checked, so a handshake costs about what
+    /// a verified one does.
+    #[arg(long, env = "WSSCALE_LOAD_TLS_INSECURE", help_heading = "TLS (wss://)")]
+    pub tls_insecure: bool,
 
     /// Run only segment I of N (I from 0) of a run spread over several generators.
     ///
@@ -131,7 +156,8 @@ pub struct LoadArgs {
     ///
     /// Default: a hash of what every segment of the run shares: --url, --connections,
     /// --rate, the segment count N, --start-at, --hold, --ping-interval,
-    /// --message-interval, --message-size and --reconnect. Two runs with the same flags
+    /// --message-interval, --message-size, --reconnect, and for wss:// whom it trusts
+    /// (--tls-insecure, or the certificates of --tls-ca). Two runs with the same flags
     /// get the same id: give --run-id (in Kubernetes, e.g. the Job's controller-uid label
     /// through the downward API) or --start-at to tell them apart.
     #[arg(long, env = "WSSCALE_LOAD_RUN_ID", help_heading = "Segments")]
@@ -314,6 +340,8 @@ pub struct LoadConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub check_reachability: bool,
     pub reconnect: bool,
+    /// wss://: the TLS configuration every connection shares; None for ws://.
+    pub tls: Option<TlsClient>,
     /// The segment this process runs; None for a whole run.
     pub segment: Option<Part>,
     /// When the ramp starts, UNIX seconds; None: at once.
@@ -349,6 +377,10 @@ pub enum ConfigError {
     Segment(String),
     #[error("--start-at must be a UNIX time in seconds, such as 1767225600.5")]
     StartAt,
+    #[error("--{0} is for wss:// URLs, but --url {1:?} is plain ws://: use a wss:// URL, or leave --{0} out")]
+    TlsWithoutWss(&'static str, String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 impl TryFrom<LoadArgs> for LoadConfig {
@@ -357,11 +389,13 @@ impl TryFrom<LoadArgs> for LoadConfig {
     fn try_from(args: LoadArgs) -> Result<Self, ConfigError> {
         let url_error = |why: &str| ConfigError::Url(args.url.clone(), why.to_owned());
         let url = url::Url::parse(&args.url).map_err(|e| url_error(&e.to_string()))?;
-        if url.scheme() != "ws" {
-            return Err(url_error("only ws:// is supported (no TLS)"));
-        }
+        let secure = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
+            _ => return Err(url_error("expected a ws:// or wss:// URL")),
+        };
         let host = url.host_str().ok_or_else(|| url_error("no host"))?;
-        let port = url.port_or_known_default().unwrap_or(80);
+        let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
         let target = (host.trim_start_matches('[').trim_end_matches(']'), port)
             .to_socket_addrs()
             .map_err(|e| url_error(&format!("cannot resolve: {e}")))?
@@ -402,6 +436,20 @@ impl TryFrom<LoadArgs> for LoadConfig {
         if let Some(ip) = source_ips.iter().find(|ip| ip.is_ipv4() != target.is_ipv4()) {
             return Err(ConfigError::Family(*ip, target));
         }
+        let trust = match (args.tls_ca, args.tls_insecure) {
+            (Some(path), _) => Some(Trust::Ca(path)),
+            (None, true) => Some(Trust::Insecure),
+            (None, false) => None,
+        };
+        let tls = match (secure, trust) {
+            (true, trust) => {
+                let host = url.host().ok_or_else(|| url_error("no host"))?;
+                Some(TlsClient::new(trust.unwrap_or(Trust::WebpkiRoots), &host)?)
+            }
+            (false, Some(Trust::Ca(_))) => return Err(ConfigError::TlsWithoutWss("tls-ca", args.url)),
+            (false, Some(_)) => return Err(ConfigError::TlsWithoutWss("tls-insecure", args.url)),
+            (false, None) => None,
+        };
         let optional = |duration: humantime::Duration| Some(Duration::from(duration)).filter(|d| !d.is_zero());
         let mut config = LoadConfig {
             url,
@@ -421,6 +469,7 @@ impl TryFrom<LoadArgs> for LoadConfig {
             metrics_listen: args.metrics_listen,
             check_reachability: !args.no_reachability_check,
             reconnect: args.reconnect,
+            tls,
             segment,
             start_at_unix: args.start_at,
             run_id: String::new(),
@@ -434,12 +483,13 @@ impl TryFrom<LoadArgs> for LoadConfig {
 /// The run id every segment of a run derives alike: a hash (FNV-1a, 64 bits: stable
 /// across builds and machines, unlike std's hasher) of what they share — the URL, the
 /// connections and rate of the whole run, the segment count, --start-at, --hold, the
-/// per-connection schedule (--ping-interval, --message-interval, --message-size) and
-/// --reconnect. Per-process settings (--concurrency, --processes, --source-ips, the
-/// segment index) are left out.
+/// per-connection schedule (--ping-interval, --message-interval, --message-size),
+/// --reconnect, and for wss:// the trust (its kind, and the certificates of a --tls-ca
+/// file rather than its path). Per-process settings (--concurrency, --processes,
+/// --source-ips, the segment index) are left out.
 pub fn derive_run_id(config: &LoadConfig) -> String {
     let nanos = |duration: Option<Duration>| duration.unwrap_or_default().as_nanos();
-    let shared = format!(
+    let mut shared = format!(
         "url={} connections={} rate={} segments={} start_at={:?} hold_ns={} ping_ns={} message_ns={} message_bytes={} \
          reconnect={}",
         config.url,
@@ -453,10 +503,23 @@ pub fn derive_run_id(config: &LoadConfig) -> String {
         config.message_size,
         config.reconnect,
     );
-    let hash = shared.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    // Appended only for wss://, so that the ids of ws:// runs stay what they were.
+    if let Some(tls) = &config.tls {
+        shared += &format!(" tls={}", tls.trust_digest());
+    }
+    format!("{:016x}", fnv1a(shared.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: stable across builds and machines, unlike std's hasher.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_extend(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// Continues an FNV-1a hash `hash` over more bytes.
+pub fn fnv1a_extend(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Connections per source address that `auto` plans for: well inside one ephemeral port
@@ -531,6 +594,14 @@ impl LoadConfig {
         flag("internal-shard", shard.to_string());
         if self.reconnect {
             args.push("--reconnect".into());
+        }
+        match self.tls.as_ref().map(TlsClient::trust) {
+            Some(Trust::Ca(path)) => {
+                args.push("--tls-ca".into());
+                args.push(path.into());
+            }
+            Some(Trust::Insecure) => args.push("--tls-insecure".into()),
+            Some(Trust::WebpkiRoots) | None => {}
         }
         args.push("--no-reachability-check".into());
         args
@@ -617,13 +688,53 @@ mod tests {
     #[test]
     fn bad_input_names_the_flag() {
         assert!(
-            parse(&["--url", "wss://127.0.0.1/ws"])
+            parse(&["--url", "http://127.0.0.1/ws"])
                 .unwrap_err()
-                .contains("only ws://")
+                .contains("ws:// or wss://")
         );
         assert!(parse(&["--connections", "0"]).unwrap_err().contains("--connections"));
         assert!(parse(&["--processes", "0"]).unwrap_err().contains("auto"));
         assert!(parse(&["--rate=-1"]).unwrap_err().contains("--rate"));
+    }
+
+    #[test]
+    fn tls_flags_need_a_wss_url_and_exclude_each_other() {
+        let error = parse(&["--url", "ws://127.0.0.1:9/ws", "--tls-insecure"]).unwrap_err();
+        assert!(error.contains("--tls-insecure is for wss://"), "{error}");
+        let error = parse(&["--url", "ws://127.0.0.1:9/ws", "--tls-ca", "ca.pem"]).unwrap_err();
+        assert!(error.contains("--tls-ca is for wss://"), "{error}");
+        let error = parse(&["--url", "wss://127.0.0.1:9/ws", "--tls-ca", "ca.pem", "--tls-insecure"]).unwrap_err();
+        assert!(error.contains("cannot be used with"), "{error}");
+        let error = parse(&["--url", "wss://127.0.0.1:9/ws", "--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(
+            error.contains("/nonexistent/ca.pem") && error.contains("cannot read"),
+            "{error}"
+        );
+        // wss:// alone trusts the compiled-in roots; the default port is 443.
+        let config = parse(&["--url", "wss://localhost/ws"]).unwrap();
+        assert_eq!(config.tls.as_ref().map(TlsClient::trust), Some(&Trust::WebpkiRoots));
+        assert_eq!(config.target.port(), 443);
+        assert!(parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap().tls.is_none());
+    }
+
+    /// A shard trusts what its parent trusts, and every trust is a different run.
+    #[test]
+    fn shards_inherit_the_tls_flags_and_the_run_id_records_them() {
+        let insecure = parse(&["--url", "wss://127.0.0.1:9/ws", "--tls-insecure"]).unwrap();
+        let args: Vec<String> = insecure
+            .shard_args(Part { index: 0, count: 2 })
+            .into_iter()
+            .map(|arg| arg.into_string().unwrap())
+            .collect();
+        assert!(args.iter().any(|arg| arg == "--tls-insecure"), "{args:?}");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = parse(&args).unwrap();
+        assert_eq!(child.tls.as_ref().map(TlsClient::trust), Some(&Trust::Insecure));
+        assert_eq!(child.run_id, insecure.run_id);
+        let verified = parse(&["--url", "wss://127.0.0.1:9/ws"]).unwrap();
+        assert_ne!(verified.run_id, insecure.run_id);
+        let plain = parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap();
+        assert_ne!(plain.run_id, verified.run_id);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - [`preflight`]: the fd limit, the port space and the target, checked before the
 //!   first connection; a run that cannot succeed is refused with the fix.
 //! - [`client`]: one connection (connect from a source address with
-//!   IP_BIND_ADDRESS_NO_PORT, upgrade, hold with scheduled pings, close 1000; reconnect
-//!   after a loss with `--reconnect`).
+//!   IP_BIND_ADDRESS_NO_PORT, TLS handshake for wss://, upgrade, hold with scheduled
+//!   pings, close 1000; reconnect after a loss with `--reconnect`).
+//! - [`tls`]: wss:// — the one shared rustls client configuration (ring provider; trust
+//!   webpki-roots, `--tls-ca` or `--tls-insecure`), the handshake, TLS failure causes.
 //! - [`reconnect`]: the backoff policy of reconnections. The server pushes' format,
 //!   delivery latency and sequence gaps are `wsscale_wire::push`, shared with the server.
 //! - [`pool`]: a set of held connections in this process, grown by ramps.
@@ -35,6 +37,7 @@ pub mod progress;
 pub mod reconnect;
 pub mod report;
 pub mod stats;
+pub mod tls;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -73,12 +76,26 @@ pub struct Reexec {
 
 /// Runs `wsscale load`: a shard's part when started as a child, the whole run (or
 /// segment) otherwise, or `wsscale load merge`. Returns the summary (None for a child,
-/// whose output is its event stream).
+/// whose output is its event stream). Bad options end the process as clap's own errors
+/// do: the reason on stderr, exit status 2.
 pub fn run(mut args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>> {
     if let Some(LoadCommand::Merge(merge_args)) = args.command.take() {
         return merge(&merge_args).map(Some);
     }
-    let config = LoadConfig::try_from(args)?;
+    let config = match LoadConfig::try_from(args) {
+        Ok(config) => config,
+        Err(error) => clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")).exit(),
+    };
+    if config.shard.is_none()
+        && config
+            .tls
+            .as_ref()
+            .is_some_and(|tls| *tls.trust() == tls::Trust::Insecure)
+    {
+        eprintln!(
+            "warning: --tls-insecure: the server's certificate is not verified (any certificate, any name is accepted)"
+        );
+    }
     let fd_limit = fd::raise_fd_limit().context("reading or raising RLIMIT_NOFILE")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if config.shard.is_some() {
@@ -91,6 +108,9 @@ pub fn run(mut args: LoadArgs, reexec: Reexec) -> anyhow::Result<Option<Summary>
     // Held sockets and pending closes must not delay the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     print!("{}", summary.table());
+    for hint in tls::hints(&summary.failures) {
+        eprintln!("hint: {hint}");
+    }
     if let Some(path) = &config.json {
         write_json(&summary, path)?;
     }
@@ -291,6 +311,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
         config.message_size,
     );
     settings.reconnect = config.reconnect;
+    settings.tls = config.tls.clone();
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     let reporter = tokio::spawn({
         let stats = stats.clone();

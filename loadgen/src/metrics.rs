@@ -13,6 +13,7 @@ pub const CONNECTIONS_OPENED: &str = "wsscale_loadgen_connections_opened_total";
 pub const CONNECT_FAILURES: &str = "wsscale_loadgen_connect_failures_total";
 pub const CONNECTIONS_LOST: &str = "wsscale_loadgen_connections_lost_total";
 pub const CONNECT_DURATION: &str = "wsscale_loadgen_connect_duration_seconds";
+pub const TLS_HANDSHAKE_DURATION: &str = "wsscale_loadgen_tls_handshake_duration_seconds";
 pub const UPGRADE_DURATION: &str = "wsscale_loadgen_upgrade_duration_seconds";
 pub const PING_RTT: &str = "wsscale_loadgen_ping_rtt_seconds";
 pub const RECONNECTS: &str = "wsscale_loadgen_reconnects_total";
@@ -34,6 +35,7 @@ const RECONNECT_BUCKETS: &[f64] = &[
 pub struct LoadMetrics {
     open: Gauge,
     connect: Histogram,
+    tls_handshake: Histogram,
     upgrade: Histogram,
     ping_rtt: Histogram,
     reconnect: Histogram,
@@ -44,7 +46,13 @@ impl LoadMetrics {
     /// Starts the HTTP listener (on the current Tokio runtime) and describes every metric.
     pub fn install(addr: SocketAddr) -> anyhow::Result<Self> {
         let mut builder = PrometheusBuilder::new().with_http_listener(addr);
-        for name in [CONNECT_DURATION, UPGRADE_DURATION, PING_RTT, PUSH_DELIVERY] {
+        for name in [
+            CONNECT_DURATION,
+            TLS_HANDSHAKE_DURATION,
+            UPGRADE_DURATION,
+            PING_RTT,
+            PUSH_DELIVERY,
+        ] {
             builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)?;
         }
         builder = builder.set_buckets_for_metric(Matcher::Full(RECONNECT_DURATION.to_owned()), RECONNECT_BUCKETS)?;
@@ -62,7 +70,7 @@ impl LoadMetrics {
         metrics::describe_counter!(
             CONNECT_FAILURES,
             Unit::Count,
-            "Failed connection attempts, by reason (refused, timeout, http_503, ...)."
+            "Failed connection attempts, by reason (refused, timeout, http_503, tls_certificate_unknown, ...)."
         );
         metrics::describe_counter!(
             CONNECTIONS_LOST,
@@ -71,9 +79,14 @@ impl LoadMetrics {
         );
         metrics::describe_histogram!(CONNECT_DURATION, Unit::Seconds, "TCP connect time.");
         metrics::describe_histogram!(
+            TLS_HANDSHAKE_DURATION,
+            Unit::Seconds,
+            "TLS handshake time (wss://), from the TCP connect to the handshake's end."
+        );
+        metrics::describe_histogram!(
             UPGRADE_DURATION,
             Unit::Seconds,
-            "WebSocket upgrade time, after the TCP connect."
+            "WebSocket upgrade time, after the TCP connect (wss://: after the TLS handshake)."
         );
         metrics::describe_histogram!(
             PING_RTT,
@@ -104,6 +117,7 @@ impl LoadMetrics {
         let metrics = LoadMetrics {
             open: metrics::gauge!(CONNECTIONS_OPEN),
             connect: metrics::histogram!(CONNECT_DURATION),
+            tls_handshake: metrics::histogram!(TLS_HANDSHAKE_DURATION),
             upgrade: metrics::histogram!(UPGRADE_DURATION),
             ping_rtt: metrics::histogram!(PING_RTT),
             reconnect: metrics::histogram!(RECONNECT_DURATION),
@@ -144,6 +158,7 @@ impl LoadMetrics {
     pub fn record(&self, recent: &Histograms) {
         for (histogram, samples) in [
             (&self.connect, &recent.connect_us),
+            (&self.tls_handshake, &recent.tls_us),
             (&self.upgrade, &recent.upgrade_us),
             (&self.ping_rtt, &recent.ping_rtt_us),
             (&self.reconnect, &recent.reconnect_us),

@@ -151,7 +151,7 @@ pub struct Summary {
     pub opened: u64,
     pub failed: u64,
     /// Failed attempts by cause: refused, timeout, reset, address_not_available,
-    /// too_many_open_files, http_<status>, protocol, …
+    /// too_many_open_files, http_<status>, protocol, tls_* (see `tls::cause`), …
     pub failures: BTreeMap<String, u64>,
     /// Connections that ended before the generator closed them (each loss counts, also
     /// of a connection that reconnected and was lost again).
@@ -183,6 +183,10 @@ pub struct Summary {
     /// The generator's live heap growth while holding, per held connection.
     pub loadgen_heap_per_connection_bytes: f64,
     pub connect_ms: Percentiles,
+    /// wss://: the TLS handshake, from the TCP connect to its end (count 0 for ws://).
+    #[serde(default)]
+    pub tls_ms: Percentiles,
+    /// The upgrade, from the TCP connect (wss://: the TLS handshake's end) to the 101.
     pub upgrade_ms: Percentiles,
     pub ping_rtt_ms: Percentiles,
     /// From a connection's loss to its reconnection.
@@ -237,6 +241,7 @@ impl Summary {
             loadgen_rss_per_connection_bytes: per_held(extent.rss_added_bytes),
             loadgen_heap_per_connection_bytes: per_held(extent.heap_added_bytes),
             connect_ms: Percentiles::of(&histograms.connect_us),
+            tls_ms: Percentiles::of(&histograms.tls_us),
             upgrade_ms: Percentiles::of(&histograms.upgrade_us),
             ping_rtt_ms: Percentiles::of(&histograms.ping_rtt_us),
             reconnect_ms: Percentiles::of(&histograms.reconnect_us),
@@ -483,19 +488,15 @@ impl Summary {
             "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "ms", "p50", "p90", "p99", "max", "count"
         );
-        let optional = [
-            ("reconnect", &self.reconnect_ms),
-            ("push delivery", &self.push_delivery_ms),
+        let rows = [
+            ("tcp connect", &self.connect_ms, true),
+            ("tls handshake", &self.tls_ms, self.tls_ms.count > 0),
+            ("ws upgrade", &self.upgrade_ms, true),
+            ("ping rtt", &self.ping_rtt_ms, true),
+            ("reconnect", &self.reconnect_ms, self.reconnect_ms.count > 0),
+            ("push delivery", &self.push_delivery_ms, self.push_delivery_ms.count > 0),
         ];
-        let shown = optional.into_iter().filter(|(_, p)| p.count > 0);
-        for (name, p) in [
-            ("tcp connect", &self.connect_ms),
-            ("ws upgrade", &self.upgrade_ms),
-            ("ping rtt", &self.ping_rtt_ms),
-        ]
-        .into_iter()
-        .chain(shown)
-        {
+        for (name, p, _) in rows.into_iter().filter(|(_, _, shown)| *shown) {
             let _ = writeln!(
                 out,
                 "  {name:<16} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}",
@@ -542,7 +543,7 @@ mod tests {
     fn segment_summary(index: usize, count: usize, run_id: &str, samples: &[Duration]) -> Summary {
         let stats = Stats::default();
         for (i, sample) in samples.iter().enumerate() {
-            stats.record_open(*sample, *sample * 2);
+            stats.record_open(*sample, Some(*sample * 3), *sample * 2);
             stats.record_ping_rtt(*sample / 3);
             stats.record_push((i % 7 != 0).then_some(*sample), u64::from(i % 5 == 0));
             if i % 4 == 0 {
@@ -612,6 +613,16 @@ mod tests {
             record(&mut one_upgrade, *sample * 2);
         }
         assert_eq!(merged.upgrade_ms, Percentiles::of(&one_upgrade));
+        let mut one_tls = new_histogram();
+        for sample in per_segment.iter().flatten() {
+            record(&mut one_tls, *sample * 3);
+        }
+        assert_eq!(merged.histograms.tls_us, one_tls);
+        assert_eq!(
+            merged.tls_ms,
+            Percentiles::of(&one_tls),
+            "the TLS handshakes merge exactly too"
+        );
 
         let total: usize = per_segment.iter().map(Vec::len).sum();
         assert_eq!(merged.opened, total as u64);
@@ -649,6 +660,24 @@ mod tests {
         let table = merged.table();
         assert!(table.contains("merged segments 0/3 1/3 2/3"), "{table}");
         assert!(table.contains("push delivery"), "{table}");
+        assert!(table.contains("tls handshake"), "{table}");
+    }
+
+    /// A summary written before wss:// (no `tls_ms`, no `histograms.tls_us`) still merges:
+    /// it had no TLS handshake, so an empty histogram is exact.
+    #[test]
+    fn a_summary_without_tls_fields_still_merges() {
+        let summary = segment_summary(0, 2, "run-a", &samples(0, 50));
+        let mut json: serde_json::Value = serde_json::to_value(&summary).unwrap();
+        json.as_object_mut().unwrap().remove("tls_ms");
+        json["histograms"].as_object_mut().unwrap().remove("tls_us");
+        let old: Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(old.tls_ms.count, 0);
+        assert!(old.histograms.tls_us.is_empty());
+        let newer = segment_summary(1, 2, "run-a", &samples(1, 40));
+        let (merged, _) = Summary::merge(&[("old.json".into(), old), ("new.json".into(), newer)]).unwrap();
+        assert_eq!(merged.tls_ms.count, 40);
+        assert_eq!(merged.connect_ms.count, 90);
     }
 
     #[test]

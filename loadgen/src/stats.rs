@@ -34,7 +34,13 @@ pub struct Histograms {
     /// TCP connect of the ramp's connections.
     #[serde(with = "histogram_base64")]
     pub connect_us: Histogram<u64>,
-    /// WebSocket upgrade of the ramp's connections, after the connect.
+    /// wss://: TLS handshake of the ramp's connections, from the TCP connect to the
+    /// handshake's end. Absent from the summaries of earlier versions (read as empty,
+    /// which they were: they had no TLS).
+    #[serde(with = "histogram_base64", default = "new_histogram")]
+    pub tls_us: Histogram<u64>,
+    /// WebSocket upgrade of the ramp's connections, after the connect (wss://: after the
+    /// TLS handshake), to the 101.
     #[serde(with = "histogram_base64")]
     pub upgrade_us: Histogram<u64>,
     /// Ping round trips from the scheduled send time.
@@ -52,6 +58,7 @@ impl Default for Histograms {
     fn default() -> Self {
         Histograms {
             connect_us: new_histogram(),
+            tls_us: new_histogram(),
             upgrade_us: new_histogram(),
             ping_rtt_us: new_histogram(),
             reconnect_us: new_histogram(),
@@ -70,9 +77,10 @@ impl Histograms {
         }
     }
 
-    fn each(&self) -> [&Histogram<u64>; 5] {
+    fn each(&self) -> [&Histogram<u64>; 6] {
         [
             &self.connect_us,
+            &self.tls_us,
             &self.upgrade_us,
             &self.ping_rtt_us,
             &self.reconnect_us,
@@ -80,9 +88,10 @@ impl Histograms {
         ]
     }
 
-    fn each_mut(&mut self) -> [&mut Histogram<u64>; 5] {
+    fn each_mut(&mut self) -> [&mut Histogram<u64>; 6] {
         [
             &mut self.connect_us,
+            &mut self.tls_us,
             &mut self.upgrade_us,
             &mut self.ping_rtt_us,
             &mut self.reconnect_us,
@@ -114,11 +123,16 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn record_open(&self, connect: Duration, upgrade: Duration) {
+    /// A ramp's connection is open: its TCP connect, TLS handshake (wss:// only) and
+    /// upgrade times.
+    pub fn record_open(&self, connect: Duration, tls: Option<Duration>, upgrade: Duration) {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open_now.fetch_add(1, Ordering::Relaxed);
         let mut recent = lock(&self.recent);
         record(&mut recent.connect_us, connect);
+        if let Some(tls) = tls {
+            record(&mut recent.tls_us, tls);
+        }
         record(&mut recent.upgrade_us, upgrade);
     }
 
@@ -279,8 +293,12 @@ pub enum Event {
     Done(Done),
 }
 
-/// The failure cause of an IO error, as the summary groups them.
+/// The failure cause of an IO error, as the summary groups them; one that carries a
+/// TLS error gets the TLS cause (see [`crate::tls::cause`]).
 pub fn io_cause(error: &io::Error) -> String {
+    if let Some(cause) = crate::tls::io_error_cause(error) {
+        return cause;
+    }
     let cause = match error.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused",
         Some(libc::EADDRNOTAVAIL) => "address_not_available",
@@ -347,7 +365,12 @@ mod tests {
     #[test]
     fn events_survive_a_json_line() {
         let stats = Stats::default();
-        stats.record_open(Duration::from_micros(150), Duration::from_micros(420));
+        stats.record_open(
+            Duration::from_micros(150),
+            Some(Duration::from_micros(2600)),
+            Duration::from_micros(420),
+        );
+        stats.record_open(Duration::from_micros(170), None, Duration::from_micros(390));
         stats.record_failure("http_503".into());
         stats.record_ping_rtt(Duration::from_millis(2));
         stats.record_push(Some(Duration::from_micros(830)), 2);
@@ -359,15 +382,18 @@ mod tests {
         let Event::Progress(progress) = serde_json::from_str(&line).unwrap() else {
             panic!("not progress")
         };
-        assert_eq!(progress.opened, 1);
+        assert_eq!(progress.opened, 2);
         assert_eq!(progress.failures["http_503"], 1);
-        assert_eq!(progress.recent.upgrade_us.len(), 1);
+        assert_eq!(progress.recent.upgrade_us.len(), 2);
         assert!(
             progress
                 .recent
                 .upgrade_us
                 .equivalent(420, progress.recent.upgrade_us.max())
         );
+        // Only a wss:// connection has a TLS handshake to count.
+        assert_eq!(progress.recent.tls_us.len(), 1);
+        assert!(progress.recent.tls_us.equivalent(2600, progress.recent.tls_us.max()));
         // Pushes and reconnections travel like the rest, so sharded runs merge them.
         assert_eq!(progress.recent.push_delivery_us.len(), 2);
         assert!(

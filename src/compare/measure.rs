@@ -15,6 +15,7 @@ use wsscale_loadgen::client::ClientSettings;
 use wsscale_loadgen::pool::Pool;
 use wsscale_loadgen::report::Percentiles;
 use wsscale_loadgen::stats::Stats;
+use wsscale_loadgen::tls::{TlsClient, Trust};
 
 use super::plan::{Plan, PushPlan, RunSpec};
 use super::server::{Figures, Reading, Server};
@@ -114,7 +115,17 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
         .into_iter()
         .next()
         .context("the server's address")?;
-    let settings = ClientSettings::new(url, target, Duration::from_secs(10), ping_interval, None, 0);
+    let mut settings = ClientSettings::new(url.clone(), target, Duration::from_secs(10), ping_interval, None, 0);
+    if url.scheme() == "wss" {
+        // Every wss run's certificate is compare's own (plan::TlsFiles): trusted alone.
+        let files = plan
+            .server_flags
+            .tls
+            .as_ref()
+            .context("a wss run without compare's certificate")?;
+        let host = url.host().context("the server's host")?;
+        settings.tls = Some(TlsClient::new(Trust::Ca(files.cert.clone()), &host)?);
+    }
     let last_step = *plan.steps.last().expect("steps are never empty");
     let sources = wsscale_loadgen::config::auto_source_ips(target, last_step);
     let mut pool = Pool::new(settings, sources, 0, stats.clone());

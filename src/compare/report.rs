@@ -235,7 +235,7 @@ pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
     if let Some(state) = tls_session {
         let _ = write!(
             out,
-            "\nA bare TLS session after its handshake (rustls 0.23, ring, rustls' defaults; {} in memory, live heap              each): {} for the lean engine's (rustls' unbuffered connection), {} for rustls' buffered              `ServerConnection` (what tokio-rustls holds, its 4 KiB incoming buffer in it).\n",
+            "\nA bare TLS session after its handshake (rustls 0.23, ring, rustls' defaults; {} in memory, live heap each): {} for the lean engine's (rustls' unbuffered connection), {} for rustls' buffered `ServerConnection` (what tokio-rustls holds, its 4 KiB incoming buffer in it).\n",
             state.sessions,
             bytes(state.lean_bytes),
             bytes(state.buffered_bytes)
@@ -251,7 +251,7 @@ pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
             let floor = plain.slope_bytes_per_connection + state.lean_bytes;
             let _ = writeln!(
                 out,
-                "tasks-lean-wss costs {} per idle connection against tasks-lean's {} plus that session's {} = {}:                  **{:.2}×** the floor.",
+                "tasks-lean-wss costs {} per idle connection against tasks-lean's {} plus that session's {} = {}: **{:.2}×** the floor.",
                 bytes(tls.slope_bytes_per_connection),
                 bytes(plain.slope_bytes_per_connection),
                 bytes(state.lean_bytes),

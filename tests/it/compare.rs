@@ -344,3 +344,67 @@ async fn push_reports_delivery_and_cost_per_broadcast() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Server push"), "{report}");
 }
+
+/// `--schemes ws,wss`: every wsscale run also over TLS (named `-wss`), with compare's own
+/// certificate, which a `--server` command takes as `{cert}` and `{key}` (the Node peer
+/// here); the load generator trusts that certificate alone, so each wss run really holds
+/// its connections over TLS; the report says what TLS costs, against a bare session.
+#[tokio::test]
+async fn measures_wss_beside_ws_with_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--connections",
+        "300",
+        "--steps",
+        "3",
+        "--settle-timeout",
+        "5s",
+        "--modes",
+        "tasks",
+        "--schemes",
+        "ws,wss",
+        "--server",
+        "node-ws-wss=node peers/node-ws/server.js {port} --cert {cert} --key {key}",
+    ];
+    let (output, out) = compare(&args, dir.path()).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for wanted in [
+        "what TLS costs per idle connection",
+        "A bare TLS session",
+        "wss ÷ ws (tasks-lean)",
+    ] {
+        assert!(stdout.contains(wanted), "no {wanted:?} in:\n{stdout}");
+    }
+    let summary: Value = read_json(&out.join("summary.json"));
+    let runs = summary["runs"].as_array().unwrap();
+    let run = |name: &str| {
+        runs.iter()
+            .find(|run| run["name"] == name)
+            .unwrap_or_else(|| panic!("no run {name}: {summary:#}"))
+    };
+    for name in ["tasks-lean", "tasks-lean-wss", "tasks-tungstenite-wss", "node-ws-wss"] {
+        let samples = run(name)["samples"].as_array().unwrap();
+        assert_eq!(samples.last().unwrap()["connections"], 300, "{name}: {:#}", run(name));
+    }
+    assert_eq!(run("tasks-lean-wss")["scheme"], "wss");
+    assert_eq!(run("tasks-lean")["scheme"], "ws");
+    assert!(
+        run("tasks-lean-wss")["server"].as_str().unwrap().contains("--tls-cert"),
+        "{:#}",
+        run("tasks-lean-wss")
+    );
+    // The certificate the servers and the generator shared, and TLS's cost per connection.
+    assert!(out.join("tls-cert.pem").is_file() && out.join("tls-key.pem").is_file());
+    let tls = summary["ratios"]["wss_over_ws"]["tasks-lean"]["user_memory"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        tls > 1.0,
+        "TLS costs something per idle connection: {:#}",
+        summary["ratios"]
+    );
+    let lean_wss = run("tasks-lean-wss")["slope_bytes_per_connection"].as_f64().unwrap();
+    let lean_ws = run("tasks-lean")["slope_bytes_per_connection"].as_f64().unwrap();
+    assert!(lean_wss > lean_ws, "{lean_wss} vs {lean_ws}");
+}

@@ -13,6 +13,7 @@ mod fleet;
 mod hostile;
 mod in_process;
 mod load;
+mod load_tls;
 mod memory;
 mod metrics;
 mod push;
