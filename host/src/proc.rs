@@ -348,7 +348,11 @@ mod tests {
         close(memory.slab_unreclaimable_bytes, kib("SUnreclaim"), "SUnreclaim");
         close(memory.kernel_stack_bytes, kib("KernelStack"), "KernelStack");
         close(slab_bytes().unwrap(), kib("Slab"), "slab_bytes()");
-        close(slab_unreclaimable_bytes().unwrap(), kib("SUnreclaim"), "slab_unreclaimable_bytes()");
+        close(
+            slab_unreclaimable_bytes().unwrap(),
+            kib("SUnreclaim"),
+            "slab_unreclaimable_bytes()",
+        );
         assert!(memory.slab_bytes >= memory.slab_unreclaimable_bytes && memory.slab_unreclaimable_bytes > 0);
         assert!(memory.kernel_stack_bytes > 0, "{memory:?}");
         assert_eq!(memory.tcp_memory_bytes % page_size(), 0, "sockstat counts pages");

@@ -7,7 +7,10 @@
 //!   histogram samples in, renders each scrape — so no /proc read ever runs on a thread
 //!   that serves connections — and gives the allocator's free memory back to the OS after
 //!   a burst of handshakes;
-//! - [`http`]: GET /metrics and GET /healthz.
+//! - [`live`]: the live page's JSON (`GET /api/live`), built on the sampler thread from the
+//!   very exposition a scrape gets, plus the zero-connection baselines and the limits;
+//! - [`http`]: GET /metrics, GET /healthz, the live page (`GET /`, its assets and its
+//!   JSON) and POST /broadcast.
 //!
 //! Every series carries the `mode` and `engine` labels (global labels) so every server
 //! compares on one dashboard. Labels are bounded: close and reject reasons, memory
@@ -15,6 +18,7 @@
 //! so the first scrape already shows all of them.
 
 pub mod http;
+pub mod live;
 pub mod sampler;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +50,9 @@ pub const TASKS_ALIVE: &str = "wsscale_tasks_alive";
 pub const RUNTIME_WORKERS: &str = "wsscale_runtime_workers";
 pub const HOST_KERNEL_STACK: &str = "wsscale_host_kernel_stack_bytes";
 pub const HOST_TCP_SOCKETS: &str = "wsscale_host_tcp_sockets_inuse";
+pub const HOST_SLAB: &str = "wsscale_host_slab_bytes";
+pub const HOST_SLAB_UNRECLAIMABLE: &str = "wsscale_host_slab_unreclaimable_bytes";
+pub const HOST_TCP_MEMORY: &str = "wsscale_host_tcp_memory_bytes";
 pub const MEMORY_TRIMS: &str = "wsscale_memory_trims_total";
 pub const MEMORY_TRIMMED: &str = "wsscale_memory_trimmed_bytes_total";
 pub const MEMORY_TRIM_DURATION: &str = "wsscale_memory_trim_duration_seconds";
@@ -187,12 +194,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Installs the process-wide Prometheus recorder with the `mode` and `engine` labels and
-/// describes every metric this server exports.
+/// The labels every series of this server carries, in order: what tells servers apart on
+/// one dashboard, and what the live page's title shows (it reads them off the exposition,
+/// see [`live`]), so a label added here appears in both.
+fn global_labels(mode: Mode, engine: Engine) -> Vec<(&'static str, &'static str)> {
+    vec![("mode", mode.as_str()), ("engine", engine.as_str())]
+}
+
+/// Installs the process-wide Prometheus recorder with the global labels and describes
+/// every metric this server exports.
 pub fn install(mode: Mode, engine: Engine) -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .add_global_label("mode", mode.as_str())
-        .add_global_label("engine", engine.as_str())
+    let mut builder = PrometheusBuilder::new();
+    for (name, value) in global_labels(mode, engine) {
+        builder = builder.add_global_label(name, value);
+    }
+    let handle = builder
         .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BROADCAST_DURATION.to_owned()), BROADCAST_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(MEMORY_TRIM_DURATION.to_owned()), TRIM_BUCKETS)?
@@ -308,5 +324,20 @@ fn describe() {
         HOST_TCP_SOCKETS,
         Unit::Count,
         "TCP sockets in use on the whole host (/proc/net/sockstat)."
+    );
+    describe_gauge!(
+        HOST_SLAB,
+        Unit::Bytes,
+        "Kernel slab memory on the whole host (Slab in /proc/meminfo): every socket's tcp_sock, inode, dentry, file and epoll entry among much else; in no process's RSS."
+    );
+    describe_gauge!(
+        HOST_SLAB_UNRECLAIMABLE,
+        Unit::Bytes,
+        "The part of the host's slab the kernel cannot reclaim (SUnreclaim in /proc/meminfo), where a held socket's tcp_sock lives."
+    );
+    describe_gauge!(
+        HOST_TCP_MEMORY,
+        Unit::Bytes,
+        "Socket buffer memory of the host's TCP sockets (mem in /proc/net/sockstat, pages times the page size): data queued, near 0 when idle."
     );
 }
