@@ -4,11 +4,13 @@
 // A test binary has no public API; its `pub` items are for sibling modules.
 #![allow(unreachable_pub)]
 
+mod browser;
 mod compare;
 mod conformance;
 mod deploy;
 mod faults;
 mod hostile;
+mod live;
 mod load;
 mod memory;
 mod metrics;
