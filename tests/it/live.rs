@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
+use wsscale_host::proc::ProcessCounters;
 
 use crate::browser::{Browser, number, screenshot_path};
 use crate::load::interrupt;
@@ -28,11 +29,18 @@ fn agree(page: f64, metrics: f64, connections: usize) -> bool {
     (page - metrics).abs() <= metrics.abs() * 0.03 + 32_768.0 / connections as f64
 }
 
-/// Starts `wsscale load` holding `connections` until interrupted; `extra` adds flags.
-fn start_load(url: &str, connections: usize, extra: &[&str], json: &std::path::Path) -> tokio::process::Child {
+/// Starts `wsscale load` holding `connections` (pinging each every `ping_interval`) until
+/// interrupted; `extra` adds flags.
+fn start_load(
+    url: &str,
+    connections: usize,
+    ping_interval: &str,
+    extra: &[&str],
+    json: &std::path::Path,
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
         .args(["load", "--url", url, "--connections", &connections.to_string()])
-        .args(["--hold", "10m", "--ping-interval", "500ms", "--json"])
+        .args(["--hold", "10m", "--ping-interval", ping_interval, "--json"])
         .arg(json)
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -68,7 +76,13 @@ async fn the_server_page_shows_what_metrics_shows(kind: Kind) {
     assert_eq!(title, format!("wsscale serve · {} · {}", kind.mode, kind.engine));
 
     let dir = tempfile::tempdir().unwrap();
-    let load = start_load(&server.url(), CONNECTIONS, &[], &dir.path().join("summary.json"));
+    let load = start_load(
+        &server.url(),
+        CONNECTIONS,
+        "500ms",
+        &[],
+        &dir.path().join("summary.json"),
+    );
     browser
         .wait_for_text("connections-active", &format_count(CONNECTIONS), SHOWS)
         .await;
@@ -133,7 +147,11 @@ async fn the_server_page_shows_what_metrics_shows(kind: Kind) {
         browser.eval("document.querySelectorAll('.chart canvas').length").await,
         5
     );
-    let shot = screenshot_path(&dir, &format!("live-server-{}.png", kind.mode));
+    let name = match kind.mode {
+        "tasks" => "live-server.png".to_owned(),
+        mode => format!("live-server-{mode}.png"),
+    };
+    let shot = screenshot_path(&dir, &name);
     browser.screenshot(&shot).await;
 
     // The listener's other answers: 404 for what it does not serve, the JSON read-only.
@@ -198,6 +216,7 @@ async fn the_generator_page_shows_its_run() {
     let mut load = start_load(
         &server.url(),
         CONNECTIONS,
+        "500ms",
         &["--processes", "2", "--metrics-listen", "127.0.0.1:0"],
         &json,
     );
@@ -286,4 +305,140 @@ fn format_count(n: usize) -> String {
         grouped.push(digit);
     }
     grouped
+}
+
+/// README's picture: the server's page while `wsscale load` ramps 19,000 connections on
+/// loopback (19,000 fit the 20,000 descriptors of one server process; the generator
+/// shards itself), taken once 15,000 are held. Not part of the suite (it holds 38,000
+/// sockets on the test machine):
+///
+/// `WSSCALE_SCREENSHOTS=docs cargo test --release --test it live::readme_picture -- --ignored`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a picture for README; run by hand"]
+async fn readme_picture_of_a_19000_ramp() {
+    const CONNECTIONS: usize = 19_000;
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
+    let mut browser = Browser::launch().await;
+    browser.open(&format!("http://{}/", server.metrics_addr)).await;
+    browser.wait_for_text("status", "live", SHOWS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let load = start_load(&server.url(), CONNECTIONS, "5s", &["--rate", "1000"], &json);
+    browser
+        .wait_for("15,000 connections held", Duration::from_secs(120), async |browser| {
+            number(&browser.text("connections-active").await).filter(|held| *held >= 15_000.0)
+        })
+        .await;
+    browser
+        .screenshot(&screenshot_path(&dir, "live-server-19000.png"))
+        .await;
+    browser
+        .wait_for_text("connections-active", &format_count(CONNECTIONS), SHOWS)
+        .await;
+    let (output, summary) = interrupt(load, &json).await;
+    assert!(output.status.success());
+    assert_eq!(summary["opened"], CONNECTIONS, "{summary:#}");
+}
+
+/// What the page and its JSON cost the server: RSS per connection at 10,000 held, by the
+/// server's own gauge, without the page, with it open in Chromium for a minute, and
+/// after; the server's CPU time per second in each window; and how long /api/live takes
+/// to answer at 10,000. Prints the figures (README, "Live page"):
+///
+/// `cargo test --release --test it live::what_the_page_costs -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn what_the_page_costs() {
+    const CONNECTIONS: usize = 10_000;
+    const WINDOW: Duration = Duration::from_secs(60);
+    let server = TestServer::start(Kind::TASKS_LEAN, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    // No pings: the server is otherwise idle, so its CPU time is the sampler's and the
+    // listener's.
+    let load = start_load(&server.url(), CONNECTIONS, "0s", &[], &json);
+    server
+        .wait_for_metric(
+            "wsscale_connections_active",
+            &[],
+            CONNECTIONS as f64,
+            Duration::from_secs(120),
+        )
+        .await;
+    // Steady: five readings a second apart within 0.5 % of each other.
+    let mut readings = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        readings.push(
+            server
+                .metrics()
+                .await
+                .value("wsscale_memory_per_connection_bytes", &[("source", "rss")]),
+        );
+        let last: Vec<f64> = readings.iter().rev().take(5).copied().collect();
+        let (low, high) = last
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        if last.len() == 5 && high - low <= low * 0.005 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never steady: {readings:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A measurement window, not a synchronisation: the page (if open) polls meanwhile.
+    // CPU time from every thread's schedstat (nanoseconds): process_cpu_seconds_total
+    // counts whole seconds.
+    let cpu_seconds = || ProcessCounters::read(server.pid()).unwrap().cpu_seconds;
+    let window = async || -> (f64, f64) {
+        let before = cpu_seconds();
+        let started = std::time::Instant::now();
+        tokio::time::sleep(WINDOW).await;
+        let cpu = cpu_seconds() - before;
+        let elapsed = started.elapsed().as_secs_f64();
+        let per_connection = server
+            .metrics()
+            .await
+            .value("wsscale_memory_per_connection_bytes", &[("source", "rss")]);
+        (per_connection, cpu / elapsed)
+    };
+    let (without, cpu_without) = window().await;
+    let mut browser = Browser::launch().await;
+    browser.open(&format!("http://{}/", server.metrics_addr)).await;
+    browser.wait_for_text("status", "live", SHOWS).await;
+    let (with_page, cpu_with) = window().await;
+    assert_eq!(browser.text("status").await, "live");
+    let shown = browser.text("rss-per-connection").await;
+    drop(browser);
+    let (after, cpu_after) = window().await;
+    // /api/live at 10,000 connections, spaced past the reuse of a recent answer.
+    let mut timings = Vec::new();
+    let mut size = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let started = std::time::Instant::now();
+        let (status, response) = http_get(server.metrics_addr, "/api/live", &[]).await;
+        timings.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200);
+        size = body(&response).len();
+    }
+    timings.sort_by(f64::total_cmp);
+    eprintln!("RSS per connection at {CONNECTIONS}, by wsscale_memory_per_connection_bytes{{source=\"rss\"}}:");
+    eprintln!(
+        "  without the page      {without:.0} B   server CPU {:.2} %",
+        cpu_without * 100.0
+    );
+    eprintln!(
+        "  page open 60 s        {with_page:.0} B   server CPU {:.2} %   (the page showed {shown})",
+        cpu_with * 100.0
+    );
+    eprintln!(
+        "  page closed again     {after:.0} B   server CPU {:.2} %",
+        cpu_after * 100.0
+    );
+    eprintln!(
+        "GET /api/live at {CONNECTIONS}: {size} bytes, median {:.2} ms, max {:.2} ms (20 requests)",
+        timings[10], timings[19]
+    );
+    let (output, _) = interrupt(load, &json).await;
+    assert!(output.status.success());
 }

@@ -107,6 +107,9 @@ const Live = (() => {
     }
   }
 
+  // Ticks of a chart of counts: whole numbers only.
+  const INTEGER_STEPS = [1, 2, 5].flatMap((step) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6].map((scale) => step * scale)).sort((a, b) => a - b);
+
   const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
 
   function makeChart(chart) {
@@ -117,7 +120,8 @@ const Live = (() => {
         width: Math.max(320, element.clientWidth),
         height: 200,
         title: chart.title,
-        scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
+        // From 0 (or below), with room above; 0 to 10 while every figure is 0 or missing.
+        scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 10] } },
         series: [
           { value: (u, seconds) => (seconds == null ? DASH : format.time(seconds * 1000)) },
           ...chart.lines.map((line, l) => ({
@@ -128,7 +132,7 @@ const Live = (() => {
             value: (u, value) => chart.format(value),
           })),
         ],
-        axes: [{}, { size: 80, values: (u, ticks) => ticks.map(tick) }],
+        axes: [{}, { size: 80, values: (u, ticks) => ticks.map(tick), ...(chart.integer ? { incrs: INTEGER_STEPS } : {}) }],
       },
       [[], ...chart.lines.map(() => [])],
       element,
@@ -140,7 +144,7 @@ const Live = (() => {
   //   render(answer, r)   writes the figures; r.rate(f) is the change of f(answer) per
   //                       second since the previous answer of the same process (null at
   //                       first, after a restart, or if it went down)
-  //   charts              [{id, title, format, axis?, lines: [{label, value(answer, r)}]}]
+  //   charts              [{id, title, format, axis?, integer?, lines: [{label, value(answer, r)}]}]
   function start(page) {
     const history = new History(page.charts);
     const plots = page.charts.map(makeChart);

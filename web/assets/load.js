@@ -53,6 +53,7 @@
         id: "chart-open",
         title: "Connections open",
         format: format.count,
+        integer: true,
         lines: [{ label: "open", value: (a) => a.open }],
       },
       {

@@ -76,6 +76,7 @@
         id: "chart-connections",
         title: "Connections",
         format: format.count,
+        integer: true,
         lines: [
           { label: "held", value: (a) => a.connections_active },
           { label: "handshakes in flight", value: (a) => a.handshakes_in_flight },
@@ -115,6 +116,7 @@
         id: "chart-threads",
         title: "OS threads and Tokio tasks",
         format: format.count,
+        integer: true,
         lines: [
           { label: "OS threads", value: (a) => a.threads },
           { label: "Tokio tasks", value: (a) => a.tasks_alive },

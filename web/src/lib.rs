@@ -14,8 +14,9 @@
 //! dependency, it draws time series on a canvas and is made for data that streams in
 //! (`setData` once a second redraws in well under a millisecond for these few hundred
 //! points); its licence travels with it (`uPlot.LICENSE`, served at
-//! `/assets/uPlot.LICENSE`). Chart.js is four times its size and not made for streaming;
-//! hand-drawn SVG would mean writing axes, ticks and scales ourselves.
+//! `/assets/uPlot.LICENSE`). The usual alternative, Chart.js, is several times larger and
+//! made for static charts; hand-drawn SVG would mean writing axes, ticks and scales
+//! ourselves.
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
