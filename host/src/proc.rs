@@ -2,9 +2,12 @@
 //! memory, meminfo, loadavg, the vm and kernel sysctls); the two files it does not
 //! (/proc/net/sockstat, and statm read without building a `Process`) take a few lines.
 //!
-//! Host-wide figures (kernel stacks, TCP sockets) matter because part of what a
-//! connection costs is in no process's RSS: 16 KiB of kernel stack per thread, and the
-//! kernel's socket memory.
+//! Host-wide figures (kernel stacks, slab, TCP sockets and their buffer memory) matter
+//! because part of what a connection costs is in no process's RSS: 16 KiB of kernel stack
+//! per thread, and the kernel's socket memory — the `tcp_sock`, inode, dentry, file and
+//! epoll entries of every socket, in the slab allocator ([`KernelMemory`]), and the
+//! buffers queued on it (sockstat's `mem`). They are host-wide: a figure per connection
+//! drawn from them is only as good as the host is quiet.
 
 use std::fs;
 use std::io;
@@ -39,8 +42,72 @@ pub fn memory_available_bytes() -> io::Result<u64> {
 
 /// TCP sockets in use on the host (`TCP: inuse N` in /proc/net/sockstat).
 pub fn tcp_sockets_inuse() -> io::Result<u64> {
+    sockstat_tcp("inuse")
+}
+
+/// Bytes the kernel's slab allocator holds on the host (`Slab` in /proc/meminfo): every
+/// socket's `tcp_sock`, inode, dentry, file and epoll entry among much else; reclaimable
+/// caches (dentries, inodes of files) included.
+pub fn slab_bytes() -> io::Result<u64> {
+    Ok(Meminfo::current().map_err(to_io)?.slab)
+}
+
+/// The part of the slab the kernel cannot reclaim under pressure (`SUnreclaim` in
+/// /proc/meminfo): where a held socket's `tcp_sock` lives. Less disturbed by file-system
+/// activity than `Slab`.
+pub fn slab_unreclaimable_bytes() -> io::Result<u64> {
+    Meminfo::current()
+        .map_err(to_io)?
+        .s_unreclaim
+        .ok_or_else(|| missing("SUnreclaim", "/proc/meminfo"))
+}
+
+/// Bytes of socket buffers the host's TCP sockets hold (`TCP: ... mem N` in
+/// /proc/net/sockstat, which counts pages): data queued to send or not yet read. Near
+/// zero for idle connections.
+pub fn tcp_memory_bytes() -> io::Result<u64> {
+    Ok(sockstat_tcp("mem")? * page_size())
+}
+
+/// The host's kernel memory that no process's RSS shows, read at one moment: /proc/meminfo
+/// once and /proc/net/sockstat once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelMemory {
+    /// `KernelStack`: 16 KiB per thread.
+    pub kernel_stack_bytes: u64,
+    /// `Slab`, reclaimable and not.
+    pub slab_bytes: u64,
+    /// `SUnreclaim`.
+    pub slab_unreclaimable_bytes: u64,
+    /// sockstat's TCP `mem`, in bytes.
+    pub tcp_memory_bytes: u64,
+    /// sockstat's TCP `inuse`.
+    pub tcp_sockets_inuse: u64,
+}
+
+impl KernelMemory {
+    pub fn read() -> io::Result<KernelMemory> {
+        let meminfo = Meminfo::current().map_err(to_io)?;
+        let sockstat = fs::read_to_string("/proc/net/sockstat")?;
+        let tcp = |field| parse_sockstat_tcp(&sockstat, field).ok_or_else(|| missing(field, "/proc/net/sockstat"));
+        Ok(KernelMemory {
+            kernel_stack_bytes: meminfo
+                .kernel_stack
+                .ok_or_else(|| missing("KernelStack", "/proc/meminfo"))?,
+            slab_bytes: meminfo.slab,
+            slab_unreclaimable_bytes: meminfo
+                .s_unreclaim
+                .ok_or_else(|| missing("SUnreclaim", "/proc/meminfo"))?,
+            tcp_memory_bytes: tcp("mem")? * page_size(),
+            tcp_sockets_inuse: tcp("inuse")?,
+        })
+    }
+}
+
+/// One field of the `TCP:` line of /proc/net/sockstat.
+fn sockstat_tcp(field: &str) -> io::Result<u64> {
     let sockstat = fs::read_to_string("/proc/net/sockstat")?;
-    parse_sockstat_tcp_inuse(&sockstat).ok_or_else(|| missing("TCP inuse", "/proc/net/sockstat"))
+    parse_sockstat_tcp(&sockstat, field).ok_or_else(|| missing(&format!("TCP {field}"), "/proc/net/sockstat"))
 }
 
 /// Resident set size of this process in bytes (/proc/self/statm; cheap enough to read
@@ -205,7 +272,8 @@ pub fn page_size() -> u64 {
     procfs::page_size()
 }
 
-fn parse_sockstat_tcp_inuse(sockstat: &str) -> Option<u64> {
+/// The number after `field` on the `TCP:` line (`TCP: inuse 12 orphan 0 tw 3 alloc 20 mem 1`).
+fn parse_sockstat_tcp(sockstat: &str, field: &str) -> Option<u64> {
     let fields: Vec<&str> = sockstat
         .lines()
         .find_map(|line| line.strip_prefix("TCP:"))?
@@ -213,7 +281,7 @@ fn parse_sockstat_tcp_inuse(sockstat: &str) -> Option<u64> {
         .collect();
     fields
         .windows(2)
-        .find(|pair| pair[0] == "inuse")
+        .find(|pair| pair[0] == field)
         .and_then(|pair| pair[1].parse().ok())
 }
 
@@ -228,8 +296,11 @@ mod tests {
     #[test]
     fn parses_sockstat() {
         let sockstat = "sockets: used 290\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 1\nUDP: inuse 2 mem 0\n";
-        assert_eq!(parse_sockstat_tcp_inuse(sockstat), Some(12));
-        assert_eq!(parse_sockstat_tcp_inuse("UDP: inuse 2 mem 0\n"), None);
+        assert_eq!(parse_sockstat_tcp(sockstat, "inuse"), Some(12));
+        assert_eq!(parse_sockstat_tcp(sockstat, "mem"), Some(1));
+        assert_eq!(parse_sockstat_tcp(sockstat, "tw"), Some(3));
+        assert_eq!(parse_sockstat_tcp("UDP: inuse 2 mem 0\n", "inuse"), None);
+        assert_eq!(parse_sockstat_tcp(sockstat, "memory"), None, "fields match whole");
     }
 
     /// The readings parse on this kernel and agree with each other; no value of the host
@@ -251,6 +322,64 @@ mod tests {
         assert!(limits.maps_in_use > 0, "{limits:?}");
         assert!(open_fds(std::process::id()).unwrap() >= 3);
         assert!(memory_available_bytes().unwrap() > 0);
+    }
+
+    /// The kernel-memory readings against this test's own parse of the same files (kB
+    /// in meminfo, pages in sockstat). The host moves between the two reads, so they
+    /// agree within a margin, not exactly.
+    #[test]
+    fn kernel_memory_agrees_with_proc() {
+        let memory = KernelMemory::read().unwrap();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+        let kib = |name: &str| -> u64 {
+            let line = meminfo
+                .lines()
+                .find(|line| line.split(':').next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} in /proc/meminfo"));
+            let value: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            assert!(line.ends_with(" kB"), "{line}");
+            value * 1024
+        };
+        let close = |ours: u64, theirs: u64, what: &str| {
+            let margin = (theirs / 10).max(16 << 20);
+            assert!(ours.abs_diff(theirs) <= margin, "{what}: {ours} vs {theirs} in /proc");
+        };
+        close(memory.slab_bytes, kib("Slab"), "Slab");
+        close(memory.slab_unreclaimable_bytes, kib("SUnreclaim"), "SUnreclaim");
+        close(memory.kernel_stack_bytes, kib("KernelStack"), "KernelStack");
+        close(slab_bytes().unwrap(), kib("Slab"), "slab_bytes()");
+        close(
+            slab_unreclaimable_bytes().unwrap(),
+            kib("SUnreclaim"),
+            "slab_unreclaimable_bytes()",
+        );
+        assert!(memory.slab_bytes >= memory.slab_unreclaimable_bytes && memory.slab_unreclaimable_bytes > 0);
+        assert!(memory.kernel_stack_bytes > 0, "{memory:?}");
+        assert_eq!(memory.tcp_memory_bytes % page_size(), 0, "sockstat counts pages");
+        let sockstat = fs::read_to_string("/proc/net/sockstat").unwrap();
+        let pages = parse_sockstat_tcp(&sockstat, "mem").unwrap();
+        close(tcp_memory_bytes().unwrap(), pages * page_size(), "tcp_memory_bytes()");
+    }
+
+    /// Held TCP sockets show in sockstat's `inuse`: 200 loopback connections are 400
+    /// sockets (this network namespace's count; a margin for sockets others close meanwhile).
+    #[test]
+    fn held_sockets_show_in_sockstat() {
+        let before = KernelMemory::read().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            held.push((client, server));
+        }
+        let during = KernelMemory::read().unwrap();
+        drop(held);
+        assert!(
+            during.tcp_sockets_inuse >= before.tcp_sockets_inuse + 300,
+            "{before:?} -> {during:?}"
+        );
     }
 
     #[test]

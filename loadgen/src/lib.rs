@@ -16,7 +16,9 @@
 //! - [`stats`]: counters and HDR histograms, and the [`stats::Event`]s a shard reports.
 //! - [`report`]: merges shards' events into one [`Summary`] (table and JSON), and
 //!   segments' summaries into one (`wsscale load merge`).
-//! - [`progress`], [`metrics`]: the live view, on a terminal and for Prometheus.
+//! - [`progress`], [`metrics`], [`live`]: the live view, on a terminal, for Prometheus,
+//!   and as a page (`--metrics-listen`: /metrics, the live page at `/` and its JSON at
+//!   `/api/live`, all from the aggregated events of every shard).
 //!
 //! Its own RSS and heap, and its fd limit, come from `wsscale-host`, as the server's do.
 //!
@@ -30,6 +32,7 @@
 
 pub mod client;
 pub mod config;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 pub mod preflight;
@@ -162,7 +165,10 @@ async fn run_child(config: LoadConfig) -> anyhow::Result<()> {
 }
 
 async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> anyhow::Result<Summary> {
-    let metrics = config.metrics_listen.map(metrics::LoadMetrics::install).transpose()?;
+    let metrics = config
+        .metrics_listen
+        .map(|addr| metrics::LoadMetrics::install(addr, live::RunLabels::of(config, processes)))
+        .transpose()?;
     let stop = stop_on_signal();
     let segment_share = config.segment_share();
     if let Some(segment) = config.segment {
@@ -313,14 +319,28 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     settings.reconnect = config.reconnect;
     settings.tls = config.tls.clone();
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
-    let reporter = tokio::spawn({
+    // Counters, new samples, and this process's memory (a read of /proc/self/statm).
+    let progress = {
         let stats = stats.clone();
+        move || {
+            let mut progress = stats.progress();
+            progress.memory = stats::Memory {
+                rss_bytes: proc::self_rss_bytes().unwrap_or(0),
+                heap_bytes: alloc::allocated_bytes() as u64,
+                rss_before_bytes,
+                heap_before_bytes,
+            };
+            progress
+        }
+    };
+    let reporter = tokio::spawn({
         let events = events.clone();
+        let progress = progress.clone();
         async move {
             let mut ticks = tokio::time::interval(PROGRESS_PERIOD);
             loop {
                 ticks.tick().await;
-                if events.send(Event::Progress(stats.progress())).is_err() {
+                if events.send(Event::Progress(progress())).is_err() {
                     return;
                 }
             }
@@ -346,7 +366,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     }
     pool.close_all(CLOSE_ALL_TIMEOUT).await;
     reporter.abort();
-    let _ = events.send(Event::Progress(stats.progress()));
+    let _ = events.send(Event::Progress(progress()));
     let _ = events.send(Event::Done(Done {
         ramp_start_unix,
         ramp_secs: ramp.duration.as_secs_f64(),

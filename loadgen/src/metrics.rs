@@ -1,11 +1,16 @@
-//! The generator's own Prometheus endpoint (`--metrics-listen`), so dashboards show the
-//! client's view beside the server's.
+//! The generator's own Prometheus metrics (`--metrics-listen`), so dashboards show the
+//! client's view beside the server's. They are the process's that has the listener: in a
+//! sharded run the parent, which writes the totals of every shard's events (the children
+//! have no listener). The listener itself, with the live page, is [`crate::live`].
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use metrics::{Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+use crate::live::{self, LiveState, RunLabels};
 use crate::stats::{Histograms, Progress};
 
 pub const CONNECTIONS_OPEN: &str = "wsscale_loadgen_connections_open";
@@ -21,6 +26,7 @@ pub const RECONNECT_FAILURES: &str = "wsscale_loadgen_reconnect_failures_total";
 pub const RECONNECT_DURATION: &str = "wsscale_loadgen_reconnect_seconds";
 pub const PUSH_DELIVERY: &str = "wsscale_loadgen_push_delivery_seconds";
 pub const PUSHES_MISSED: &str = "wsscale_loadgen_pushes_missed_total";
+pub const MEMORY_PER_CONNECTION: &str = "wsscale_loadgen_memory_per_connection_bytes";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -40,12 +46,22 @@ pub struct LoadMetrics {
     ping_rtt: Histogram,
     reconnect: Histogram,
     push_delivery: Histogram,
+    rss_per_connection: Gauge,
+    heap_per_connection: Gauge,
+    /// What the live page's JSON is built from; written here, with the metrics.
+    live: Arc<Mutex<LiveState>>,
 }
 
 impl LoadMetrics {
-    /// Starts the HTTP listener (on the current Tokio runtime) and describes every metric.
-    pub fn install(addr: SocketAddr) -> anyhow::Result<Self> {
-        let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    /// Installs the recorder, describes every metric, binds `addr` and serves /metrics,
+    /// the live page and its JSON there (on the current Tokio runtime), and prints the
+    /// page's address on stderr.
+    pub fn install(addr: SocketAddr, run: RunLabels) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .with_context(|| format!("binding the metrics listener on {addr} (--metrics-listen)"))?;
+        let bound = listener.local_addr()?;
+        let mut builder = PrometheusBuilder::new();
         for name in [
             CONNECT_DURATION,
             TLS_HANDSHAKE_DURATION,
@@ -56,7 +72,7 @@ impl LoadMetrics {
             builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)?;
         }
         builder = builder.set_buckets_for_metric(Matcher::Full(RECONNECT_DURATION.to_owned()), RECONNECT_BUCKETS)?;
-        builder.install()?;
+        let prometheus = builder.install_recorder()?;
         metrics::describe_gauge!(
             CONNECTIONS_OPEN,
             Unit::Count,
@@ -114,6 +130,12 @@ impl LoadMetrics {
             Unit::Count,
             "Server pushes missed: sequence gaps per connection, summed."
         );
+        metrics::describe_gauge!(
+            MEMORY_PER_CONNECTION,
+            Unit::Bytes,
+            "The generator's own memory growth since before its first connection, by source (rss, heap), summed over its processes, per open connection; 0 with none open."
+        );
+        let live = Arc::new(Mutex::new(LiveState::new(run)));
         let metrics = LoadMetrics {
             open: metrics::gauge!(CONNECTIONS_OPEN),
             connect: metrics::histogram!(CONNECT_DURATION),
@@ -122,6 +144,9 @@ impl LoadMetrics {
             ping_rtt: metrics::histogram!(PING_RTT),
             reconnect: metrics::histogram!(RECONNECT_DURATION),
             push_delivery: metrics::histogram!(PUSH_DELIVERY),
+            rss_per_connection: metrics::gauge!(MEMORY_PER_CONNECTION, "source" => "rss"),
+            heap_per_connection: metrics::gauge!(MEMORY_PER_CONNECTION, "source" => "heap"),
+            live: live.clone(),
         };
         // The commonest causes are present from the first scrape; others appear when seen.
         for reason in ["refused", "timeout", "reset", "http_503"] {
@@ -134,12 +159,22 @@ impl LoadMetrics {
             metrics::counter!(RECONNECT_FAILURES, "reason" => reason).absolute(0);
         }
         metrics.update(&Progress::default());
+        tokio::spawn(live::serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            prometheus,
+            live,
+        ));
+        eprintln!("metrics http://{bound}/metrics, live page http://{bound}/");
         Ok(metrics)
     }
 
     /// Writes the run's totals.
     pub fn update(&self, totals: &Progress) {
         self.open.set(totals.open_now as f64);
+        let (rss, heap) = totals.memory.per_connection(totals.open_now).unwrap_or_default();
+        self.rss_per_connection.set(rss);
+        self.heap_per_connection.set(heap);
+        live::lock(&self.live).update(totals);
         metrics::counter!(CONNECTIONS_OPENED).absolute(totals.opened);
         for (reason, count) in &totals.failures {
             metrics::counter!(CONNECT_FAILURES, "reason" => reason.clone()).absolute(*count);
@@ -154,8 +189,9 @@ impl LoadMetrics {
         metrics::counter!(PUSHES_MISSED).absolute(totals.push_missed);
     }
 
-    /// Feeds new samples (microseconds) into the Prometheus histograms.
+    /// Feeds new samples (microseconds) into the Prometheus histograms, and the page's.
     pub fn record(&self, recent: &Histograms) {
+        live::lock(&self.live).record(recent);
         for (histogram, samples) in [
             (&self.connect, &recent.connect_us),
             (&self.tls_handshake, &recent.tls_us),

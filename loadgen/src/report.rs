@@ -365,6 +365,7 @@ impl Summary {
             failures: self.failures.clone(),
             lost_by_cause: self.lost.clone(),
             reconnect_failures: self.reconnect_failures.clone(),
+            memory: crate::stats::Memory::default(),
             recent: Histograms::default(),
         }
     }

@@ -200,6 +200,7 @@ impl Stats {
             failures: lock(&self.failures).clone(),
             lost_by_cause: lock(&self.lost_by_cause).clone(),
             reconnect_failures: lock(&self.reconnect_failures).clone(),
+            memory: Memory::default(),
             recent,
         }
     }
@@ -224,7 +225,41 @@ pub struct Progress {
     pub failures: BTreeMap<String, u64>,
     pub lost_by_cause: BTreeMap<String, u64>,
     pub reconnect_failures: BTreeMap<String, u64>,
+    /// The process's memory now and before its first connection (summed over processes
+    /// in totals): the live page's memory per connection.
+    #[serde(default)]
+    pub memory: Memory,
     pub recent: Histograms,
+}
+
+/// A shard process's own memory: RSS (/proc/self/statm) and live heap (the counting
+/// allocator; 0 where it is not installed), now and before its first connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub rss_bytes: u64,
+    pub heap_bytes: u64,
+    pub rss_before_bytes: u64,
+    pub heap_before_bytes: u64,
+}
+
+impl Memory {
+    fn add(&mut self, other: &Memory) {
+        self.rss_bytes += other.rss_bytes;
+        self.heap_bytes += other.heap_bytes;
+        self.rss_before_bytes += other.rss_before_bytes;
+        self.heap_before_bytes += other.heap_before_bytes;
+    }
+
+    /// Growth since before the first connection, per open connection (RSS, heap); None
+    /// with no connection open.
+    pub fn per_connection(&self, open: u64) -> Option<(f64, f64)> {
+        (open > 0).then(|| {
+            (
+                self.rss_bytes.saturating_sub(self.rss_before_bytes) as f64 / open as f64,
+                self.heap_bytes.saturating_sub(self.heap_before_bytes) as f64 / open as f64,
+            )
+        })
+    }
 }
 
 impl Progress {
@@ -243,8 +278,10 @@ impl Progress {
             failures,
             lost_by_cause,
             reconnect_failures,
+            memory,
             recent: _,
         } = other;
+        self.memory.add(memory);
         self.opened += opened;
         self.open_now += open_now;
         self.failed += failed;

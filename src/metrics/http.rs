@@ -1,6 +1,8 @@
-//! GET /metrics and GET /healthz, and (with `--allow-broadcast`) POST /broadcast, on their
-//! own listener. It stays up while the WebSocket side drains, so the drain can be watched.
-//! /healthz answers 200 `ok` while the server serves, and 503 `draining` from the first
+//! GET /metrics and GET /healthz, the live page (GET /, its assets under /assets/ and its
+//! JSON at GET /api/live: `wsscale_web`, [`super::live`]), and (with `--allow-broadcast`)
+//! POST /broadcast, on their own listener; every other path answers 404. It stays up while
+//! the WebSocket side drains, so the drain can be watched, on the page too. /healthz
+//! answers 200 `ok` while the server serves, and 503 `draining` from the first
 //! SIGINT/SIGTERM on (see [`crate::drain`]): what balancers and readiness probes follow.
 
 use std::net::SocketAddr;
@@ -53,23 +55,42 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves until the process exits.
+/// Serves until the process exits. Logs the live page's address first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sampler: SamplerHandle,
     broadcaster: Arc<dyn Broadcaster>,
     draining: Draining,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let addr = listener.local_addr()?;
+    tracing::info!(url = %format!("http://{addr}/"), "live page");
+    axum::serve(listener, router(sampler, broadcaster, draining)).await
+}
+
+fn router(sampler: SamplerHandle, broadcaster: Arc<dyn Broadcaster>, draining: Draining) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/broadcast", post(broadcast))
+        .route(wsscale_web::LIVE_JSON_PATH, get(live))
+        .merge(wsscale_web::routes(wsscale_web::Page::Server))
+        .fallback(wsscale_web::not_found)
         .with_state(Endpoints {
             sampler,
             broadcaster,
             draining,
-        });
-    axum::serve(listener, app).await
+        })
+}
+
+/// The live page's figures (see [`super::live::LiveServer`]).
+async fn live(State(endpoints): State<Endpoints>) -> Response {
+    match endpoints.sampler.live().await {
+        Some(live) => match serde_json::to_string(&live) {
+            Ok(json) => wsscale_web::live_json(json),
+            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+        },
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "the sampler thread has stopped\n").into_response(),
+    }
 }
 
 async fn healthz(State(endpoints): State<Endpoints>) -> Response {

@@ -8,7 +8,10 @@
 //!   histogram samples in, renders each scrape — so no /proc read ever runs on a thread
 //!   that serves connections — and gives the allocator's free memory back to the OS after
 //!   a burst of handshakes;
-//! - [`http`]: GET /metrics and GET /healthz.
+//! - [`live`]: the live page's JSON (`GET /api/live`), built on the sampler thread from the
+//!   very exposition a scrape gets, plus the zero-connection baselines and the limits;
+//! - [`http`]: GET /metrics, GET /healthz, the live page (`GET /`, its assets and its
+//!   JSON) and POST /broadcast.
 //!
 //! Every series carries the `mode`, `engine` and `scheme` (ws or wss) labels (global
 //! labels) so every server compares on one dashboard. Labels are bounded: close and reject reasons, memory
@@ -16,6 +19,7 @@
 //! so the first scrape already shows all of them.
 
 pub mod http;
+pub mod live;
 mod registry;
 pub mod sampler;
 
@@ -38,13 +42,25 @@ const BROADCAST_BUCKETS: &[f64] = &[
 /// A trim walks every arena's free chunks: tens of microseconds to tens of milliseconds.
 const TRIM_BUCKETS: &[f64] = &[0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
+/// The labels every series of this server carries, in order: what tells servers apart on
+/// one dashboard, and what the live page's title shows (it reads them off the exposition,
+/// see [`live`]), so a label added here appears in both.
+fn global_labels(mode: Mode, engine: Engine, scheme: Scheme) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("mode", mode.as_str()),
+        ("engine", engine.as_str()),
+        ("scheme", scheme.as_str()),
+    ]
+}
+
 /// Installs the process-wide Prometheus recorder with the `mode` and `engine` labels and
 /// describes every metric this server exports.
 pub fn install(mode: Mode, engine: Engine, scheme: Scheme) -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .add_global_label("mode", mode.as_str())
-        .add_global_label("engine", engine.as_str())
-        .add_global_label("scheme", scheme.as_str())
+    let mut builder = PrometheusBuilder::new();
+    for (name, value) in global_labels(mode, engine, scheme) {
+        builder = builder.add_global_label(name, value);
+    }
+    let handle = builder
         .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(TLS_HANDSHAKE_DURATION.to_owned()), HANDSHAKE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BROADCAST_DURATION.to_owned()), BROADCAST_BUCKETS)?
@@ -171,5 +187,20 @@ fn describe() {
         HOST_TCP_SOCKETS,
         Unit::Count,
         "TCP sockets in use on the whole host (/proc/net/sockstat)."
+    );
+    describe_gauge!(
+        HOST_SLAB,
+        Unit::Bytes,
+        "Kernel slab memory on the whole host (Slab in /proc/meminfo): every socket's tcp_sock, inode, dentry, file and epoll entry among much else; in no process's RSS."
+    );
+    describe_gauge!(
+        HOST_SLAB_UNRECLAIMABLE,
+        Unit::Bytes,
+        "The part of the host's slab the kernel cannot reclaim (SUnreclaim in /proc/meminfo), where a held socket's tcp_sock lives."
+    );
+    describe_gauge!(
+        HOST_TCP_MEMORY,
+        Unit::Bytes,
+        "Socket buffer memory of the host's TCP sockets (mem in /proc/net/sockstat, pages times the page size): data queued, near 0 when idle."
     );
 }

@@ -9,6 +9,11 @@
 //! broadcast durations into their histograms (see [`ServerMetrics::flush_pending`]) and
 //! runs the exporter's upkeep once a second.
 //!
+//! The live page's JSON is answered here too ([`SamplerHandle::live`]): a scrape, sampled
+//! and rendered exactly as for /metrics, read back into [`LiveServer`] with the baselines
+//! only this thread holds. An open page asks once a second; answers less than
+//! [`LIVE_REUSE`] old are reused, so several open pages cost one sample.
+//!
 //! It also gives memory back to the OS after a burst of handshakes ([`Trimmer`]): once no
 //! handshake is in flight and the resident memory outside the live heap has grown by
 //! `--trim-threshold` since the last time, it calls glibc's `malloc_trim(0)`. Here rather
@@ -27,17 +32,22 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use wsscale_host::proc::KernelMemory;
 use wsscale_host::{alloc, proc};
 
+use super::live::{self, Limits, LiveServer, SamplerFacts};
 use super::registry::{
     CONNECTIONS_ACTIVE, CONNECTIONS_MAX, HANDSHAKES_IN_FLIGHT, HANDSHAKES_MAX, HEAP_ALLOCATED, HOST_KERNEL_STACK,
-    HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, MEMORY_TRIM_DURATION, MEMORY_TRIMMED, MEMORY_TRIMS, RUNTIME_WORKERS,
-    ServerMetrics, TASKS_ALIVE, at_zero,
+    HOST_SLAB, HOST_SLAB_UNRECLAIMABLE, HOST_TCP_MEMORY, HOST_TCP_SOCKETS, MEMORY_PER_CONNECTION, MEMORY_TRIM_DURATION,
+    MEMORY_TRIMMED, MEMORY_TRIMS, RUNTIME_WORKERS, ServerMetrics, TASKS_ALIVE, at_zero,
 };
 
 /// How often histogram samples are folded in (and, with no connection open, the
 /// baseline is read) between scrapes.
 const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+/// A live answer this recent is given again rather than sampled anew: pages poll once a
+/// second, so two open pages (or a page and a reload) cost one sample.
+const LIVE_REUSE: Duration = Duration::from_millis(500);
 
 /// The figures a scrape reads off the running server besides /proc.
 pub trait ConnectionCount: Send + Sync {
@@ -52,6 +62,8 @@ pub trait ConnectionCount: Send + Sync {
 struct Baseline {
     rss_bytes: u64,
     heap_bytes: u64,
+    /// The host's kernel memory at that moment (the live page's kernel share).
+    kernel: Option<KernelMemory>,
 }
 
 /// What the sampler thread owns.
@@ -72,7 +84,18 @@ struct Sampler {
     workers: Gauge,
     kernel_stack: Gauge,
     tcp_sockets: Gauge,
+    slab: Gauge,
+    slab_unreclaimable: Gauge,
+    tcp_memory: Gauge,
+    /// The host's kernel memory at the last sample.
+    kernel_now: Option<KernelMemory>,
     trimmer: Trimmer,
+    /// When this sampler started (the live page tells a restarted server by it).
+    started_unix_ms: u64,
+    /// The limits the live page shows, read once at start.
+    limits: Limits,
+    /// The last live answer and when it was sampled.
+    last_live: Option<(Instant, LiveServer)>,
 }
 
 /// Gives the allocator's free memory back to the OS when a burst of handshakes has left
@@ -145,14 +168,19 @@ impl Trimmer {
     }
 }
 
-/// A scrape's request: the rendered exposition comes back on the channel.
-type RenderRequest = tokio::sync::oneshot::Sender<String>;
+/// What the sampler thread is asked for; the answer comes back on the channel.
+enum Request {
+    /// A scrape: the rendered exposition.
+    Render(tokio::sync::oneshot::Sender<String>),
+    /// The live page's figures.
+    Live(tokio::sync::oneshot::Sender<LiveServer>),
+}
 
-/// Asks the sampler thread for a fresh scrape. Cheap to clone.
+/// Asks the sampler thread for a fresh scrape, or the live page's figures. Cheap to clone.
 #[derive(Clone)]
 pub struct SamplerHandle {
     /// The sampler thread's inbox; the thread ends when every handle is dropped.
-    requests: mpsc::Sender<RenderRequest>,
+    requests: mpsc::Sender<Request>,
 }
 
 impl SamplerHandle {
@@ -187,10 +215,20 @@ impl SamplerHandle {
             workers: metrics::gauge!(RUNTIME_WORKERS),
             kernel_stack: metrics::gauge!(HOST_KERNEL_STACK),
             tcp_sockets: metrics::gauge!(HOST_TCP_SOCKETS),
+            slab: metrics::gauge!(HOST_SLAB),
+            slab_unreclaimable: metrics::gauge!(HOST_SLAB_UNRECLAIMABLE),
+            tcp_memory: metrics::gauge!(HOST_TCP_MEMORY),
+            kernel_now: None,
             trimmer: Trimmer::new(trim_threshold_bytes),
+            started_unix_ms: live::unix_now_ms(),
+            limits: Limits::read(None, max_connections),
+            last_live: None,
         };
         sampler.sample();
-        let (requests, inbox) = mpsc::channel::<RenderRequest>();
+        // The mode is one of the global labels: read it off the first exposition, as the
+        // page reads its title.
+        sampler.limits = Limits::read(live::mode_of(&sampler.prometheus.render()), max_connections);
+        let (requests, inbox) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("wsscale-sampler".into())
             .spawn(move || {
@@ -199,8 +237,11 @@ impl SamplerHandle {
                 let mut next_upkeep = Instant::now() + UPKEEP_PERIOD;
                 loop {
                     match inbox.recv_timeout(next_upkeep.saturating_duration_since(Instant::now())) {
-                        Ok(reply) => {
+                        Ok(Request::Render(reply)) => {
                             let _ = reply.send(sampler.render());
+                        }
+                        Ok(Request::Live(reply)) => {
+                            let _ = reply.send(sampler.live());
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             sampler.upkeep();
@@ -216,8 +257,16 @@ impl SamplerHandle {
     /// A scrape, sampled now; None if the sampler thread is gone.
     pub async fn render(&self) -> Option<String> {
         let (reply, rendered) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).ok()?;
+        self.requests.send(Request::Render(reply)).ok()?;
         rendered.await.ok()
+    }
+
+    /// The live page's figures, sampled now (or less than [`LIVE_REUSE`] ago); None if
+    /// the sampler thread is gone.
+    pub async fn live(&self) -> Option<LiveServer> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send(Request::Live(reply)).ok()?;
+        answer.await.ok()
     }
 }
 
@@ -229,9 +278,13 @@ impl Sampler {
         self.trimmer.trim_if_due(handshakes_in_flight);
         self.process.collect();
         let active = self.connections.active_connections();
+        self.kernel_now = KernelMemory::read()
+            .inspect_err(|error| tracing::debug!(%error, "cannot read the host's kernel memory"))
+            .ok();
         let now = Baseline {
             rss_bytes: proc::self_rss_bytes().unwrap_or(0),
             heap_bytes: alloc::allocated_bytes() as u64,
+            kernel: self.kernel_now,
         };
         if (active == 0 && handshakes_in_flight == 0) || self.baseline.is_none() {
             self.baseline = Some(now);
@@ -254,11 +307,12 @@ impl Sampler {
         let runtime_metrics = self.runtime.metrics();
         self.tasks_alive.set(runtime_metrics.num_alive_tasks() as f64);
         self.workers.set(runtime_metrics.num_workers() as f64);
-        if let Ok(bytes) = proc::kernel_stack_bytes() {
-            self.kernel_stack.set(bytes as f64);
-        }
-        if let Ok(sockets) = proc::tcp_sockets_inuse() {
-            self.tcp_sockets.set(sockets as f64);
+        if let Some(kernel) = self.kernel_now {
+            self.kernel_stack.set(kernel.kernel_stack_bytes as f64);
+            self.tcp_sockets.set(kernel.tcp_sockets_inuse as f64);
+            self.slab.set(kernel.slab_bytes as f64);
+            self.slab_unreclaimable.set(kernel.slab_unreclaimable_bytes as f64);
+            self.tcp_memory.set(kernel.tcp_memory_bytes as f64);
         }
     }
 
@@ -267,6 +321,30 @@ impl Sampler {
         self.prometheus.run_upkeep();
         self.sample();
         self.prometheus.render()
+    }
+
+    /// A scrape read back into the live page's figures, with the baselines.
+    fn live(&mut self) -> LiveServer {
+        if let Some((sampled_at, live)) = &self.last_live
+            && sampled_at.elapsed() < LIVE_REUSE
+        {
+            return live.clone();
+        }
+        let exposition = self.render();
+        let baseline = self.baseline.unwrap_or_default();
+        let live = LiveServer::build(
+            &exposition,
+            &SamplerFacts {
+                started_unix_ms: self.started_unix_ms,
+                rss_baseline_bytes: baseline.rss_bytes,
+                heap_baseline_bytes: baseline.heap_bytes,
+                kernel_now: self.kernel_now,
+                kernel_baseline: baseline.kernel,
+                limits: &self.limits,
+            },
+        );
+        self.last_live = Some((Instant::now(), live.clone()));
+        live
     }
 
     /// Histogram samples wait in per-metric buffers until upkeep folds them into buckets;

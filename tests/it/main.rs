@@ -5,6 +5,7 @@
 // A test binary has no public API; its `pub` items are for sibling modules.
 #![allow(unreachable_pub)]
 
+mod browser;
 mod compare;
 mod conformance;
 mod deploy;
@@ -12,6 +13,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod in_process;
+mod live;
 mod load;
 mod load_tls;
 mod memory;

@@ -22,6 +22,9 @@ async fn agrees_with_the_test_and_with_proc(kind: Kind) {
         "wsscale_heap_allocated_bytes",
         "wsscale_host_kernel_stack_bytes",
         "wsscale_host_tcp_sockets_inuse",
+        "wsscale_host_slab_bytes",
+        "wsscale_host_slab_unreclaimable_bytes",
+        "wsscale_host_tcp_memory_bytes",
         "wsscale_runtime_workers",
     ] {
         assert!(
