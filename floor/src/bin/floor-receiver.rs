@@ -61,9 +61,13 @@ struct Args {
     /// The longest the receiver waits for pushes once every connection is open.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Write the summary as JSON here.
+    /// Write the summary as JSON here (then print `done`).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Once the summary is out, hold every connection open until SIGINT/SIGTERM, so the
+    /// server's CPU can be read before the connections close.
+    #[arg(long)]
+    linger: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -111,6 +115,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for (index, connection) in connections.into_iter().enumerate() {
         shares[index % threads].push(connection);
     }
+    let mut held = Vec::new();
     let tally = std::thread::scope(|scope| {
         let waiters: Vec<_> = shares
             .into_iter()
@@ -119,8 +124,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         waiters
             .into_iter()
             .map(|waiter| waiter.join().expect("a receiver thread panicked"))
-            .try_fold(Tally::new(), |mut all, tally| {
-                all.merge(tally?);
+            .try_fold(Tally::new(), |mut all, waited| {
+                let (tally, connections) = waited?;
+                all.merge(tally);
+                held.push(connections);
                 Ok::<_, std::io::Error>(all)
             })
     })?;
@@ -129,6 +136,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")?;
     }
+    println!("done");
+    std::io::stdout().flush()?;
+    while args.linger && !STOP.load(Ordering::Acquire) {
+        // Nothing to do but wait for the signal; the connections stay open meanwhile.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
     Ok(())
 }
 
@@ -384,13 +398,14 @@ fn process_cpu_time() -> Duration {
 }
 
 /// One thread: its share of the connections in one epoll set, until every connection
-/// has its pushes (or is lost), the deadline, or a signal.
+/// has its pushes (or is lost), the deadline, or a signal. Returns the connections still
+/// open, for `--linger`.
 fn wait_for_pushes(
     mut connections: Vec<Connection>,
     args: &Args,
     deadline: Instant,
     mask: [u8; 4],
-) -> std::io::Result<Tally> {
+) -> std::io::Result<(Tally, Vec<Connection>)> {
     let mut tally = Tally::new();
     // SAFETY: epoll_create1 with a valid flag; the fd is closed by OwnedFd.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -456,7 +471,7 @@ fn wait_for_pushes(
             }
         }
     }
-    Ok(tally)
+    Ok((tally, connections))
 }
 
 impl Connection {

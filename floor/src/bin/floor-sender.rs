@@ -152,23 +152,32 @@ fn accept_loop(listener: &TcpListener, peers: &Mutex<Peers>) {
                 continue;
             }
         };
-        match upgrade(&stream) {
-            Ok(()) => peers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .list
-                .push(Peer {
-                    stream,
-                    broken: AtomicBool::new(false),
-                }),
+        let answer = match read_upgrade(&stream) {
+            Ok(answer) => answer,
+            Err(error) => {
+                eprintln!("floor-sender: upgrade: {error}");
+                continue;
+            }
+        };
+        // The 101 and the connection's place in the list under the lock a broadcast holds:
+        // no push can reach a connection before its 101, nor miss one after it.
+        let mut peers = peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let answered = (&stream)
+            .write_all(answer.as_bytes())
+            .and_then(|()| stream.set_nonblocking(true));
+        match answered {
+            Ok(()) => peers.list.push(Peer {
+                stream,
+                broken: AtomicBool::new(false),
+            }),
             Err(error) => eprintln!("floor-sender: upgrade: {error}"),
         }
     }
 }
 
-/// Reads an upgrade request (within 10 s) and answers it: 101, or the refusal's status.
-/// Leaves the socket non-blocking for the broadcasts' writes.
-fn upgrade(stream: &TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+/// Reads an upgrade request (within 10 s): the 101 to answer it with, or an error once
+/// the refusal's status is answered.
+fn read_upgrade(stream: &TcpStream) -> Result<String, Box<dyn std::error::Error>> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head = [0u8; 4096];
@@ -194,9 +203,7 @@ fn upgrade(stream: &TcpStream) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
-    (&*stream).write_all(answer.as_bytes())?;
-    stream.set_nonblocking(true)?;
-    Ok(())
+    Ok(answer)
 }
 
 /// One request on the control port: POST /broadcast[?size=BYTES] or GET /healthz.
