@@ -144,6 +144,7 @@ fn every_connection_gets_every_push_in_order_and_the_receiver_times_each() {
     for (push, seq) in pushes.iter().zip(1..) {
         assert_eq!(push["seq"], seq);
         assert_eq!(push["delivered"], CONNECTIONS);
+        assert_eq!(push["missed"], 0);
         let (p50, max) = (push["p50_ms"].as_f64().unwrap(), push["max_ms"].as_f64().unwrap());
         assert!(p50 > 0.0 && p50 <= max && max < DEADLINE.as_secs_f64() * 1e3, "{push}");
     }

@@ -356,6 +356,8 @@ impl Tally {
             "pushes": self.per_push.iter().map(|(seq, histogram)| json!({
                 "seq": seq,
                 "delivered": histogram.len(),
+                // Connections that did not get it (every connection was open before it).
+                "missed": (args.connections as u64).saturating_sub(histogram.len()),
                 "p50_ms": ms(histogram, 0.5),
                 "p99_ms": ms(histogram, 0.99),
                 "max_ms": histogram.max() as f64 / 1e3,
@@ -369,8 +371,8 @@ impl Tally {
 fn print_summary(summary: &serde_json::Value) {
     for push in summary["pushes"].as_array().into_iter().flatten() {
         println!(
-            "push {}: delivered {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            push["seq"], push["delivered"], push["p50_ms"], push["p99_ms"], push["max_ms"]
+            "push {}: delivered {}, missed {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            push["seq"], push["delivered"], push["missed"], push["p50_ms"], push["p99_ms"], push["max_ms"]
         );
     }
     let delivery = &summary["delivery_ms"];
