@@ -65,7 +65,8 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Once the summary is out, hold every connection open until SIGINT/SIGTERM, so the
-    /// server's CPU can be read before the connections close.
+    /// server's CPU can be read before the connections close (pings are no longer
+    /// answered meanwhile).
     #[arg(long)]
     linger: bool,
 }
