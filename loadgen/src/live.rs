@@ -1,6 +1,6 @@
 //! The generator's listener (`--metrics-listen`): GET /metrics (the recorder's exposition),
 //! the live page (GET /, its assets: `wsscale_web`) and its JSON (GET /api/live, every field
-//! in README, "Live page"); every other path answers 404.
+//! in docs/live.md); every other path answers 404.
 //!
 //! The figures are those the Prometheus metrics get, at the same moment: [`LoadMetrics`]
 //! writes both from the aggregator's totals of every shard's events, so in a sharded run

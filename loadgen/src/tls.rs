@@ -22,7 +22,7 @@
 //!
 //! What a held wss connection costs the generator: the boxed `TlsStream` (rustls'
 //! `ClientConnection` state and its incoming buffer, which tokio-rustls' pending read
-//! keeps at 4 KiB for an idle connection). README "wss://" gives the measured figure.
+//! keeps at 4 KiB for an idle connection). docs/load.md "wss://" gives the measured figure.
 
 use std::io;
 use std::net::IpAddr;
@@ -310,7 +310,7 @@ pub fn log_first_failure(error: &io::Error) {
     }
 }
 
-/// A rustls error as the summary counts it. Stable names (README "Failure causes"):
+/// A rustls error as the summary counts it. Stable names (docs/load.md "Failure causes"):
 ///
 /// - `tls_certificate_unknown`: the server's certificate does not chain to a trusted
 ///   root (a self-signed server without `--tls-ca`, the wrong or a stale CA file);

@@ -1,5 +1,5 @@
 //! The live page's JSON (`GET /api/live` on the metrics listener): one object per
-//! request, every field listed in README ("Live page") and below.
+//! request, every field listed in docs/live.md and below.
 //!
 //! It is built on the sampler thread from the exposition a scrape of /metrics renders at
 //! that moment — so every figure the page shows is one /metrics shows, read once, and no

@@ -24,7 +24,7 @@
 //! either way; malloc_info showed ~20 MiB free in the Tokio workers' arenas, where the HTTP
 //! phases ran); with it 1,180 B paced and 1,227–1,284 B unpaced, for one trim of ~1–2 ms
 //! per burst. Fewer handshakes in flight (`--max-handshakes 256`: 1,730 B), mallopt
-//! settings and other allocators were measured too: README, "Memory after a burst".
+//! settings and other allocators were measured too: docs/serve.md, "Memory after a burst".
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};

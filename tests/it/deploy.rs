@@ -2,7 +2,7 @@
 //! kustomization rendered by `kubectl kustomize` and validated by `kubernetes-validate`
 //! against the Kubernetes API schemas; the Grafana ConfigMaps holding exactly the files
 //! docker-compose.yml mounts; probes, drain delays, grace periods, sysctls and memory budgets consistent
-//! with the server's flags and FACTS.md's measurements; the Indexed Job's segments and
+//! with the server's flags and the project's own measurements; the Indexed Job's segments and
 //! the documented way to start a run; the Prometheus relabelling run by a real
 //! Prometheus; and every WSSCALE_* variable set by the manifests and by compose checked
 //! against what the binary reads.
@@ -45,16 +45,18 @@ const SAFE_SYSCTLS: [&str; 10] = [
     "net.ipv4.tcp_keepalive_probes",
 ];
 
-/// What one idle connection costs the pod's memory cgroup, from FACTS.md (measured on
-/// wsscale and on this machine's kernel). Kernel memory counts: sockets, kernel stacks
-/// and task_structs are charged to the cgroup like user memory.
+/// What one idle connection costs the pod's memory cgroup, as this project measured it
+/// (docs/serve.md, docs/results.md, docs/live.md). Kernel memory counts: sockets,
+/// kernel stacks and task_structs are charged to the cgroup like user memory.
 fn bytes_per_connection(mode: &str) -> u64 {
-    const KERNEL_SOCKET: u64 = 3_900; // slab per idle TCP socket
+    const KERNEL_SOCKET: u64 = 4_406; // slab per TCP socket added (docs/live.md)
     match mode {
-        // The worst user figure measured: 8,192 handshakes in flight on 2 cores (paced: 1.1 KiB).
-        "tasks" => 3_326 + KERNEL_SOCKET,
-        // 15.8 KiB user (touched stack, TLS, signal stack), 16 KiB kernel stack, ~5.9 KB task_struct.
-        "threads" => 16_180 + 16_384 + 5_900 + KERNEL_SOCKET,
+        // The worst user figure measured: a burst of 2,048 handshakes without the trim
+        // (docs/serve.md "Memory after a burst"; paced: 1.1 KiB).
+        "tasks" => 2_768 + KERNEL_SOCKET,
+        // User memory after a reconnect storm (docs/results.md; paced: 10.5 KiB), the
+        // 16 KiB kernel stack, and a task_struct (4,288 B in /proc/slabinfo here).
+        "threads" => 11_814 + 16_384 + 4_288 + KERNEL_SOCKET,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -421,7 +423,7 @@ fn servers_probe_drain_and_fit_their_memory_budget() {
             );
         }
 
-        // The connection cap keeps the pod inside its memory: FACTS.md's cost per
+        // The connection cap keeps the pod inside its memory: the measured cost per
         // connection times the cap, plus the process, fits the request.
         let max_connections: u64 = env(container, "WSSCALE_MAX_CONNECTIONS")
             .expect("the cap is explicit, so the memory can be sized to it")

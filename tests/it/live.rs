@@ -317,7 +317,7 @@ fn format_count(n: usize) -> String {
 ///
 /// `WSSCALE_SCREENSHOTS=docs cargo test --release --test it live::readme_picture -- --ignored`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a picture for README; run by hand"]
+#[ignore = "a picture for docs/live.md; run by hand"]
 async fn readme_picture_of_a_19000_ramp() {
     const CONNECTIONS: usize = 19_000;
     let server = TestServer::start(Kind::TASKS_LEAN, &[]);
@@ -346,7 +346,7 @@ async fn readme_picture_of_a_19000_ramp() {
 /// What the page and its JSON cost the server: RSS per connection at 10,000 held, by the
 /// server's own gauge, without the page, with it open in Chromium for a minute, and
 /// after; the server's CPU time per second in each window; and how long /api/live takes
-/// to answer at 10,000. Prints the figures (README, "Live page"):
+/// to answer at 10,000. Prints the figures (docs/live.md):
 ///
 /// `cargo test --release --test it live::what_the_page_costs -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

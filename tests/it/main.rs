@@ -9,6 +9,7 @@ mod browser;
 mod compare;
 mod conformance;
 mod deploy;
+mod docs;
 mod faults;
 mod fleet;
 mod hostile;
