@@ -5,7 +5,8 @@
 #
 #   scripts/autobahn.sh ws://127.0.0.1:PORT/ws OUTDIR [AGENT]
 #
-# Cases 12.* and 13.* (permessage-deflate) are excluded: wsscale does not negotiate
+# URL is ws:// or wss:// (the suite does not verify the certificate). Cases 12.* and 13.*
+# (permessage-deflate) are excluded: wsscale does not negotiate
 # compression. Exit status: non-zero when the suite cannot be installed or run.
 set -euo pipefail
 url=${1:?usage: autobahn.sh URL OUTDIR [AGENT]}

@@ -1,5 +1,8 @@
 //! RFC 6455 conformance: the Autobahn|Testsuite fuzzing client against /ws, both modes,
-//! both engines.
+//! both engines, and over wss:// for the lean engine in tasks mode (the suite's client
+//! speaks TLS through pyOpenSSL; the lean engine's TLS is its own driver of rustls'
+//! unbuffered API, so the whole suite runs through it). The other wss stacks, for a longer
+//! run: `scripts/autobahn.sh wss://… OUTDIR AGENT` against `wsscale serve --tls-self-signed`.
 //! Every case must meet the engine's [`PassBar`]: for the lean engine, OK or
 //! INFORMATIONAL; for the stock tungstenite engine, OK, NON-STRICT or INFORMATIONAL;
 //! close behaviour OK or INFORMATIONAL in both. The suite runs on Python 2.7;
@@ -16,6 +19,7 @@ use wsscale::child::ServeChild;
 use crate::support::{Kind, read_json};
 
 crate::every_server!(autobahn_fuzzing_client_passes_every_case);
+crate::servers!([autobahn_fuzzing_client_passes_every_case]; tasks_lean_wss: "tasks" "lean" "wss");
 
 /// The Autobahn verdicts a case may get: its behaviour, and its close behaviour.
 struct PassBar {
