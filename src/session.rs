@@ -10,8 +10,9 @@
 
 use std::time::Instant;
 
+use crate::deflate::{Agreement, Deflate};
 use crate::lifecycle::{CloseReason, Due, Flow, Lifecycle, SessionPolicy};
-use crate::protocol::{self, Decoder, Frame, close_code, opcode};
+use crate::protocol::{self, Decoder, Frame, Violation, close_code, opcode};
 
 /// What a session counted while handling one event, for the caller to add to the
 /// metrics (the session itself does no IO and records nothing).
@@ -23,20 +24,33 @@ pub struct Tally {
     pub messages_sent: u64,
 }
 
-/// One connection's protocol state: the decoder, and the [`Lifecycle`] every engine
-/// follows.
+/// One connection's protocol state: the decoder, the [`Lifecycle`] every engine
+/// follows, and permessage-deflate when it was negotiated.
 #[derive(Debug)]
 pub struct Session {
     decoder: Decoder,
     life: Lifecycle,
+    deflate: Option<Deflate>,
 }
 
 impl Session {
     pub fn new(policy: &SessionPolicy, now: Instant) -> Self {
+        Session::with_deflate(policy, now, None)
+    }
+
+    /// A session whose upgrade agreed to permessage-deflate (`agreement`): compressed
+    /// messages are inflated (at most `max_message_size`), and echoes are compressed.
+    pub fn with_deflate(policy: &SessionPolicy, now: Instant, agreement: Option<Agreement>) -> Self {
         Session {
             decoder: Decoder::default(),
             life: Lifecycle::new(policy, now),
+            deflate: agreement.map(Deflate::new),
         }
+    }
+
+    /// What was agreed for permessage-deflate, if anything.
+    pub fn deflate(&self) -> Option<&Agreement> {
+        self.deflate.as_ref().map(Deflate::agreement)
     }
 
     /// When the driver must call [`Session::on_timer`] if nothing else happens first.
@@ -68,13 +82,42 @@ impl Session {
         let mut flow = Flow::Continue;
         let life = self.life;
         let open = life.is_open();
-        let decoded = self.decoder.feed(input, policy.max_message_size, |frame| {
+        let Session { decoder, deflate, .. } = self;
+        let compression = deflate.is_some();
+        let mut failed: Option<Violation> = None;
+        let decoded = decoder.feed_with(input, policy.max_message_size, compression, |frame| {
             match frame {
-                Frame::Message { text, payload } => {
+                Frame::Message {
+                    text,
+                    payload,
+                    compressed,
+                } => {
                     tally.messages_received += 1;
-                    if open {
-                        tally.messages_sent += 1;
-                        protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
+                    let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                    match (deflate.as_mut(), compressed) {
+                        (Some(deflate), true) => {
+                            let mut inflated = Vec::new();
+                            let checked = deflate
+                                .inflate(payload, policy.max_message_size, &mut inflated)
+                                .and_then(|()| check_text(text, &inflated));
+                            if let Err(violation) = checked {
+                                failed = Some(violation);
+                                return false;
+                            }
+                            if open {
+                                tally.messages_sent += 1;
+                                echo_compressed(deflate, out, opcode, &inflated);
+                            }
+                        }
+                        (Some(deflate), false) if open => {
+                            tally.messages_sent += 1;
+                            echo_compressed(deflate, out, opcode, payload);
+                        }
+                        _ if open => {
+                            tally.messages_sent += 1;
+                            protocol::encode(out, opcode, payload);
+                        }
+                        _ => {}
                     }
                 }
                 Frame::Ping(payload) if open => protocol::encode(out, opcode::PONG, payload),
@@ -92,7 +135,7 @@ impl Session {
             }
             flow == Flow::Continue
         });
-        match decoded {
+        match decoded.and_then(|()| failed.map_or(Ok(()), Err)) {
             Ok(()) => flow,
             Err(violation) => {
                 // Fail the connection (RFC 6455 7.1.7): say why, then close.
@@ -102,6 +145,12 @@ impl Session {
                 Flow::Finish(CloseReason::Error)
             }
         }
+    }
+
+    /// True when nothing of compression is held but the agreement (always without
+    /// permessage-deflate; between messages with `--deflate stateless`).
+    pub fn holds_no_compression_stream(&self) -> bool {
+        self.deflate.as_ref().is_none_or(Deflate::holds_no_stream)
     }
 
     /// The peer closed TCP (or reset it).
@@ -133,6 +182,23 @@ impl Session {
             protocol::encode_close(out, close_code::GOING_AWAY, "server shutting down");
         }
     }
+}
+
+/// A text message's payload must be UTF-8 (checked here once inflated; the decoder
+/// checks uncompressed ones as they arrive).
+fn check_text(text: bool, payload: &[u8]) -> Result<(), Violation> {
+    if text && std::str::from_utf8(payload).is_err() {
+        return Err(Violation::invalid_utf8("invalid UTF-8"));
+    }
+    Ok(())
+}
+
+/// An echo on a connection with permessage-deflate: compressed, one stream per message
+/// (or the connection's own, in `context` mode).
+fn echo_compressed(deflate: &mut Deflate, out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let mut compressed = Vec::new();
+    deflate.compress(payload, &mut compressed);
+    protocol::encode_compressed(out, opcode, &compressed);
 }
 
 #[cfg(test)]
