@@ -38,6 +38,11 @@ pub struct LeanTls {
     peer_closed: bool,
     /// Our close_notify has been produced.
     closing: bool,
+    /// `receive` failed: rustls is not called again. After some errors it still keeps its
+    /// place in bytes it was given (a message interleaved with a cut handshake message),
+    /// and going on without them panicked inside rustls; going on with them repeats the
+    /// error and its alert.
+    failed: bool,
 }
 
 impl LeanTls {
@@ -47,6 +52,7 @@ impl LeanTls {
             partial: Vec::new(),
             peer_closed: false,
             closing: false,
+            failed: false,
         })
     }
 
@@ -69,6 +75,20 @@ impl LeanTls {
     /// (handshake messages, key updates, alerts) to `outgoing`. A trailing part of a record
     /// is kept until the rest arrives.
     pub fn receive(
+        &mut self,
+        incoming: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
+        if self.failed {
+            return Err(failed());
+        }
+        let result = self.receive_records(incoming, plaintext, outgoing);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn receive_records(
         &mut self,
         incoming: &mut [u8],
         plaintext: &mut Vec<u8>,
@@ -139,6 +159,9 @@ impl LeanTls {
 
     /// Encrypts `data` (plaintext) into records appended to `outgoing`.
     pub fn encrypt(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        if self.failed {
+            return Err(failed());
+        }
         let mut result = Ok(());
         self.with_pending(|connection, pending, peer_closed| {
             loop {
@@ -175,9 +198,10 @@ impl LeanTls {
         result
     }
 
-    /// Appends our close_notify to `outgoing`, once.
+    /// Appends our close_notify to `outgoing`, once; nothing after a failed `receive`
+    /// (rustls sent its alert then, if the error has one).
     pub fn close(&mut self, outgoing: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.closing, true) {
+        if std::mem::replace(&mut self.closing, true) || self.failed {
             return;
         }
         self.with_pending(|connection, pending, peer_closed| {
@@ -212,6 +236,11 @@ impl LeanTls {
             self.partial = pending;
         }
     }
+}
+
+/// What `receive` and `encrypt` return once `receive` has failed.
+fn failed() -> rustls::Error {
+    rustls::Error::General("the TLS session failed earlier".to_owned())
 }
 
 /// After an error, the alert rustls queued (if any) into `outgoing`. `pending` is what
@@ -559,6 +588,61 @@ mod tests {
         handshake(&mut tls, &mut client, 4096);
         tls.encrypt(b"after", &mut outgoing).unwrap();
         tls.close(&mut outgoing);
+    }
+
+    /// Plaintext handshake records re-cut into records of `size` bytes of payload.
+    fn recut(records: &[u8], size: usize) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut at = 0;
+        while at + 5 <= records.len() {
+            assert_eq!(records[at], 0x16, "a handshake record");
+            let length = usize::from(u16::from_be_bytes([records[at + 3], records[at + 4]]));
+            payload.extend_from_slice(&records[at + 5..at + 5 + length]);
+            at += 5 + length;
+        }
+        let mut out = Vec::new();
+        for piece in payload.chunks(size) {
+            out.extend_from_slice(&[0x16, 0x03, 0x03, 0, piece.len() as u8]);
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+
+    /// Found while building tests/fuzz_tls.rs: after some errors rustls keeps its place in
+    /// the bytes it failed on (here a ClientHello cut over records with an alert in
+    /// between, which rustls refuses as interleaved), and the next call — a close, or a
+    /// receive with other bytes — indexed past them and panicked inside rustls. Once
+    /// `receive` has failed, rustls is not called again.
+    #[test]
+    fn after_a_failed_receive_rustls_is_not_called_again() {
+        let (_, mut client) = server();
+        let hello = client_output(&mut client);
+        let wire = recut(&hello, 100);
+        let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x5a];
+        let mut bytes = wire[..105].to_vec();
+        bytes.extend_from_slice(&alert);
+        bytes.extend_from_slice(&wire[105..]);
+        let (mut tls, _) = server();
+        let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+        let error = tls
+            .receive(&mut bytes.clone(), &mut plaintext, &mut outgoing)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::MessageInterleavedWithHandshakeMessage)
+            ),
+            "{error:?}"
+        );
+        let sent = outgoing.len();
+        assert!(
+            tls.receive(&mut wire[..10].to_vec(), &mut plaintext, &mut outgoing)
+                .is_err()
+        );
+        assert!(tls.encrypt(b"after", &mut outgoing).is_err());
+        tls.close(&mut outgoing);
+        assert_eq!(outgoing.len(), sent, "nothing more is sent");
+        assert!(plaintext.is_empty());
     }
 
     #[test]
