@@ -73,7 +73,8 @@ impl LeanTls {
     /// Takes ciphertext just read (the caller's buffer, which rustls may modify): the
     /// plaintext it completes is appended to `plaintext`, anything TLS has to send back
     /// (handshake messages, key updates, alerts) to `outgoing`. A trailing part of a record
-    /// is kept until the rest arrives.
+    /// is kept until the rest arrives. What follows the peer's close_notify is ignored
+    /// (RFC 8446 section 6.1; rustls reads nothing after it) and not kept.
     pub fn receive(
         &mut self,
         incoming: &mut [u8],
@@ -96,14 +97,14 @@ impl LeanTls {
     ) -> Result<(), rustls::Error> {
         if self.partial.is_empty() {
             let used = self.process(incoming, plaintext, outgoing)?;
-            if used < incoming.len() {
+            if used < incoming.len() && !self.peer_closed {
                 self.partial = incoming[used..].to_vec();
             }
         } else {
             let mut pending = std::mem::take(&mut self.partial);
             pending.extend_from_slice(incoming);
             let used = self.process(&mut pending, plaintext, outgoing)?;
-            if used < pending.len() {
+            if used < pending.len() && !self.peer_closed {
                 pending.drain(..used);
                 pending.shrink_to_fit();
                 self.partial = pending;
@@ -643,6 +644,31 @@ mod tests {
         tls.close(&mut outgoing);
         assert_eq!(outgoing.len(), sent, "nothing more is sent");
         assert!(plaintext.is_empty());
+    }
+
+    /// Found while building tests/fuzz_tls.rs: rustls reads nothing after the peer's
+    /// close_notify (RFC 8446 section 6.1), and the bytes after it in the same read were
+    /// kept as if they were the start of a record: held for as long as the connection
+    /// lived, and handed to rustls again on every call.
+    #[test]
+    fn bytes_after_the_peers_close_notify_are_not_kept() {
+        for step in [1, 7, 4096] {
+            let (mut server, mut client) = server();
+            handshake(&mut server, &mut client, 4096);
+            std::io::Write::write_all(&mut client.writer(), b"before").unwrap();
+            client.send_close_notify();
+            let mut wire = client_output(&mut client);
+            // What a peer might send after its close_notify: garbage and a record.
+            wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3]);
+            let mut outgoing = Vec::new();
+            let received = feed(&mut server, &wire, step, &mut outgoing);
+            assert_eq!(received, b"before", "read {step} bytes at a time");
+            assert!(server.peer_closed());
+            assert_eq!(server.held_bytes(), 0, "read {step} bytes at a time");
+            let mut ours = Vec::new();
+            server.close(&mut ours);
+            assert!(!ours.is_empty(), "our close_notify");
+        }
     }
 
     #[test]
