@@ -27,12 +27,19 @@ use tokio::net::TcpStream;
 /// Ciphertext read from the socket at a time in the HTTP phase.
 const HANDSHAKE_READ: usize = 4096;
 
+/// The most ciphertext rustls is shown, and kept for it, at a time: what rustls' buffered
+/// connection allows while it joins a handshake message spread over records
+/// (`DeframerVecBuffer::prepare_read`, "message buffer full"). rustls joins the message in
+/// place and needs every byte from its first record on until the message is whole, so
+/// without this bound a ClientHello cut into 1-byte records is held 6 times over.
+const MAX_HELD: usize = 0xffff;
+
 /// One TLS session, without IO.
 pub struct LeanTls {
     connection: UnbufferedServerConnection,
     /// Ciphertext rustls has not consumed yet: the start of a record (or of a handshake
-    /// message spread over records) waiting for the rest. Empty — no allocation — between
-    /// whole records.
+    /// message spread over records, at most [`MAX_HELD`] bytes) waiting for the rest.
+    /// Empty — no allocation — between whole records.
     partial: Vec<u8>,
     /// The peer's close_notify has arrived: no more plaintext will come.
     peer_closed: bool,
@@ -96,14 +103,14 @@ impl LeanTls {
         outgoing: &mut Vec<u8>,
     ) -> Result<(), rustls::Error> {
         if self.partial.is_empty() {
-            let used = self.process(incoming, plaintext, outgoing)?;
+            let used = self.process_bounded(incoming, plaintext, outgoing)?;
             if used < incoming.len() && !self.peer_closed {
                 self.partial = incoming[used..].to_vec();
             }
         } else {
             let mut pending = std::mem::take(&mut self.partial);
             pending.extend_from_slice(incoming);
-            let used = self.process(&mut pending, plaintext, outgoing)?;
+            let used = self.process_bounded(&mut pending, plaintext, outgoing)?;
             if used < pending.len() && !self.peer_closed {
                 pending.drain(..used);
                 pending.shrink_to_fit();
@@ -111,6 +118,29 @@ impl LeanTls {
             }
         }
         Ok(())
+    }
+
+    /// Runs rustls over `buffer`, showing it at most [`MAX_HELD`] bytes past what it has
+    /// consumed; returns how many it consumed. An error if rustls consumes nothing of a
+    /// full window and more bytes wait: they would be held past the bound.
+    fn process_bounded(
+        &mut self,
+        buffer: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<usize, rustls::Error> {
+        let mut used = 0;
+        loop {
+            let end = buffer.len().min(used + MAX_HELD);
+            let consumed = self.process(&mut buffer[used..end], plaintext, outgoing)?;
+            used += consumed;
+            if consumed == 0 || self.peer_closed {
+                if end - used == MAX_HELD && end < buffer.len() && !self.peer_closed {
+                    return Err(buffer_full());
+                }
+                return Ok(used);
+            }
+        }
     }
 
     /// Runs rustls over `buffer` until it needs more bytes; returns how many it consumed.
@@ -237,6 +267,13 @@ impl LeanTls {
             self.partial = pending;
         }
     }
+}
+
+/// More than [`MAX_HELD`] bytes would be held while rustls joins a handshake message.
+fn buffer_full() -> rustls::Error {
+    rustls::Error::General(format!(
+        "message buffer full: a handshake message spread over more than {MAX_HELD} bytes"
+    ))
 }
 
 /// What `receive` and `encrypt` return once `receive` has failed.
@@ -591,6 +628,26 @@ mod tests {
         tls.close(&mut outgoing);
     }
 
+    /// A client whose ClientHello carries `alpn_bytes` of ALPN names (the server has none:
+    /// they are ignored, but the message is that long).
+    fn client_with_alpn(cert_pem: &str, alpn_bytes: usize) -> rustls::ClientConnection {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = (0..alpn_bytes / 201)
+            .map(|i| vec![b'a' + (i % 26) as u8; 200])
+            .collect();
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+    }
+
     /// Plaintext handshake records re-cut into records of `size` bytes of payload.
     fn recut(records: &[u8], size: usize) -> Vec<u8> {
         let mut payload = Vec::new();
@@ -607,6 +664,48 @@ mod tests {
             out.extend_from_slice(piece);
         }
         out
+    }
+
+    /// Found by tests/fuzz_tls.rs: rustls joins a handshake message spread over records
+    /// in place, keeping every byte from its first record on, so a ClientHello of 15 KB in
+    /// 1-byte records was held whole — 90 KB — where rustls' buffered connection stops at
+    /// 64 KB ("message buffer full"). Now the same bound, and the same decision.
+    #[test]
+    fn a_handshake_message_is_not_joined_over_more_than_64_kib() {
+        let (cert, key) = super::super::tls::self_signed().unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let config = super::super::tls::server_config(
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let hello = client_output(&mut client_with_alpn(&cert, 15_000));
+        let wire = recut(&hello, 1);
+        assert!(wire.len() > 80_000, "{} bytes", wire.len());
+        for step in [HANDSHAKE_READ, wire.len()] {
+            let mut tls = LeanTls::new(config.clone()).unwrap();
+            let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+            let mut result = Ok(());
+            for chunk in wire.chunks(step) {
+                result = tls.receive(&mut chunk.to_vec(), &mut plaintext, &mut outgoing);
+                assert!(tls.held_bytes() <= MAX_HELD, "holds {} bytes", tls.held_bytes());
+                if result.is_err() {
+                    break;
+                }
+            }
+            let error = result.expect_err("the limit of rustls' buffered connection");
+            assert!(error.to_string().contains("message buffer full"), "{error}");
+            assert!(outgoing.is_empty(), "no alert, as from rustls' buffered connection");
+        }
+        // In 8-byte records (under 64 KB) the same ClientHello is taken.
+        let (mut tls, _) = server();
+        let mut client = client_with_alpn(&cert, 15_000);
+        let wire = recut(&client_output(&mut client), 8);
+        let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+        for chunk in wire.chunks(HANDSHAKE_READ) {
+            tls.receive(&mut chunk.to_vec(), &mut plaintext, &mut outgoing).unwrap();
+        }
+        assert!(!outgoing.is_empty(), "the server's first flight");
     }
 
     /// Found while building tests/fuzz_tls.rs: after some errors rustls keeps its place in
