@@ -24,7 +24,7 @@ tbody tr:nth-child(even){background:#fafbfc}\
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em;background:#f3f5f7}\
 pre{padding:8px;overflow-x:auto;white-space:pre-wrap;word-break:break-all}\
 figure{margin:16px 0}figcaption{font-weight:600}svg{max-width:100%;height:auto}\
-nav a{margin-right:12px}.muted{color:#57606a}.wide{overflow-x:auto}";
+nav a{margin-right:12px}.warning{background:#fff8c5;padding:6px 8px}.muted{color:#57606a}.wide{overflow-x:auto}";
 
 /// `text` safe anywhere in HTML: in text and in quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -149,8 +149,8 @@ pub fn page(report: &Report<'_>) -> String {
         "<h2 id=\"sizing\">Sizing</h2><p>{}</p>",
         inline(&report::sizing_intro())
     );
-    table(&mut out, "limits-table", &report::limits_table(&report.node_limits));
     table(&mut out, "sizing-table", &report::sizing_table(summaries));
+    table(&mut out, "limits-table", &report::limits_table(&report.node_limits));
 
     let _ = writeln!(
         out,

@@ -93,6 +93,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if let Some(push) = report::push_table(&summaries) {
         println!("{push}");
     }
+    for warning in report::kernel_warnings(&summaries) {
+        println!("warning: {warning}\n");
+    }
     println!("{}", report::sizing_short(&report));
     println!("report written to {}", written.display());
     println!("open {}", index.display());

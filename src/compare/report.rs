@@ -338,6 +338,27 @@ pub fn kernel_socket_table(summaries: &Summaries) -> Table {
     table
 }
 
+/// Runs whose host gained other than two TCP sockets per connection (compare's clients
+/// are on this host: two sockets each): something else opened or closed sockets during
+/// the run, and its kernel figures are not this server's alone. One sentence each.
+pub fn kernel_warnings(summaries: &Summaries) -> Vec<String> {
+    summaries
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let sockets = run.kernel_sockets?.tcp_sockets_per_connection;
+            ((sockets - 2.0).abs() > 0.2).then(|| {
+                format!(
+                    "{}: the host's TCP sockets grew by {sockets:.2} per connection, not 2: other work on the host \
+                     opened or closed sockets during the run, so its kernel figures are not this server's alone \
+                     (run compare on a quiet host).",
+                    run.spec.name
+                )
+            })
+        })
+        .collect()
+}
+
 /// Each run's sizing: its cost per idle connection, connections per GiB, and the memory
 /// for each of [`SIZES`] connections.
 pub fn sizing_table(summaries: &Summaries) -> Table {
@@ -717,9 +738,9 @@ pub fn sizing_intro() -> String {
          connection), each measured above (a negative kernel slope, noise, counts as 0); the server process's own \
          memory at 0 connections comes on top, once per process. Connections per GiB = 1 GiB ÷ the same sum. The \
          clients' own memory, on their hosts, is not in it. To hold {} or {} connections a node must also raise \
-         these limits (RLIMIT_NOFILE and fs.nr_open for every server; the kernel's map, pid and thread limits for a \
+         the limits in the second table (RLIMIT_NOFILE and fs.nr_open for every server; the kernel's map, pid and thread limits for a \
          thread per connection; and enough source addresses on the clients' side, one per port range's worth of \
-         connections to one server address):",
+         connections to one server address).",
         count(SIZES[0]),
         count(SIZES[1])
     )
@@ -749,12 +770,15 @@ fn markdown(report: &Report<'_>) -> String {
          {KERNEL_SOCKETS_DERIVATION}\n\n{}",
         kernel_socket_table(summaries).markdown()
     );
+    for warning in kernel_warnings(summaries) {
+        let _ = writeln!(out, "**Warning**: {warning}\n");
+    }
     let _ = writeln!(
         out,
         "## Sizing\n\n{}\n\n{}\n{}",
         sizing_intro(),
-        limits_table(&report.node_limits).markdown(),
-        sizing_table(summaries).markdown()
+        sizing_table(summaries).markdown(),
+        limits_table(&report.node_limits).markdown()
     );
     if let Some(tls) = tls_table(summaries, report.tls_session) {
         let _ = writeln!(
