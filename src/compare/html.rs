@@ -163,6 +163,13 @@ pub fn page(report: &Report<'_>) -> String {
         "kernel-sockets-table",
         &report::kernel_socket_table(summaries),
     );
+    for warning in report::kernel_warnings(summaries) {
+        let _ = writeln!(
+            out,
+            "<p class=\"warning\"><strong>Warning</strong>: {}</p>",
+            escape(&warning)
+        );
+    }
 
     if let Some(tls) = report::tls_rows(summaries) {
         let _ = writeln!(out, "<h2 id=\"tls\">What TLS costs per idle connection</h2>");
