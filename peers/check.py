@@ -2,6 +2,9 @@
 """Checks the reference peers for real: starts each one as peers/servers.txt says, on a free
 loopback port, and checks the upgrade on /ws, text, binary and fragmented echo, ping, the close
 handshake (the server's Close frame comes back) and that SIGTERM stops it within 5 s.
+A peer whose command takes {cert} and {key} (the NAME-wss lines) is checked over wss://: it gets
+a self-signed ECDSA P-256 certificate for 127.0.0.1 made here with the openssl command, and the
+client trusts that certificate alone.
 
 With --connections N it also holds N idle connections (no pings, no compression, like
 `wsscale load`) and prints the RSS growth per connection of the server's process tree
@@ -21,6 +24,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,6 +46,18 @@ def read_servers():
             name, command = line.split("=", 1)
             servers[name] = command
     return servers
+
+
+def make_certificate(directory):
+    """A self-signed certificate for 127.0.0.1 and localhost (openssl): (cert, key) paths."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=wsscale peers check",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
 
 
 def free_port():
@@ -96,11 +112,11 @@ async def wait_for_port(port, process, deadline_s):
     raise RuntimeError(f"nothing listens on port {port} after {deadline_s} s")
 
 
-async def check_protocol(url):
-    """Returns a list of (check, ok, detail)."""
+async def check_protocol(url, tls):
+    """Returns a list of (check, ok, detail). tls: the client's SSLContext for wss://, or None."""
     results = []
     async with connect(url, compression=None, ping_interval=None, close_timeout=5,
-                       max_size=None) as ws:
+                       max_size=None, ssl=tls) as ws:
         results.append(("upgrade", True, f"101 on {url}"))
 
         text = "hello, wsscale \u00e9\u6f22"
@@ -128,7 +144,7 @@ async def check_protocol(url):
         results.append(("close handshake", clean, detail))
 
     # What the server does with the client's default offer of permessage-deflate (information).
-    async with connect(url, ping_interval=None, close_timeout=5) as ws:
+    async with connect(url, ping_interval=None, close_timeout=5, ssl=tls) as ws:
         await ws.send("deflate?")
         got = await asyncio.wait_for(ws.recv(), 5)
         extension = ws.response.headers.get("Sec-WebSocket-Extensions", "none")
@@ -137,7 +153,7 @@ async def check_protocol(url):
     # Another path (information: whatever the library does by default).
     try:
         async with connect(url.replace("/ws", "/other"), compression=None, ping_interval=None,
-                           close_timeout=2, open_timeout=5):
+                           close_timeout=2, open_timeout=5, ssl=tls):
             detail = "upgraded"
     except InvalidStatus as error:
         detail = f"HTTP {error.response.status_code}"
@@ -147,7 +163,7 @@ async def check_protocol(url):
     return results
 
 
-async def hold_idle(url, pid, n_connections, in_flight):
+async def hold_idle(url, tls, pid, n_connections, in_flight):
     """Opens n_connections idle connections, reads the RSS growth, closes them."""
     await asyncio.sleep(1.0)
     rss_before = vm_rss_bytes(pid)
@@ -156,7 +172,7 @@ async def hold_idle(url, pid, n_connections, in_flight):
     async def open_one():
         async with semaphore:
             return await connect(url, compression=None, ping_interval=None, close_timeout=5,
-                                 open_timeout=20)
+                                 open_timeout=20, ssl=tls)
 
     start = time.monotonic()
     results = await asyncio.gather(*(open_one() for _ in range(n_connections)),
@@ -214,6 +230,11 @@ def stop_with_sigterm(process, deadline_s=5.0):
 async def check_peer(name, command, n_connections, in_flight, log_dir):
     port = free_port()
     argv = command.replace("{port}", str(port)).split()
+    tls = None
+    if "{cert}" in command or "{key}" in command:
+        cert, key = make_certificate(log_dir)
+        argv = [arg.replace("{cert}", str(cert)).replace("{key}", str(key)) for arg in argv]
+        tls = ssl.create_default_context(cafile=cert)
     env = dict(os.environ, WSSCALE_PORT=str(port))
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
@@ -224,11 +245,11 @@ async def check_peer(name, command, n_connections, in_flight, log_dir):
         started = time.monotonic()
         await wait_for_port(port, process, 60)
         results.append(("listening", True, f"after {time.monotonic() - started:.2f} s"))
-        url = f"ws://127.0.0.1:{port}/ws"
-        results += await asyncio.wait_for(check_protocol(url), 60)
+        url = f"{'ws' if tls is None else 'wss'}://127.0.0.1:{port}/ws"
+        results += await asyncio.wait_for(check_protocol(url, tls), 60)
         if n_connections:
-            memory = await asyncio.wait_for(hold_idle(url, process.pid, n_connections, in_flight),
-                                            180)
+            memory = await asyncio.wait_for(
+                hold_idle(url, tls, process.pid, n_connections, in_flight), 180)
     except Exception as error:  # noqa: BLE001 -- reported as a failed check
         results.append(("run", False, f"{type(error).__name__}: {error} (log: {log_path})"))
     finally:

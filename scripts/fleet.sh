@@ -498,6 +498,7 @@ panel() { # TITLE REF: the panel's expression, variables substituted as Grafana 
     [ -n "$expr" ] || die "no panel \"$1\" $2 in dashboards/wsscale.json"
     expr=${expr//\$mode/"$mode"}
     expr=${expr//\$engine/lean}
+    expr=${expr//\$scheme/ws}
     expr=${expr//\$instance/"$instances"}
     echo "$expr"
 }

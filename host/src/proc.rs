@@ -104,6 +104,75 @@ impl KernelMemory {
     }
 }
 
+/// How much the host's kernel memory grew over `connections` connections: between two
+/// readings ([`KernelGrowth::between`]), or as least-squares slopes against the connection
+/// count (then `connections` is 1 and every figure is per connection). The one derivation
+/// of the kernel's share per connection, for the live page and for `compare`.
+///
+/// The socket memory is divided by the TCP sockets added host-wide (sockstat's `inuse`),
+/// not by connections: a connection whose client runs on the same host is two sockets
+/// (both ends, alike on loopback), one whose client runs elsewhere is one, and either way
+/// the figure is the server's share, one socket's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KernelGrowth {
+    pub connections: f64,
+    pub kernel_stack_bytes: f64,
+    pub slab_bytes: f64,
+    pub slab_unreclaimable_bytes: f64,
+    pub tcp_memory_bytes: f64,
+    /// TCP sockets in use added.
+    pub tcp_sockets: f64,
+}
+
+impl KernelGrowth {
+    /// `now` − `baseline`, over `connections` connections.
+    pub fn between(now: KernelMemory, baseline: KernelMemory, connections: u64) -> KernelGrowth {
+        let delta = |now: u64, base: u64| now as f64 - base as f64;
+        KernelGrowth {
+            connections: connections as f64,
+            kernel_stack_bytes: delta(now.kernel_stack_bytes, baseline.kernel_stack_bytes),
+            slab_bytes: delta(now.slab_bytes, baseline.slab_bytes),
+            slab_unreclaimable_bytes: delta(now.slab_unreclaimable_bytes, baseline.slab_unreclaimable_bytes),
+            tcp_memory_bytes: delta(now.tcp_memory_bytes, baseline.tcp_memory_bytes),
+            tcp_sockets: delta(now.tcp_sockets_inuse, baseline.tcp_sockets_inuse),
+        }
+    }
+
+    /// KernelStack per connection: 16 KiB per thread in thread-per-connection, ~0 with
+    /// tasks. None with no connection.
+    pub fn kernel_stack_per_connection(&self) -> Option<f64> {
+        (self.connections > 0.0).then(|| self.kernel_stack_bytes / self.connections)
+    }
+
+    /// TCP sockets added per connection: 2 with the clients on this host, 1 without.
+    pub fn sockets_per_connection(&self) -> Option<f64> {
+        (self.connections > 0.0).then(|| self.tcp_sockets / self.connections)
+    }
+
+    /// Slab growth per TCP socket added: the kernel's memory for one socket (its
+    /// `tcp_sock`, inode, dentry, file, epoll entry…).
+    pub fn slab_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.slab_bytes)
+    }
+
+    /// The unreclaimable part of the same.
+    pub fn slab_unreclaimable_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.slab_unreclaimable_bytes)
+    }
+
+    /// sockstat's TCP `mem` growth per socket: buffered data, ~0 when idle.
+    pub fn tcp_memory_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.tcp_memory_bytes)
+    }
+
+    /// `bytes` ÷ the sockets added; None unless sockets were added, and at least one for
+    /// every two connections (fewer: the host's sockets came and went for other reasons,
+    /// and the division would say nothing about these connections).
+    fn per_socket(&self, bytes: f64) -> Option<f64> {
+        (self.tcp_sockets > 0.0 && self.tcp_sockets >= self.connections / 2.0).then(|| bytes / self.tcp_sockets)
+    }
+}
+
 /// One field of the `TCP:` line of /proc/net/sockstat.
 fn sockstat_tcp(field: &str) -> io::Result<u64> {
     let sockstat = fs::read_to_string("/proc/net/sockstat")?;
@@ -292,6 +361,65 @@ fn missing(what: &str, path: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reading(stack: u64, slab: u64, tcp_memory: u64, sockets: u64) -> KernelMemory {
+        KernelMemory {
+            kernel_stack_bytes: stack,
+            slab_bytes: slab,
+            slab_unreclaimable_bytes: slab / 2,
+            tcp_memory_bytes: tcp_memory,
+            tcp_sockets_inuse: sockets,
+        }
+    }
+
+    /// The same shares from two readings and from slopes per connection; per socket, so
+    /// loopback's two sockets per connection give one socket's share.
+    #[test]
+    fn kernel_growth_is_shared_per_socket() {
+        // 1,000 connections on loopback: 2,000 sockets, 4,000 B of slab each, 1,000 threads.
+        let growth = KernelGrowth::between(
+            reading(100 + 16_384 * 1000, 50_000_000 + 2000 * 4000, 4096, 2010),
+            reading(100, 50_000_000, 0, 10),
+            1000,
+        );
+        assert_eq!(growth.kernel_stack_per_connection(), Some(16_384.0));
+        assert_eq!(growth.sockets_per_connection(), Some(2.0));
+        assert_eq!(growth.slab_per_socket(), Some(4000.0));
+        assert_eq!(growth.slab_unreclaimable_per_socket(), Some(2000.0));
+        assert_eq!(growth.tcp_memory_per_socket(), Some(4096.0 / 2000.0));
+        // Slopes per connection: the same figures.
+        let slopes = KernelGrowth {
+            connections: 1.0,
+            kernel_stack_bytes: 16_384.0,
+            slab_bytes: 8000.0,
+            slab_unreclaimable_bytes: 4000.0,
+            tcp_memory_bytes: 0.0,
+            tcp_sockets: 2.0,
+        };
+        assert_eq!(slopes.slab_per_socket(), growth.slab_per_socket());
+        assert_eq!(
+            slopes.kernel_stack_per_connection(),
+            growth.kernel_stack_per_connection()
+        );
+        // Remote clients: one socket per connection.
+        let remote = KernelGrowth {
+            tcp_sockets: 1.0,
+            slab_bytes: 4000.0,
+            ..slopes
+        };
+        assert_eq!(remote.slab_per_socket(), Some(4000.0));
+        // Nothing divided by zero, nor by a socket count the connections cannot explain.
+        let none = KernelGrowth::between(reading(5, 5, 0, 3), reading(5, 5, 0, 3), 0);
+        assert_eq!(
+            (none.kernel_stack_per_connection(), none.slab_per_socket()),
+            (None, None)
+        );
+        let lost = KernelGrowth {
+            tcp_sockets: 0.2,
+            ..slopes
+        };
+        assert_eq!(lost.slab_per_socket(), None);
+    }
 
     #[test]
     fn parses_sockstat() {

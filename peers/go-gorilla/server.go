@@ -3,12 +3,20 @@
 // The default close handler answers the client's Close frame. Differences from the example:
 // the path is /ws, the port comes from the first argument or WSSCALE_PORT, and neither
 // messages nor the end of each connection are logged. SIGTERM: Go's default (the process exits).
+//
+// wss://: `--cert FILE --key FILE` (PEM) after the port serve TLS on the same port with
+// http.ListenAndServeTLS, as net/http's documentation writes it (crypto/tls with its defaults).
+// The pair is loaded once before, only to name the file that is wrong and exit with status 2.
 package main
 
 import (
+	"crypto/tls"
+	"flag"
+	"fmt"
 	"log"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/gorilla/websocket"
 )
@@ -45,16 +53,42 @@ func echo(w http.ResponseWriter, r *http.Request) {
 
 func main() {
 	log.SetFlags(0)
-	port := os.Getenv("WSSCALE_PORT")
-	if len(os.Args) > 1 {
-		port = os.Args[1]
+	usage := "usage: server PORT [--cert FILE --key FILE] (or set WSSCALE_PORT)"
+	port, args := os.Getenv("WSSCALE_PORT"), os.Args[1:]
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		port, args = args[0], args[1:]
 	}
-	if port == "" {
-		log.Fatal("usage: server PORT (or set WSSCALE_PORT)")
+	flags := flag.NewFlagSet("server", flag.ExitOnError)
+	flags.Usage = func() { fmt.Fprintln(flags.Output(), usage); flags.PrintDefaults() }
+	certFile := flags.String("cert", "", "PEM certificate (chain): serve wss://")
+	keyFile := flags.String("key", "", "PEM private key of --cert")
+	flags.Parse(args)
+	if port == "" || flags.NArg() > 0 {
+		flags.Usage()
+		os.Exit(2)
+	}
+	if (*certFile == "") != (*keyFile == "") {
+		fmt.Fprintln(os.Stderr, "--cert and --key go together")
+		flags.Usage()
+		os.Exit(2)
 	}
 	addr := "127.0.0.1:" + port
 
 	http.HandleFunc("/", echo)
-	log.Printf("go-gorilla listening ws://%s/ws", addr)
-	log.Fatal(http.ListenAndServe(addr, nil))
+	if *certFile == "" {
+		log.Printf("go-gorilla listening ws://%s/ws", addr)
+		log.Fatal(http.ListenAndServe(addr, nil))
+	}
+	for _, file := range []struct{ flag, path string }{{"--cert", *certFile}, {"--key", *keyFile}} {
+		if _, err := os.ReadFile(file.path); err != nil {
+			log.Printf("go-gorilla: %s %v", file.flag, err)
+			os.Exit(2)
+		}
+	}
+	if _, err := tls.LoadX509KeyPair(*certFile, *keyFile); err != nil {
+		log.Printf("go-gorilla: --cert %s --key %s: %v", *certFile, *keyFile, err)
+		os.Exit(2)
+	}
+	log.Printf("go-gorilla listening wss://%s/ws", addr)
+	log.Fatal(http.ListenAndServeTLS(addr, *certFile, *keyFile, nil))
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use plotters::prelude::*;
 
 use super::summary::{RunSummary, Summaries};
@@ -30,14 +31,21 @@ fn run_color(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
 }
 
-/// Writes every chart into `out`; returns (file name, title) pairs.
-pub fn write_all(out: &Path, summaries: &Summaries) -> anyhow::Result<Vec<(String, String)>> {
-    let charts = [
-        (
-            MEMORY_CHART,
-            "Server memory vs idle connections",
-            memory as fn(&Path, &str, &Summaries) -> Result<(), String>,
-        ),
+/// One chart: its file in the report's folder, its title, and the SVG itself (which
+/// index.html carries inline).
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub file: String,
+    pub title: String,
+    pub svg: String,
+}
+
+type Draw = fn(&mut String, &str, &Summaries) -> Result<(), String>;
+
+/// Draws every chart and writes each into `out`.
+pub fn write_all(out: &Path, summaries: &Summaries) -> anyhow::Result<Vec<Chart>> {
+    let mut charts: Vec<(&str, &str, Draw)> = vec![
+        (MEMORY_CHART, "Server memory vs idle connections", memory),
         (
             THREADS_CHART,
             "OS threads and Tokio tasks vs connections",
@@ -49,21 +57,29 @@ pub fn write_all(out: &Path, summaries: &Summaries) -> anyhow::Result<Vec<(Strin
             per_connection,
         ),
     ];
-    let mut written = Vec::new();
-    for (file, title, draw) in charts {
-        draw(&out.join(file), title, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
-        written.push((file.to_owned(), title.to_owned()));
-    }
     let pushed = summaries
         .runs
         .iter()
         .flat_map(|run| &run.samples)
         .any(|s| s.push.is_some());
     if pushed {
-        let title = "Server push: delivery p99 and CPU per broadcast vs connections";
-        push(&out.join(PUSH_CHART), title, summaries)
-            .map_err(|error| anyhow::anyhow!("drawing {PUSH_CHART}: {error}"))?;
-        written.push((PUSH_CHART.to_owned(), title.to_owned()));
+        charts.push((
+            PUSH_CHART,
+            "Server push: delivery p99 and CPU per broadcast vs connections",
+            push,
+        ));
+    }
+    let mut written = Vec::new();
+    for (file, title, draw) in charts {
+        let mut svg = String::new();
+        draw(&mut svg, title, summaries).map_err(|error| anyhow::anyhow!("drawing {file}: {error}"))?;
+        let path = out.join(file);
+        std::fs::write(&path, &svg).with_context(|| format!("writing {}", path.display()))?;
+        written.push(Chart {
+            file: file.to_owned(),
+            title: title.to_owned(),
+            svg,
+        });
     }
     Ok(written)
 }
@@ -89,7 +105,7 @@ impl Line {
     }
 }
 
-fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+fn memory(svg: &mut String, title: &str, summaries: &Summaries) -> Result<(), String> {
     const MIB: f64 = 1048576.0;
     // User memory, and user + the kernel stacks added since the first step.
     let lines = summaries
@@ -120,12 +136,12 @@ fn memory(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String>
             ]
         })
         .collect();
-    line_chart(path, title, "memory (MiB)", lines)
+    line_chart(svg, title, "memory (MiB)", lines)
 }
 
 /// `--push`: delivery p99 (solid) and the server's CPU time per broadcast (dashed), both
 /// in milliseconds, per run.
-fn push(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+fn push(svg: &mut String, title: &str, summaries: &Summaries) -> Result<(), String> {
     let lines = summaries
         .runs
         .iter()
@@ -159,10 +175,10 @@ fn push(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
             ]
         })
         .collect();
-    line_chart(path, title, "milliseconds", lines)
+    line_chart(svg, title, "milliseconds", lines)
 }
 
-fn threads_and_tasks(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+fn threads_and_tasks(svg: &mut String, title: &str, summaries: &Summaries) -> Result<(), String> {
     let lines = summaries
         .runs
         .iter()
@@ -184,10 +200,10 @@ fn threads_and_tasks(path: &Path, title: &str, summaries: &Summaries) -> Result<
             std::iter::once(threads).chain(tasks)
         })
         .collect();
-    line_chart(path, title, "count (threads, tasks)", lines)
+    line_chart(svg, title, "count (threads, tasks)", lines)
 }
 
-fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> Result<(), String> {
+fn line_chart(svg: &mut String, title: &str, y_desc: &str, mut lines: Vec<Line>) -> Result<(), String> {
     lines.sort_by_key(|line| line.dashed);
     let x_max = lines.iter().flat_map(|l| &l.points).map(|p| p.0).fold(1.0, f64::max) * 1.02;
     let y_max = lines.iter().flat_map(|l| &l.points).map(|p| p.1).fold(1.0, f64::max) * 1.1;
@@ -199,7 +215,7 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
     } else {
         0
     };
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
@@ -245,23 +261,25 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, mut lines: Vec<Line>) -> R
     root.present().map_err(|e| e.to_string())
 }
 
-fn per_connection(path: &Path, title: &str, summaries: &Summaries) -> Result<(), String> {
+fn per_connection(svg: &mut String, title: &str, summaries: &Summaries) -> Result<(), String> {
     let summaries = &summaries.runs;
-    const COMPONENTS: [(&str, RGBColor); 3] = [
+    const COMPONENTS: [(&str, RGBColor); 4] = [
         ("user RSS", RGBColor(44, 160, 44)),
         ("of which heap", RGBColor(255, 127, 14)),
         ("kernel stack", RGBColor(148, 103, 189)),
+        ("kernel socket (slab per socket)", RGBColor(140, 86, 75)),
     ];
     let values = |summary: &RunSummary| {
         [
             summary.slope_bytes_per_connection,
             summary.heap_slope_bytes_per_connection.unwrap_or(0.0),
             summary.kernel_stack_slope_bytes_per_connection.max(0.0),
+            summary.kernel_socket_bytes_per_connection.unwrap_or(0.0),
         ]
         .map(|bytes| bytes.max(0.0) / 1024.0)
     };
     let y_max = summaries.iter().flat_map(values).fold(1.0, f64::max) * 1.15;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let names: Vec<String> = summaries.iter().map(|run| run.spec.name.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
@@ -288,9 +306,9 @@ fn per_connection(path: &Path, title: &str, summaries: &Summaries) -> Result<(),
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(|e| e.to_string())?;
-    const BAR: f64 = 0.25;
+    const BAR: f64 = 0.2;
     for (component, (name, color)) in COMPONENTS.iter().enumerate() {
-        let left = |mode: usize| mode as f64 - 1.5 * BAR + component as f64 * BAR;
+        let left = |mode: usize| mode as f64 - 2.0 * BAR + component as f64 * BAR;
         chart
             .draw_series(summaries.iter().enumerate().map(|(mode, summary)| {
                 Rectangle::new(

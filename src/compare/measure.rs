@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wsscale_host::proc::{ProcessCounters, ProcessStatus};
+use wsscale_host::proc::{KernelMemory, ProcessCounters, ProcessStatus};
 use wsscale_loadgen::client::ClientSettings;
 use wsscale_loadgen::pool::Pool;
 use wsscale_loadgen::report::Percentiles;
@@ -51,6 +51,14 @@ pub struct Sample {
     pub kernel_stack_bytes: u64,
     /// KernelStack added since the step before.
     pub kernel_stack_delta_bytes: i64,
+    /// The host's slab (`Slab` of /proc/meminfo, and its unreclaimable part `SUnreclaim`),
+    /// sockstat's TCP `mem` in bytes and TCP `inuse`, read by compare at the same moment
+    /// for every server: what the kernel holds for the sockets, in no process's RSS. None
+    /// if /proc could not be read.
+    pub slab_bytes: Option<u64>,
+    pub slab_unreclaimable_bytes: Option<u64>,
+    pub tcp_memory_bytes: Option<u64>,
+    pub tcp_sockets_inuse: Option<u64>,
     pub open_fds: u64,
     /// Connections opened per second reaching this step (none at 0).
     pub open_rate_per_sec: Option<f64>,
@@ -370,9 +378,14 @@ impl Sample {
             0 => (None, None),
             _ => (Some(context.rtt.p50), Some(context.rtt.p99)),
         };
+        let kernel = KernelMemory::read().ok();
         Ok(Sample {
             connections: reading.connections,
             target: context.target,
+            slab_bytes: kernel.map(|kernel| kernel.slab_bytes),
+            slab_unreclaimable_bytes: kernel.map(|kernel| kernel.slab_unreclaimable_bytes),
+            tcp_memory_bytes: kernel.map(|kernel| kernel.tcp_memory_bytes),
+            tcp_sockets_inuse: kernel.map(|kernel| kernel.tcp_sockets_inuse),
             kernel_stack_delta_bytes: context.previous.map_or(0, |(_, last)| {
                 measured.kernel_stack_bytes as i64 - last.kernel_stack_bytes as i64
             }),

@@ -10,8 +10,11 @@
 //!   any server read from /proc as a process tree;
 //! - [`measure`]: a pool of client connections grown step by step, waiting at each step
 //!   until the server's memory is steady, then a [`measure::Sample`];
-//! - [`summary`] (with [`fit`]): bytes per connection and the ratios;
-//! - [`report`] and [`charts`]: summary.json, report.md and the SVGs;
+//! - [`summary`] (with [`fit`]): bytes per connection — user memory, kernel stacks and the
+//!   kernel's socket memory — and the ratios; [`sizing`]: connections per GiB, the memory
+//!   for 100,000 and 1,000,000 connections and the limits a node must raise;
+//! - [`charts`], [`report`] (with [`table`]) and [`html`]: the SVGs, summary.json,
+//!   report.md and index.html, the self-contained page of all of it;
 //! - [`tls_state`]: with wss runs, what a bare TLS session holds after its handshake, the
 //!   floor the wss figures are read against.
 //!
@@ -21,11 +24,14 @@
 pub mod charts;
 pub mod external;
 pub mod fit;
+pub mod html;
 pub mod measure;
 pub mod plan;
 pub mod report;
 pub mod server;
+pub mod sizing;
 pub mod summary;
+pub mod table;
 pub mod tls_state;
 
 use std::time::Duration;
@@ -75,7 +81,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         Some(_) => Some(tls_state::measure(1000).context("measuring a bare TLS session")?),
         None => None,
     };
-    let written = report::write(&plan, &machine, &summaries, tls_state)?;
+    let charts = charts::write_all(&plan.out, &summaries)?;
+    let command: Vec<String> = std::env::args().collect();
+    let report = report::Report::new(&plan, &machine, &summaries, tls_state, &charts, &command);
+    let written = report::write(&report)?;
+    let index = html::write(&report)?;
     println!("{}", report::comparison_table(&summaries));
     if let Some(tls) = report::tls_table(&summaries, tls_state) {
         println!("{tls}");
@@ -83,6 +93,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if let Some(push) = report::push_table(&summaries) {
         println!("{push}");
     }
+    for warning in report::kernel_warnings(&summaries) {
+        println!("warning: {warning}\n");
+    }
+    println!("{}", report::sizing_short(&report));
     println!("report written to {}", written.display());
+    println!("open {}", index.display());
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! The comparison's outputs: summary.json (every sample, the fits, the ratios, the
-//! configuration, the machine), report.md (the tables and the conclusions in numbers)
-//! and the charts.
+//! The comparison's outputs: summary.json (every sample, the fits, the sizing, the
+//! ratios, the configuration, the machine) and report.md (the tables and the conclusions
+//! in numbers), from one [`Report`]; index.html (`super::html`) shows the same tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,9 +11,11 @@ use serde::Serialize;
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{self, KernelLimits};
 
-use super::charts;
+use super::charts::Chart;
 use super::plan::{Builtin, Plan};
-use super::summary::{Ratio, Ratios, RunSummary, Summaries, keyed};
+use super::sizing::{self, NodeLimit, NodeNow, SIZES};
+use super::summary::{KERNEL_SOCKETS_DERIVATION, Ratio, Ratios, RunSummary, Summaries, keyed};
+use super::table::{Align, Table};
 use super::tls_state::TlsState;
 use crate::config::{Engine, Mode, Scheme};
 
@@ -28,23 +30,116 @@ pub struct Machine {
     pub pid_max: u64,
     pub max_map_count: u64,
     pub threads_max: u64,
+    /// fs.nr_open, the ceiling of RLIMIT_NOFILE (0 if unread).
+    pub nr_open: u64,
+    /// net.ipv4.ip_local_port_range (null if unread).
+    pub ip_local_port_range: Option<(u64, u64)>,
 }
 
 impl Machine {
     pub fn read(fd: FdLimit, kernel: Option<KernelLimits>) -> Machine {
+        let sysctl = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let numbers = |text: String| -> Vec<u64> { text.split_whitespace().filter_map(|n| n.parse().ok()).collect() };
         Machine {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_total_bytes: proc::memory_total_bytes().unwrap_or(0),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+            kernel: sysctl("/proc/sys/kernel/osrelease").trim().to_owned(),
             fd_soft: fd.soft,
             fd_hard: fd.hard,
             pid_max: kernel.map_or(0, |k| k.pid_max),
             max_map_count: kernel.map_or(0, |k| k.max_map_count),
             threads_max: kernel.map_or(0, |k| k.threads_max),
+            nr_open: numbers(sysctl("/proc/sys/fs/nr_open")).first().copied().unwrap_or(0),
+            ip_local_port_range: match numbers(sysctl("/proc/sys/net/ipv4/ip_local_port_range"))[..] {
+                [low, high] => Some((low, high)),
+                _ => None,
+            },
         }
+    }
+
+    /// The limits sizing names, as this machine has them.
+    pub fn node_now(&self) -> NodeNow {
+        let known = |value: u64| (value > 0).then_some(value);
+        NodeNow {
+            fd_hard: known(self.fd_hard),
+            nr_open: known(self.nr_open),
+            max_map_count: known(self.max_map_count),
+            pid_max: known(self.pid_max),
+            threads_max: known(self.threads_max),
+            port_range: self.ip_local_port_range,
+        }
+    }
+
+    /// One line: cores, memory, kernel and limits.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} cores, {} memory, Linux {}; RLIMIT_NOFILE {} (hard {}), pid_max {}, vm.max_map_count {}, \
+             threads-max {}, fs.nr_open {}, ip_local_port_range {}.",
+            self.cores,
+            bytes(self.memory_total_bytes as f64),
+            self.kernel,
+            self.fd_soft,
+            self.fd_hard,
+            self.pid_max,
+            self.max_map_count,
+            self.threads_max,
+            self.nr_open,
+            self.ip_local_port_range
+                .map_or("-".to_owned(), |(low, high)| format!("{low}-{high}"))
+        )
+    }
+}
+
+/// Everything the report is written from.
+pub struct Report<'a> {
+    pub plan: &'a Plan,
+    pub machine: &'a Machine,
+    pub summaries: &'a Summaries,
+    pub tls_session: Option<TlsState>,
+    pub charts: &'a [Chart],
+    /// The command line compare ran with.
+    pub command: &'a [String],
+    pub node_limits: Vec<NodeLimit>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        machine: &'a Machine,
+        summaries: &'a Summaries,
+        tls_session: Option<TlsState>,
+        charts: &'a [Chart],
+        command: &'a [String],
+    ) -> Report<'a> {
+        Report {
+            plan,
+            machine,
+            summaries,
+            tls_session,
+            charts,
+            command,
+            node_limits: sizing::node_limits(machine.node_now()),
+        }
+    }
+
+    /// The command line, as one line a shell reads back (arguments with spaces or quotes
+    /// single-quoted).
+    pub fn command_line(&self) -> String {
+        self.command
+            .iter()
+            .map(|arg| {
+                if !arg.is_empty()
+                    && arg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c))
+                {
+                    arg.clone()
+                } else {
+                    format!("'{}'", arg.replace('\'', "'\\''"))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -53,6 +148,8 @@ impl Machine {
 pub struct Summary<'a> {
     pub wsscale_version: &'static str,
     pub generated_unix_secs: u64,
+    /// compare's own command line.
+    pub command: &'a [String],
     pub config: &'a Plan,
     pub machine: &'a Machine,
     /// The lean engine's runs by mode, as before engines existed (readers of the first
@@ -63,19 +160,26 @@ pub struct Summary<'a> {
     /// Every run, in the order measured.
     pub runs: &'a [RunSummary],
     pub ratios: &'a Ratios,
+    /// How each run's `kernel_socket_bytes_per_connection` is derived.
+    pub kernel_socket_derivation: &'static str,
+    /// The connection counts each run's `sizing` is for, and the limits a node must raise
+    /// to hold them.
+    pub sizing: SizingSummary<'a>,
     /// With wss runs: what a bare TLS session holds after its handshake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_session: Option<TlsState>,
 }
 
-/// Writes summary.json, report.md and the charts into the plan's folder; returns it.
-pub fn write(
-    plan: &Plan,
-    machine: &Machine,
-    summaries: &Summaries,
-    tls_session: Option<TlsState>,
-) -> anyhow::Result<PathBuf> {
-    let out = &plan.out;
+#[derive(Debug, Clone, Serialize)]
+pub struct SizingSummary<'a> {
+    pub connections: [u64; 2],
+    pub node_limits: &'a [NodeLimit],
+}
+
+/// Writes summary.json and report.md into the plan's folder; returns the folder.
+pub fn write(report: &Report<'_>) -> anyhow::Result<PathBuf> {
+    let out = &report.plan.out;
+    let summaries = report.summaries;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let modes = Mode::ALL
         .into_iter()
@@ -93,20 +197,25 @@ pub fn write(
         generated_unix_secs: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs()),
-        config: plan,
-        machine,
+        command: report.command,
+        config: report.plan,
+        machine: report.machine,
         modes,
         ratios_threads_over_tasks: summaries.ratios.threads_over_tasks.get("lean").copied(),
         runs: &summaries.runs,
         ratios: &summaries.ratios,
-        tls_session,
+        kernel_socket_derivation: KERNEL_SOCKETS_DERIVATION,
+        sizing: SizingSummary {
+            connections: SIZES,
+            node_limits: &report.node_limits,
+        },
+        tls_session: report.tls_session,
     };
     write_file(
         &out.join("summary.json"),
         &(serde_json::to_string_pretty(&summary)? + "\n"),
     )?;
-    let chart_files = charts::write_all(out, summaries)?;
-    write_file(&out.join("report.md"), &markdown(&summary, summaries, &chart_files))?;
+    write_file(&out.join("report.md"), &markdown(report))?;
     Ok(out.clone())
 }
 
@@ -114,41 +223,28 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The side-by-side tables printed at the end and put at the top of report.md: every
-/// run's figures per idle connection, then the ratios.
-pub fn comparison_table(summaries: &Summaries) -> String {
+/// Every run's figures per idle connection, a column per run.
+pub fn per_connection_table(summaries: &Summaries) -> Table {
     let runs = &summaries.runs;
-    let mut out = String::new();
-    let _ = write!(out, "| per idle connection |");
-    for run in runs {
-        let _ = write!(out, " {} |", run.spec.name);
-    }
-    let _ = write!(out, "\n|---|");
-    for _ in runs {
-        let _ = write!(out, "---:|");
-    }
-    out.push('\n');
-    let row = |out: &mut String, name: &str, value: &dyn Fn(&RunSummary) -> String| {
-        let _ = write!(out, "| {name} |");
-        for run in runs {
-            let _ = write!(out, " {} |", value(run));
-        }
-        out.push('\n');
+    let mut table = Table::new(
+        std::iter::once("per idle connection".to_owned()).chain(runs.iter().map(|run| run.spec.name.clone())),
+    );
+    let mut row = |name: &str, value: &dyn Fn(&RunSummary) -> String| {
+        table.push(std::iter::once(name.to_owned()).chain(runs.iter().map(value)));
     };
-    row(&mut out, "user memory (RSS slope)", &|s| {
-        bytes(s.slope_bytes_per_connection)
-    });
-    row(&mut out, "heap (slope)", &|s| {
+    row("user memory (RSS slope)", &|s| bytes(s.slope_bytes_per_connection));
+    row("heap (slope)", &|s| {
         s.heap_slope_bytes_per_connection.map_or("-".to_owned(), bytes)
     });
-    row(&mut out, "kernel stack (KernelStack slope)", &|s| {
+    row("kernel stack (KernelStack slope)", &|s| {
         bytes(s.kernel_stack_slope_bytes_per_connection)
     });
-    row(&mut out, "user + kernel", &|s| {
-        bytes(s.user_plus_kernel_bytes_per_connection)
+    row("kernel socket memory (slab per socket)", &|s| {
+        s.kernel_socket_bytes_per_connection.map_or("-".to_owned(), bytes)
     });
-    row(&mut out, "R² of the RSS fit", &|s| format!("{:.4}", s.r2));
-    row(&mut out, "read buffer in force", &|s| {
+    row("user + kernel", &|s| bytes(s.user_plus_kernel_bytes_per_connection));
+    row("R² of the RSS fit", &|s| format!("{:.4}", s.r2));
+    row("read buffer in force", &|s| {
         s.spec.settings.map_or("-".to_owned(), |settings| {
             let read = settings.read_buffer_size;
             format!(
@@ -158,22 +254,20 @@ pub fn comparison_table(summaries: &Summaries) -> String {
             )
         })
     });
-    row(&mut out, "connections at the last step", &|s| {
+    row("connections at the last step", &|s| {
         s.samples.last().map_or(0, |x| x.connections).to_string()
     });
-    row(&mut out, "OS threads at the last step", &|s| {
-        s.threads_at_max.to_string()
-    });
-    row(&mut out, "Tokio tasks alive at the last step", &|s| {
+    row("OS threads at the last step", &|s| s.threads_at_max.to_string());
+    row("Tokio tasks alive at the last step", &|s| {
         s.tasks_alive_at_max.map_or("-".to_owned(), |tasks| tasks.to_string())
     });
-    row(&mut out, "opening rate, last step", &|s| {
+    row("opening rate, last step", &|s| {
         s.samples
             .last()
             .and_then(|x| x.open_rate_per_sec)
             .map_or("-".to_owned(), |rate| format!("{rate:.0}/s"))
     });
-    row(&mut out, "ping RTT p50 / p99, last step", &|s| {
+    row("ping RTT p50 / p99, last step", &|s| {
         s.samples
             .last()
             .map_or("-".to_owned(), |x| match (x.ping_rtt_p50_ms, x.ping_rtt_p99_ms) {
@@ -181,29 +275,177 @@ pub fn comparison_table(summaries: &Summaries) -> String {
                 _ => "-".to_owned(),
             })
     });
+    table
+}
 
-    let ratios = ratio_rows(&summaries.ratios);
-    if !ratios.is_empty() {
-        let _ = write!(out, "\n| ratio | user memory | user + kernel |\n|---|---:|---:|\n");
-        for (name, ratio) in ratios {
-            let _ = writeln!(
-                out,
-                "| {name} | {:.1}× | {:.1}× |",
-                ratio.user_memory, ratio.user_plus_kernel_memory
-            );
-        }
+/// The ratios, named for a reader; None without a pair of runs to compare.
+pub fn ratio_table(summaries: &Summaries) -> Option<Table> {
+    let mut table = Table::new(["ratio", "user memory", "user + kernel"]);
+    for (name, ratio) in ratio_rows(&summaries.ratios) {
+        table.push([
+            name,
+            format!("{:.1}×", ratio.user_memory),
+            format!("{:.1}×", ratio.user_plus_kernel_memory),
+        ]);
+    }
+    (!table.is_empty()).then_some(table)
+}
+
+/// The side-by-side tables printed at the end and put at the top of report.md: every
+/// run's figures per idle connection, then the ratios.
+pub fn comparison_table(summaries: &Summaries) -> String {
+    let mut out = per_connection_table(summaries).markdown();
+    if let Some(ratios) = ratio_table(summaries) {
+        out.push('\n');
+        out.push_str(&ratios.markdown());
     }
     out
 }
 
-/// What TLS costs per idle connection: each run measured in both schemes, side by side,
-/// and (when it was measured) a bare TLS session after its handshake, the floor a wss
-/// connection's cost is read against. None without wss runs.
-pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option<String> {
-    let mut out = String::from(
-        "| what TLS costs per idle connection | ws | wss | wss − ws | wss ÷ ws | heap wss − ws |\n|---|---:|---:|---:|---:|---:|\n",
-    );
-    let mut any = false;
+/// How the kernel socket row was derived, with each run's raw slopes.
+pub fn kernel_socket_table(summaries: &Summaries) -> Table {
+    let mut table = Table::new([
+        "kernel socket memory",
+        "host Slab per connection",
+        "R²",
+        "SUnreclaim per connection",
+        "TCP mem per connection",
+        "TCP sockets per connection",
+        "slab per socket (the server's share)",
+        "SUnreclaim per socket",
+    ]);
+    for run in &summaries.runs {
+        let Some(k) = run.kernel_sockets else {
+            table.push(
+                [run.spec.name.clone()]
+                    .into_iter()
+                    .chain(std::iter::repeat_n("-".to_owned(), 7)),
+            );
+            continue;
+        };
+        let optional = |value: Option<f64>| value.map_or("-".to_owned(), bytes);
+        table.push([
+            run.spec.name.clone(),
+            bytes(k.slab_slope_bytes_per_connection),
+            format!("{:.3}", k.slab_r2),
+            bytes(k.slab_unreclaimable_slope_bytes_per_connection),
+            bytes(k.tcp_memory_slope_bytes_per_connection),
+            format!("{:.2}", k.tcp_sockets_per_connection),
+            optional(k.slab_per_socket_bytes),
+            optional(k.slab_unreclaimable_per_socket_bytes),
+        ]);
+    }
+    table
+}
+
+/// Runs whose host gained other than two TCP sockets per connection (compare's clients
+/// are on this host: two sockets each): something else opened or closed sockets during
+/// the run, and its kernel figures are not this server's alone. One sentence each.
+pub fn kernel_warnings(summaries: &Summaries) -> Vec<String> {
+    summaries
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let sockets = run.kernel_sockets?.tcp_sockets_per_connection;
+            ((sockets - 2.0).abs() > 0.2).then(|| {
+                format!(
+                    "{}: the host's TCP sockets grew by {sockets:.2} per connection, not 2: other work on the host \
+                     opened or closed sockets during the run, so its kernel figures are not this server's alone \
+                     (run compare on a quiet host).",
+                    run.spec.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// Each run's sizing: its cost per idle connection, connections per GiB, and the memory
+/// for each of [`SIZES`] connections.
+pub fn sizing_table(summaries: &Summaries) -> Table {
+    let mut head = vec![
+        "sizing".to_owned(),
+        "user + kernel per connection".to_owned(),
+        "connections per GiB".to_owned(),
+    ];
+    head.extend(SIZES.iter().map(|n| format!("{} connections", count(*n))));
+    head.push("process at 0 connections".to_owned());
+    let mut table = Table::new(head);
+    for run in &summaries.runs {
+        let sizing = &run.sizing;
+        let mut row = vec![
+            run.spec.name.clone(),
+            bytes(sizing.bytes_per_connection),
+            count(sizing.connections_per_gib),
+        ];
+        row.extend(sizing.memory_for.iter().map(|memory| bytes(memory.bytes)));
+        row.push(bytes(sizing.process_baseline_bytes as f64));
+        table.push(row);
+    }
+    table
+}
+
+/// The limits a node must raise for each of [`SIZES`] connections.
+pub fn limits_table(limits: &[NodeLimit]) -> Table {
+    let mut head = vec!["limit".to_owned(), "whose".to_owned()];
+    head.extend(SIZES.iter().map(|n| format!("for {}", count(*n))));
+    head.extend(["this machine".to_owned(), "how".to_owned()]);
+    let mut table = Table::new(head).with_align(1, Align::Left);
+    let how = table.head.len() - 1;
+    table = table.with_align(how, Align::Left);
+    for limit in limits {
+        let mut row = vec![limit.name.to_owned(), limit.applies_to.to_owned()];
+        row.extend(limit.needed.iter().map(|needed| count(needed.value)));
+        row.push(limit.this_machine.map_or("-".to_owned(), count));
+        row.push(limit.how.to_owned());
+        table.push(row);
+    }
+    table
+}
+
+/// The sizing in a few lines, for the console.
+pub fn sizing_short(report: &Report<'_>) -> String {
+    let mut out = String::from("sizing (user + kernel stack + kernel socket per idle connection):\n");
+    for run in &report.summaries.runs {
+        let sizing = &run.sizing;
+        let _ = write!(
+            out,
+            "  {}: {} per connection, {} per GiB",
+            run.spec.name,
+            bytes(sizing.bytes_per_connection),
+            count(sizing.connections_per_gib)
+        );
+        for memory in &sizing.memory_for {
+            let _ = write!(out, "; {} for {}", bytes(memory.bytes), count(memory.connections));
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "  limits per node for {}:", count(SIZES[1]));
+    for limit in &report.node_limits {
+        if let Some(needed) = limit.needed.last() {
+            let _ = write!(out, " {} {};", short_name(limit.name), count(needed.value));
+        }
+    }
+    out.pop();
+    out.push_str(" (report.md: whose, and how)\n");
+    out
+}
+
+/// A limit's name without its explanation in parentheses.
+fn short_name(name: &str) -> &str {
+    name.split(" (").next().unwrap_or(name)
+}
+
+/// What TLS costs per idle connection: each run measured in both schemes, side by side.
+/// None without wss runs.
+pub fn tls_rows(summaries: &Summaries) -> Option<Table> {
+    let mut table = Table::new([
+        "what TLS costs per idle connection",
+        "ws",
+        "wss",
+        "wss − ws",
+        "wss ÷ ws",
+        "heap wss − ws",
+    ]);
     for run in &summaries.runs {
         let Some(builtin) = run.builtin().filter(|builtin| builtin.scheme == Scheme::Wss) else {
             continue;
@@ -211,7 +453,6 @@ pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
         let Some(plain) = summaries.builtin(builtin.in_scheme(Scheme::Ws)) else {
             continue;
         };
-        any = true;
         let heap = match (
             run.heap_slope_bytes_per_connection,
             plain.heap_slope_bytes_per_connection,
@@ -219,79 +460,150 @@ pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
             (Some(tls), Some(plain)) => bytes(tls - plain),
             _ => "-".to_owned(),
         };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {:.2}× | {heap} |",
-            plain.spec.name,
+        table.push([
+            plain.spec.name.clone(),
             bytes(plain.slope_bytes_per_connection),
             bytes(run.slope_bytes_per_connection),
             bytes(run.slope_bytes_per_connection - plain.slope_bytes_per_connection),
-            run.slope_bytes_per_connection / plain.slope_bytes_per_connection,
-        );
+            format!(
+                "{:.2}×",
+                run.slope_bytes_per_connection / plain.slope_bytes_per_connection
+            ),
+            heap,
+        ]);
     }
-    if !any {
-        return None;
-    }
-    if let Some(state) = tls_session {
-        let _ = write!(
+    (!table.is_empty()).then_some(table)
+}
+
+/// A bare TLS session after its handshake, the floor a wss connection's cost is read
+/// against, in sentences (when it was measured and wss runs exist).
+pub fn tls_floor(summaries: &Summaries, tls_session: Option<TlsState>) -> Option<String> {
+    tls_rows(summaries)?;
+    let state = tls_session?;
+    let mut out = format!(
+        "A bare TLS session after its handshake (rustls 0.23, ring, rustls' defaults; {} in memory, live heap each): {} for the lean engine's (rustls' unbuffered connection), {} for rustls' buffered `ServerConnection` (what tokio-rustls holds, its 4 KiB incoming buffer in it).\n",
+        state.sessions,
+        bytes(state.lean_bytes),
+        bytes(state.buffered_bytes)
+    );
+    let lean = |scheme| {
+        summaries.builtin(Builtin {
+            mode: Mode::Tasks,
+            engine: Engine::Lean,
+            scheme,
+        })
+    };
+    if let (Some(plain), Some(tls)) = (lean(Scheme::Ws), lean(Scheme::Wss)) {
+        let floor = plain.slope_bytes_per_connection + state.lean_bytes;
+        let _ = writeln!(
             out,
-            "\nA bare TLS session after its handshake (rustls 0.23, ring, rustls' defaults; {} in memory, live heap each): {} for the lean engine's (rustls' unbuffered connection), {} for rustls' buffered `ServerConnection` (what tokio-rustls holds, its 4 KiB incoming buffer in it).\n",
-            state.sessions,
+            "tasks-lean-wss costs {} per idle connection against tasks-lean's {} plus that session's {} = {}: **{:.2}×** the floor.",
+            bytes(tls.slope_bytes_per_connection),
+            bytes(plain.slope_bytes_per_connection),
             bytes(state.lean_bytes),
-            bytes(state.buffered_bytes)
+            bytes(floor),
+            tls.slope_bytes_per_connection / floor
         );
-        let lean = |scheme| {
-            summaries.builtin(Builtin {
-                mode: Mode::Tasks,
-                engine: Engine::Lean,
-                scheme,
-            })
-        };
-        if let (Some(plain), Some(tls)) = (lean(Scheme::Ws), lean(Scheme::Wss)) {
-            let floor = plain.slope_bytes_per_connection + state.lean_bytes;
-            let _ = writeln!(
-                out,
-                "tasks-lean-wss costs {} per idle connection against tasks-lean's {} plus that session's {} = {}: **{:.2}×** the floor.",
-                bytes(tls.slope_bytes_per_connection),
-                bytes(plain.slope_bytes_per_connection),
-                bytes(state.lean_bytes),
-                bytes(floor),
-                tls.slope_bytes_per_connection / floor
-            );
-        }
+    }
+    Some(out)
+}
+
+/// The TLS table and its floor, as Markdown. None without wss runs.
+pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option<String> {
+    let mut out = tls_rows(summaries)?.markdown();
+    if let Some(floor) = tls_floor(summaries, tls_session) {
+        out.push('\n');
+        out.push_str(&floor);
     }
     Some(out)
 }
 
 /// `--push`: per run and step, delivery latency to every connection and the server's cost
 /// per broadcast. None when nothing was pushed.
-pub fn push_table(summaries: &Summaries) -> Option<String> {
-    let mut out = String::from(
-        "| server push | connections | delivery p50 | p99 | max (all) | CPU per broadcast | context switches per broadcast | missed |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    let mut any = false;
+pub fn push_rows(summaries: &Summaries) -> Option<Table> {
+    let mut table = Table::new([
+        "server push",
+        "connections",
+        "delivery p50",
+        "p99",
+        "max (all)",
+        "CPU per broadcast",
+        "context switches per broadcast",
+        "missed",
+    ]);
     for run in &summaries.runs {
         for sample in &run.samples {
             let Some(push) = sample.push else { continue };
-            any = true;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} | {} |",
-                run.spec.name,
-                sample.connections,
-                push.push_delivery_p50_ms,
-                push.push_delivery_p99_ms,
-                push.push_delivery_max_ms,
-                push.cpu_seconds_per_broadcast * 1000.0,
-                push.context_switches_per_broadcast,
-                push.push_missed
-            );
+            table.push([
+                run.spec.name.clone(),
+                sample.connections.to_string(),
+                format!("{:.2} ms", push.push_delivery_p50_ms),
+                format!("{:.2} ms", push.push_delivery_p99_ms),
+                format!("{:.2} ms", push.push_delivery_max_ms),
+                format!("{:.2} ms", push.cpu_seconds_per_broadcast * 1000.0),
+                format!("{:.0}", push.context_switches_per_broadcast),
+                push.push_missed.to_string(),
+            ]);
         }
     }
-    any.then_some(out)
+    (!table.is_empty()).then_some(table)
 }
 
+/// The push table as Markdown.
+pub fn push_table(summaries: &Summaries) -> Option<String> {
+    push_rows(summaries).map(|table| table.markdown())
+}
+
+/// One run's samples, a row per step.
+pub fn samples_table(run: &RunSummary) -> Table {
+    let mut table = Table::new([
+        "connections",
+        "RSS",
+        "RSS/conn",
+        "heap/conn",
+        "threads",
+        "tasks",
+        "kernel stack Δ",
+        "host slab Δ",
+        "TCP sockets Δ",
+        "open fds",
+        "open rate",
+        "RTT p50",
+        "RTT p99",
+        "CPU s",
+        "steady",
+    ]);
+    table.align[0] = Align::Right;
+    let last = table.align.len() - 1;
+    table.align[last] = Align::Center;
+    let first = run.samples.first();
+    for s in &run.samples {
+        let optional = |value: Option<f64>, unit: &str| value.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"));
+        let since_first = |value: fn(&super::measure::Sample) -> Option<u64>| match (first.and_then(value), value(s)) {
+            (Some(first), Some(now)) => Some(now as f64 - first as f64),
+            _ => None,
+        };
+        table.push([
+            s.connections.to_string(),
+            bytes(s.rss_bytes as f64),
+            bytes(s.rss_per_connection_bytes),
+            s.heap_per_connection_bytes.map_or("-".to_owned(), bytes),
+            s.threads.to_string(),
+            s.tasks_alive.map_or("-".to_owned(), |tasks| tasks.to_string()),
+            bytes(s.kernel_stack_delta_bytes as f64),
+            since_first(|s| s.slab_bytes).map_or("-".to_owned(), bytes),
+            since_first(|s| s.tcp_sockets_inuse).map_or("-".to_owned(), |n| format!("{n:+.0}")),
+            s.open_fds.to_string(),
+            s.open_rate_per_sec
+                .map_or("-".to_owned(), |rate| format!("{rate:.0}/s")),
+            optional(s.ping_rtt_p50_ms, " ms"),
+            optional(s.ping_rtt_p99_ms, " ms"),
+            format!("{:.2}", s.cpu_seconds),
+            if s.steady { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    table
+}
 /// The ratio table's rows, named for a reader.
 fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
     // "lean" or "lean-wss" → "lean engine" or "lean engine, wss".
@@ -319,7 +631,9 @@ fn ratio_rows(ratios: &Ratios) -> Vec<(String, Ratio)> {
 
 /// Bytes with a unit a person reads at a glance.
 pub fn bytes(value: f64) -> String {
-    if value.abs() >= 1024.0 * 1024.0 {
+    if value.abs() >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", value / 1073741824.0)
+    } else if value.abs() >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", value / 1048576.0)
     } else if value.abs() >= 1024.0 {
         format!("{:.1} KiB", value / 1024.0)
@@ -328,25 +642,39 @@ pub fn bytes(value: f64) -> String {
     }
 }
 
+/// A count with thousands separated: 1,000,000.
+pub fn count(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// What the numbers say, in numbers: each run's cost; how much of the stock engine's cost
 /// is buffers (stock − lean in one mode) and how much is the execution model (threads −
-/// tasks in one engine); and which flag changes it.
-fn conclusions(summaries: &Summaries) -> String {
-    let mut out = String::new();
+/// tasks in one engine); and which flag changes it. One item each, in Markdown.
+pub fn conclusions(summaries: &Summaries) -> Vec<String> {
+    let mut out = Vec::new();
     for run in &summaries.runs {
         let heap = run
             .heap_slope_bytes_per_connection
             .map_or(String::new(), |heap| format!(", of which {} is live heap", bytes(heap)));
-        let _ = writeln!(
-            out,
-            "- **{}**: each idle connection adds {} of RSS (R² {:.4}){heap}, plus {} of kernel stack outside \
-             any RSS: {} in all.",
+        out.push(format!(
+            "**{}**: each idle connection adds {} of RSS (R² {:.4}){heap}, plus {} of kernel stack and {} of \
+             kernel socket memory outside any RSS: {} in all.",
             run.spec.name,
             bytes(run.slope_bytes_per_connection),
             run.r2,
             bytes(run.kernel_stack_slope_bytes_per_connection),
+            run.kernel_socket_bytes_per_connection
+                .map_or("an unmeasured amount".to_owned(), bytes),
             bytes(run.user_plus_kernel_bytes_per_connection)
-        );
+        ));
     }
     for scheme in Scheme::ALL {
         let kind = |mode, engine| summaries.builtin(Builtin { mode, engine, scheme });
@@ -359,15 +687,14 @@ fn conclusions(summaries: &Summaries) -> String {
                 continue;
             };
             let ratio = summaries.ratios.threads_over_tasks[&keyed(engine, scheme)];
-            let _ = writeln!(
-                out,
-                "- The execution model, {engine} engine{over}: a thread per connection costs {} more than a task                  per connection ({} vs {} user + kernel: **{:.1}×**, {:.1}× in user memory alone). Beyond the heap,                  the difference is the thread itself: its touched stack, TLS and signal stack in RSS, and 16 KiB of                  kernel stack.",
+            out.push(format!(
+                "The execution model, {engine} engine{over}: a thread per connection costs {} more than a task per connection ({} vs {} user + kernel: **{:.1}×**, {:.1}× in user memory alone). Beyond the heap, the difference is the thread itself: its touched stack, TLS and signal stack in RSS, and 16 KiB of kernel stack.",
                 bytes(threads.user_plus_kernel_bytes_per_connection - tasks.user_plus_kernel_bytes_per_connection),
                 bytes(threads.user_plus_kernel_bytes_per_connection),
                 bytes(tasks.user_plus_kernel_bytes_per_connection),
                 ratio.user_plus_kernel_memory,
                 ratio.user_memory
-            );
+            ));
         }
         for mode in Mode::ALL {
             let (Some(lean), Some(stock)) = (kind(mode, Engine::Lean), kind(mode, Engine::Tungstenite)) else {
@@ -377,60 +704,83 @@ fn conclusions(summaries: &Summaries) -> String {
             let read_buffer = stock.spec.settings.map(|settings| settings.read_buffer_size);
             let buffer_share = read_buffer.map_or(String::new(), |read| {
                 format!(
-                    "; tungstenite allocates its read buffer, {} ({}), when the connection opens and keeps it for                      the connection's life — that is {:.0}% of the difference, and `--read-buffer-size` is the flag                      that changes it",
+                    "; tungstenite allocates its read buffer, {} ({}), when the connection opens and keeps it for the connection's life — that is {:.0}% of the difference, and `--read-buffer-size` is the flag that changes it",
                     bytes(read.value as f64),
                     if read.is_flag() { "set by flag" } else { "its default" },
                     100.0 * read.value as f64 / extra.max(1.0)
                 )
             });
-            let _ = writeln!(
-                out,
-                "- The engine, {mode} mode{over}: the stock stack costs {} of RSS per connection against the lean                  engine's {} (**{:.1}×**): {} more, buffers held while idle{buffer_share}.",
+            out.push(format!(
+                "The engine, {mode} mode{over}: the stock stack costs {} of RSS per connection against the lean engine's {} (**{:.1}×**): {} more, buffers held while idle{buffer_share}.",
                 bytes(stock.slope_bytes_per_connection),
                 bytes(lean.slope_bytes_per_connection),
                 summaries.ratios.stock_over_lean[&keyed(mode, scheme)].user_memory,
                 bytes(extra),
-            );
+            ));
         }
     }
-    let _ = writeln!(
-        out,
-        "- Not counted in any: the kernel's socket buffers and TCP state (slab), the same per socket in every run."
+    out.push(
+        "The kernel's socket memory (slab per socket) is counted in every run's user + kernel: the same kind of \
+         figure for every server, the host's, read by compare (see how it is derived under \"Kernel socket memory\")."
+            .to_owned(),
     );
     out
 }
 
-fn markdown(summary: &Summary<'_>, summaries: &Summaries, charts: &[(String, String)]) -> String {
-    let machine = summary.machine;
-    let plan = summary.config;
+/// The title of report.md and index.html.
+pub const TITLE: &str =
+    "What an idle WebSocket connection costs: Tokio task vs OS thread, lean engine vs stock tungstenite";
+
+/// The sizing section's explanation, above its tables.
+pub fn sizing_intro() -> String {
+    format!(
+        "Memory for N idle connections on one node = N × (user memory + kernel stack + kernel socket memory per \
+         connection), each measured above (a negative kernel slope, noise, counts as 0); the server process's own \
+         memory at 0 connections comes on top, once per process. Connections per GiB = 1 GiB ÷ the same sum. The \
+         clients' own memory, on their hosts, is not in it. To hold {} or {} connections a node must also raise \
+         the limits in the second table (RLIMIT_NOFILE and fs.nr_open for every server; the kernel's map, pid and thread limits for a \
+         thread per connection; and enough source addresses on the clients' side, one per port range's worth of \
+         connections to one server address).",
+        count(SIZES[0]),
+        count(SIZES[1])
+    )
+}
+
+fn markdown(report: &Report<'_>) -> String {
+    let summaries = report.summaries;
+    let plan = report.plan;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# What an idle WebSocket connection costs: Tokio task vs OS thread, lean engine vs stock tungstenite\n"
-    );
-    let _ = writeln!(
-        out,
-        "Machine: {} cores, {} memory, Linux {}; RLIMIT_NOFILE {} (hard {}), pid_max {}, vm.max_map_count {}, \
-         threads-max {}.\n",
-        machine.cores,
-        bytes(machine.memory_total_bytes as f64),
-        machine.kernel,
-        machine.fd_soft,
-        machine.fd_hard,
-        machine.pid_max,
-        machine.max_map_count,
-        machine.threads_max
-    );
+    let _ = writeln!(out, "# {TITLE}\n");
+    let _ = writeln!(out, "Machine: {}\n", report.machine.describe());
+    let _ = writeln!(out, "Command: `{}`\n", report.command_line());
     let _ = writeln!(
         out,
         "Steps: {:?} connections; client pings every {} s; wsscale {}. Servers:\n",
-        plan.steps, plan.client_ping_interval_secs, summary.wsscale_version
+        plan.steps,
+        plan.client_ping_interval_secs,
+        env!("CARGO_PKG_VERSION")
     );
     for run in &plan.runs {
         let _ = writeln!(out, "- **{}**: `{}`", run.name, run.server);
     }
     let _ = writeln!(out, "\n## Per connection\n\n{}", comparison_table(summaries));
-    if let Some(tls) = tls_table(summaries, summary.tls_session) {
+    let _ = writeln!(
+        out,
+        "## Kernel socket memory\n\nHow the row \"kernel socket memory (slab per socket)\" is derived: \
+         {KERNEL_SOCKETS_DERIVATION}\n\n{}",
+        kernel_socket_table(summaries).markdown()
+    );
+    for warning in kernel_warnings(summaries) {
+        let _ = writeln!(out, "**Warning**: {warning}\n");
+    }
+    let _ = writeln!(
+        out,
+        "## Sizing\n\n{}\n\n{}\n{}",
+        sizing_intro(),
+        sizing_table(summaries).markdown(),
+        limits_table(&report.node_limits).markdown()
+    );
+    if let Some(tls) = tls_table(summaries, report.tls_session) {
         let _ = writeln!(
             out,
             "## What TLS costs per idle connection\n\nEvery run below was measured over plain TCP (ws) and over \
@@ -448,40 +798,37 @@ fn markdown(summary: &Summary<'_>, summaries: &Summaries, charts: &[(String, Str
             plan.push.map_or(0, |push| push.size_bytes)
         );
     }
-    let _ = writeln!(out, "## Conclusions\n\n{}", conclusions(summaries));
-    let _ = writeln!(out, "## Charts\n");
-    for (file, title) in charts {
-        let _ = writeln!(out, "![{title}]({file})\n");
+    let _ = writeln!(out, "## Conclusions\n");
+    for conclusion in conclusions(summaries) {
+        let _ = writeln!(out, "- {conclusion}");
+    }
+    let _ = writeln!(out, "\n## Charts\n");
+    for chart in report.charts {
+        let _ = writeln!(out, "![{}]({})\n", chart.title, chart.file);
     }
     for run in &summaries.runs {
-        let _ = writeln!(out, "## Samples: {}\n", run.spec.name);
         let _ = writeln!(
             out,
-            "| connections | RSS | RSS/conn | heap/conn | threads | tasks | kernel stack Δ | open fds | open rate | RTT p50 | RTT p99 | CPU s | steady |"
+            "## Samples: {}\n\n{}",
+            run.spec.name,
+            samples_table(run).markdown()
         );
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|");
-        for s in &run.samples {
-            let optional = |value: Option<f64>, unit: &str| value.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
-                s.connections,
-                bytes(s.rss_bytes as f64),
-                bytes(s.rss_per_connection_bytes),
-                s.heap_per_connection_bytes.map_or("-".to_owned(), bytes),
-                s.threads,
-                s.tasks_alive.map_or("-".to_owned(), |tasks| tasks.to_string()),
-                bytes(s.kernel_stack_delta_bytes as f64),
-                s.open_fds,
-                s.open_rate_per_sec
-                    .map_or("-".to_owned(), |rate| format!("{rate:.0}/s")),
-                optional(s.ping_rtt_p50_ms, " ms"),
-                optional(s.ping_rtt_p99_ms, " ms"),
-                s.cpu_seconds,
-                if s.steady { "yes" } else { "no" }
-            );
-        }
-        out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_counts_and_bytes() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1_000_000), "1,000,000");
+        assert_eq!(count(262_144), "262,144");
+        assert_eq!(bytes(512.0), "512 B");
+        assert_eq!(bytes(3.0 * 1073741824.0), "3.0 GiB");
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use wsscale_host::fd::FdLimit;
-use wsscale_host::proc::{KernelLimits, KernelMemory};
+use wsscale_host::proc::{KernelGrowth, KernelLimits, KernelMemory};
 
 use super::registry::{
     BROADCASTS, CONNECTIONS_ACTIVE, CONNECTIONS_CLOSED, CONNECTIONS_MAX, CONNECTIONS_OPENED, CONNECTIONS_REJECTED,
@@ -119,7 +119,8 @@ pub struct KernelShare {
     pub kernel_stack_bytes: Option<f64>,
     /// TCP sockets in use now minus at the baseline.
     pub tcp_sockets_added: Option<i64>,
-    /// (Slab − baseline) ÷ sockets added.
+    /// (Slab − baseline) ÷ sockets added (none unless at least one socket was added for
+    /// every two connections: see `KernelGrowth`).
     pub slab_per_socket_bytes: Option<f64>,
     /// (SUnreclaim − baseline) ÷ sockets added.
     pub slab_unreclaimable_per_socket_bytes: Option<f64>,
@@ -132,18 +133,14 @@ impl KernelShare {
         let (Some(now), Some(baseline)) = (now, baseline) else {
             return KernelShare::default();
         };
-        let sockets_added = now.tcp_sockets_inuse as i64 - baseline.tcp_sockets_inuse as i64;
-        let per = |now: u64, base: u64, count: i64| (count > 0).then(|| (now as f64 - base as f64) / count as f64);
+        // The derivation compare's kernel rows use too, there on slopes.
+        let growth = KernelGrowth::between(now, baseline, connections);
         KernelShare {
-            kernel_stack_bytes: per(now.kernel_stack_bytes, baseline.kernel_stack_bytes, connections as i64),
-            tcp_sockets_added: Some(sockets_added),
-            slab_per_socket_bytes: per(now.slab_bytes, baseline.slab_bytes, sockets_added),
-            slab_unreclaimable_per_socket_bytes: per(
-                now.slab_unreclaimable_bytes,
-                baseline.slab_unreclaimable_bytes,
-                sockets_added,
-            ),
-            tcp_memory_per_socket_bytes: per(now.tcp_memory_bytes, baseline.tcp_memory_bytes, sockets_added),
+            kernel_stack_bytes: growth.kernel_stack_per_connection(),
+            tcp_sockets_added: Some(growth.tcp_sockets as i64),
+            slab_per_socket_bytes: growth.slab_per_socket(),
+            slab_unreclaimable_per_socket_bytes: growth.slab_unreclaimable_per_socket(),
+            tcp_memory_per_socket_bytes: growth.tcp_memory_per_socket(),
         }
     }
 }

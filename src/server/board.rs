@@ -65,6 +65,38 @@ pub struct Board {
     metrics: ServerMetrics,
 }
 
+/// The pushes a connection has not taken yet, oldest first (see [`Board::take`]).
+pub struct Takes<'a> {
+    board: &'a Board,
+    next: u64,
+    last: u64,
+}
+
+impl<'a> Iterator for Takes<'a> {
+    type Item = Taken<'a>;
+
+    fn next(&mut self) -> Option<Taken<'a>> {
+        while self.next <= self.last {
+            let seq = self.next;
+            self.next += 1;
+            if let Some(push) = self.board.slot(seq) {
+                return Some(Taken {
+                    board: self.board,
+                    push,
+                });
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Takes<'_> {
+    /// What the connection did not get to is settled all the same: it will never take it.
+    fn drop(&mut self) {
+        self.for_each(drop);
+    }
+}
+
 /// A push a connection took.
 pub struct Taken<'a> {
     board: &'a Board,
@@ -186,15 +218,18 @@ impl Board {
 
     /// The pushes after `seen` that are still in the ring, oldest first, for a connection
     /// to send; `seen` moves to the newest. Each is counted delivered when the returned
-    /// [`Taken`] is dropped.
-    pub fn take(&self, seen: &mut u64) -> Vec<Taken<'_>> {
+    /// [`Taken`] is dropped; those the caller does not get to (it stops early, or drops
+    /// the iterator) are counted when the iterator is dropped. Nothing is allocated: a
+    /// push wakes every connection, so this runs once per connection per push.
+    pub fn take(&self, seen: &mut u64) -> Takes<'_> {
         let latest = self.latest.load(Ordering::Acquire);
-        let taken = (*seen + 1..=latest)
-            .filter_map(|seq| self.slot(seq))
-            .map(|push| Taken { board: self, push })
-            .collect();
+        let takes = Takes {
+            board: self,
+            next: *seen + 1,
+            last: latest,
+        };
         *seen = latest;
-        taken
+        takes
     }
 
     /// The push numbered `seq`, if the ring still holds it.
@@ -300,10 +335,10 @@ mod tests {
         board.post(32);
         let mut seen = board.open();
         assert_eq!(seen, 1, "pushes before the connection opened are not its own");
-        assert!(board.take(&mut seen).is_empty());
+        assert_eq!(board.take(&mut seen).count(), 0);
         board.post(32);
         board.post(40);
-        let taken = board.take(&mut seen);
+        let taken: Vec<_> = board.take(&mut seen).collect();
         let seqs: Vec<u64> = taken
             .iter()
             .map(|taken| u64::from_be_bytes(taken.frame()[6..14].try_into().unwrap()))
@@ -312,7 +347,7 @@ mod tests {
         assert_eq!(taken[1].frame().len(), 2 + 40);
         drop(taken);
         assert_eq!(seen, 3);
-        assert!(board.take(&mut seen).is_empty(), "taken once");
+        assert_eq!(board.take(&mut seen).count(), 0, "taken once");
         board.close(seen);
     }
 
@@ -323,8 +358,7 @@ mod tests {
         for _ in 0..RING + 5 {
             board.post(20);
         }
-        let taken = board.take(&mut seen);
-        assert_eq!(taken.len(), RING);
+        assert_eq!(board.take(&mut seen).count(), RING);
         assert_eq!(seen, (RING + 5) as u64);
     }
 
@@ -351,7 +385,11 @@ mod tests {
         let push = board.slot(1).unwrap();
         assert_eq!(push.remaining.load(Ordering::Acquire), 2);
         drop(board.take(&mut first));
-        assert_eq!(push.remaining.load(Ordering::Acquire), 1);
+        assert_eq!(
+            push.remaining.load(Ordering::Acquire),
+            1,
+            "settled without being iterated: the connection will never take it"
+        );
         board.close(second);
         assert_eq!(push.remaining.load(Ordering::Acquire), 0);
         board.close(first);

@@ -337,11 +337,13 @@ impl Connection {
     /// dropped, and counted, so a peer that does not read costs a bounded amount and
     /// delays nobody.
     fn on_push(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
-        let taken = shared.board.take(&mut self.seen_push);
         let mut lent = self.tls.is_some().then(|| shared.buffers.take());
         let mut flow = Flow::Continue;
         let mut sent = 0;
-        for push in &taken {
+        // Each push counts as delivered to this connection when its `Taken` is dropped at
+        // the end of its turn: handed to the socket, queued behind a peer that is not
+        // reading, or dropped. Leaving the loop early settles the rest with the iterator.
+        for push in shared.board.take(&mut self.seen_push) {
             let frame = push.frame();
             if self.unsent.len() + frame.len() > shared.max_unsent {
                 shared.metrics.pushes_dropped.increment(1);
@@ -371,9 +373,6 @@ impl Connection {
             messages_received: 0,
             messages_sent: sent,
         });
-        // Handed to the socket (or queued behind a peer that is not reading): only now
-        // does each push count as delivered to this connection.
-        drop(taken);
         flow
     }
 

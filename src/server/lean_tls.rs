@@ -27,17 +27,29 @@ use tokio::net::TcpStream;
 /// Ciphertext read from the socket at a time in the HTTP phase.
 const HANDSHAKE_READ: usize = 4096;
 
+/// The most ciphertext rustls is shown, and kept for it, at a time: what rustls' buffered
+/// connection allows while it joins a handshake message spread over records
+/// (`DeframerVecBuffer::prepare_read`, "message buffer full"). rustls joins the message in
+/// place and needs every byte from its first record on until the message is whole, so
+/// without this bound a ClientHello cut into 1-byte records is held 6 times over.
+const MAX_HELD: usize = 0xffff;
+
 /// One TLS session, without IO.
 pub struct LeanTls {
     connection: UnbufferedServerConnection,
     /// Ciphertext rustls has not consumed yet: the start of a record (or of a handshake
-    /// message spread over records) waiting for the rest. Empty — no allocation — between
-    /// whole records.
+    /// message spread over records, at most [`MAX_HELD`] bytes) waiting for the rest.
+    /// Empty — no allocation — between whole records.
     partial: Vec<u8>,
     /// The peer's close_notify has arrived: no more plaintext will come.
     peer_closed: bool,
     /// Our close_notify has been produced.
     closing: bool,
+    /// `receive` failed: rustls is not called again. After some errors it still keeps its
+    /// place in bytes it was given (a message interleaved with a cut handshake message),
+    /// and going on without them panicked inside rustls; going on with them repeats the
+    /// error and its alert.
+    failed: bool,
 }
 
 impl LeanTls {
@@ -47,6 +59,7 @@ impl LeanTls {
             partial: Vec::new(),
             peer_closed: false,
             closing: false,
+            failed: false,
         })
     }
 
@@ -67,29 +80,67 @@ impl LeanTls {
     /// Takes ciphertext just read (the caller's buffer, which rustls may modify): the
     /// plaintext it completes is appended to `plaintext`, anything TLS has to send back
     /// (handshake messages, key updates, alerts) to `outgoing`. A trailing part of a record
-    /// is kept until the rest arrives.
+    /// is kept until the rest arrives. What follows the peer's close_notify is ignored
+    /// (RFC 8446 section 6.1; rustls reads nothing after it) and not kept.
     pub fn receive(
         &mut self,
         incoming: &mut [u8],
         plaintext: &mut Vec<u8>,
         outgoing: &mut Vec<u8>,
     ) -> Result<(), rustls::Error> {
+        if self.failed {
+            return Err(failed());
+        }
+        let result = self.receive_records(incoming, plaintext, outgoing);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn receive_records(
+        &mut self,
+        incoming: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
         if self.partial.is_empty() {
-            let used = self.process(incoming, plaintext, outgoing)?;
-            if used < incoming.len() {
+            let used = self.process_bounded(incoming, plaintext, outgoing)?;
+            if used < incoming.len() && !self.peer_closed {
                 self.partial = incoming[used..].to_vec();
             }
         } else {
             let mut pending = std::mem::take(&mut self.partial);
             pending.extend_from_slice(incoming);
-            let used = self.process(&mut pending, plaintext, outgoing)?;
-            if used < pending.len() {
+            let used = self.process_bounded(&mut pending, plaintext, outgoing)?;
+            if used < pending.len() && !self.peer_closed {
                 pending.drain(..used);
                 pending.shrink_to_fit();
                 self.partial = pending;
             }
         }
         Ok(())
+    }
+
+    /// Runs rustls over `buffer`, showing it at most [`MAX_HELD`] bytes past what it has
+    /// consumed; returns how many it consumed. An error if rustls consumes nothing of a
+    /// full window and more bytes wait: they would be held past the bound.
+    fn process_bounded(
+        &mut self,
+        buffer: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<usize, rustls::Error> {
+        let mut used = 0;
+        loop {
+            let end = buffer.len().min(used + MAX_HELD);
+            let consumed = self.process(&mut buffer[used..end], plaintext, outgoing)?;
+            used += consumed;
+            if consumed == 0 || self.peer_closed {
+                if end - used == MAX_HELD && end < buffer.len() && !self.peer_closed {
+                    return Err(buffer_full());
+                }
+                return Ok(used);
+            }
+        }
     }
 
     /// Runs rustls over `buffer` until it needs more bytes; returns how many it consumed.
@@ -139,6 +190,9 @@ impl LeanTls {
 
     /// Encrypts `data` (plaintext) into records appended to `outgoing`.
     pub fn encrypt(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        if self.failed {
+            return Err(failed());
+        }
         let mut result = Ok(());
         self.with_pending(|connection, pending, peer_closed| {
             loop {
@@ -175,9 +229,10 @@ impl LeanTls {
         result
     }
 
-    /// Appends our close_notify to `outgoing`, once.
+    /// Appends our close_notify to `outgoing`, once; nothing after a failed `receive`
+    /// (rustls sent its alert then, if the error has one).
     pub fn close(&mut self, outgoing: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.closing, true) {
+        if std::mem::replace(&mut self.closing, true) || self.failed {
             return;
         }
         self.with_pending(|connection, pending, peer_closed| {
@@ -212,6 +267,18 @@ impl LeanTls {
             self.partial = pending;
         }
     }
+}
+
+/// More than [`MAX_HELD`] bytes would be held while rustls joins a handshake message.
+fn buffer_full() -> rustls::Error {
+    rustls::Error::General(format!(
+        "message buffer full: a handshake message spread over more than {MAX_HELD} bytes"
+    ))
+}
+
+/// What `receive` and `encrypt` return once `receive` has failed.
+fn failed() -> rustls::Error {
+    rustls::Error::General("the TLS session failed earlier".to_owned())
 }
 
 /// After an error, the alert rustls queued (if any) into `outgoing`. `pending` is what
@@ -559,6 +626,148 @@ mod tests {
         handshake(&mut tls, &mut client, 4096);
         tls.encrypt(b"after", &mut outgoing).unwrap();
         tls.close(&mut outgoing);
+    }
+
+    /// A client whose ClientHello carries `alpn_bytes` of ALPN names (the server has none:
+    /// they are ignored, but the message is that long).
+    fn client_with_alpn(cert_pem: &str, alpn_bytes: usize) -> rustls::ClientConnection {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = (0..alpn_bytes / 201)
+            .map(|i| vec![b'a' + (i % 26) as u8; 200])
+            .collect();
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+    }
+
+    /// Plaintext handshake records re-cut into records of `size` bytes of payload.
+    fn recut(records: &[u8], size: usize) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut at = 0;
+        while at + 5 <= records.len() {
+            assert_eq!(records[at], 0x16, "a handshake record");
+            let length = usize::from(u16::from_be_bytes([records[at + 3], records[at + 4]]));
+            payload.extend_from_slice(&records[at + 5..at + 5 + length]);
+            at += 5 + length;
+        }
+        let mut out = Vec::new();
+        for piece in payload.chunks(size) {
+            out.extend_from_slice(&[0x16, 0x03, 0x03, 0, piece.len() as u8]);
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+
+    /// Found by tests/fuzz_tls.rs: rustls joins a handshake message spread over records
+    /// in place, keeping every byte from its first record on, so a ClientHello of 15 KB in
+    /// 1-byte records was held whole — 90 KB — where rustls' buffered connection stops at
+    /// 64 KB ("message buffer full"). Now the same bound, and the same decision.
+    #[test]
+    fn a_handshake_message_is_not_joined_over_more_than_64_kib() {
+        let (cert, key) = super::super::tls::self_signed().unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let config = super::super::tls::server_config(
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let hello = client_output(&mut client_with_alpn(&cert, 15_000));
+        let wire = recut(&hello, 1);
+        assert!(wire.len() > 80_000, "{} bytes", wire.len());
+        for step in [HANDSHAKE_READ, wire.len()] {
+            let mut tls = LeanTls::new(config.clone()).unwrap();
+            let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+            let mut result = Ok(());
+            for chunk in wire.chunks(step) {
+                result = tls.receive(&mut chunk.to_vec(), &mut plaintext, &mut outgoing);
+                assert!(tls.held_bytes() <= MAX_HELD, "holds {} bytes", tls.held_bytes());
+                if result.is_err() {
+                    break;
+                }
+            }
+            let error = result.expect_err("the limit of rustls' buffered connection");
+            assert!(error.to_string().contains("message buffer full"), "{error}");
+            assert!(outgoing.is_empty(), "no alert, as from rustls' buffered connection");
+        }
+        // In 8-byte records (under 64 KB) the same ClientHello is taken.
+        let (mut tls, _) = server();
+        let mut client = client_with_alpn(&cert, 15_000);
+        let wire = recut(&client_output(&mut client), 8);
+        let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+        for chunk in wire.chunks(HANDSHAKE_READ) {
+            tls.receive(&mut chunk.to_vec(), &mut plaintext, &mut outgoing).unwrap();
+        }
+        assert!(!outgoing.is_empty(), "the server's first flight");
+    }
+
+    /// Found while building tests/fuzz_tls.rs: after some errors rustls keeps its place in
+    /// the bytes it failed on (here a ClientHello cut over records with an alert in
+    /// between, which rustls refuses as interleaved), and the next call — a close, or a
+    /// receive with other bytes — indexed past them and panicked inside rustls. Once
+    /// `receive` has failed, rustls is not called again.
+    #[test]
+    fn after_a_failed_receive_rustls_is_not_called_again() {
+        let (_, mut client) = server();
+        let hello = client_output(&mut client);
+        let wire = recut(&hello, 100);
+        let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x5a];
+        let mut bytes = wire[..105].to_vec();
+        bytes.extend_from_slice(&alert);
+        bytes.extend_from_slice(&wire[105..]);
+        let (mut tls, _) = server();
+        let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+        let error = tls
+            .receive(&mut bytes.clone(), &mut plaintext, &mut outgoing)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::MessageInterleavedWithHandshakeMessage)
+            ),
+            "{error:?}"
+        );
+        let sent = outgoing.len();
+        assert!(
+            tls.receive(&mut wire[..10].to_vec(), &mut plaintext, &mut outgoing)
+                .is_err()
+        );
+        assert!(tls.encrypt(b"after", &mut outgoing).is_err());
+        tls.close(&mut outgoing);
+        assert_eq!(outgoing.len(), sent, "nothing more is sent");
+        assert!(plaintext.is_empty());
+    }
+
+    /// Found while building tests/fuzz_tls.rs: rustls reads nothing after the peer's
+    /// close_notify (RFC 8446 section 6.1), and the bytes after it in the same read were
+    /// kept as if they were the start of a record: held for as long as the connection
+    /// lived, and handed to rustls again on every call.
+    #[test]
+    fn bytes_after_the_peers_close_notify_are_not_kept() {
+        for step in [1, 7, 4096] {
+            let (mut server, mut client) = server();
+            handshake(&mut server, &mut client, 4096);
+            std::io::Write::write_all(&mut client.writer(), b"before").unwrap();
+            client.send_close_notify();
+            let mut wire = client_output(&mut client);
+            // What a peer might send after its close_notify: garbage and a record.
+            wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3]);
+            let mut outgoing = Vec::new();
+            let received = feed(&mut server, &wire, step, &mut outgoing);
+            assert_eq!(received, b"before", "read {step} bytes at a time");
+            assert!(server.peer_closed());
+            assert_eq!(server.held_bytes(), 0, "read {step} bytes at a time");
+            let mut ours = Vec::new();
+            server.close(&mut ours);
+            assert!(!ours.is_empty(), "our close_notify");
+        }
     }
 
     #[test]

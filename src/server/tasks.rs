@@ -206,19 +206,20 @@ impl Future for SessionTask {
         };
         let shared = &guard.shared;
         let stream: &TcpStream = this.stream;
-        let mut board_fired = false;
         if this.connection.heeds_board() {
             // Re-arm before on_wake reads the board; a post in between fires the new one.
+            // The loop ends on a `Pending` poll of the new one, which has registered this
+            // task's waker: a wake-up by the board alone needs no second poll (a push
+            // wakes every connection, so that poll would double the cost of a broadcast).
             while this.board.as_mut().poll(cx).is_ready() {
                 this.board.set(shared.board.notify.clone().notified_owned());
-                board_fired = true;
             }
         }
         let mut wake = TaskWake {
             cx,
             stream,
             timer: this.timer.as_mut(),
-            handled: board_fired,
+            handled: false,
             timer_fired: false,
         };
         let flow = this.connection.on_wake(stream, shared, &mut wake);

@@ -142,6 +142,23 @@ impl Browser {
         self.viewport(HEIGHT).await;
     }
 
+    /// Takes the open page off the network: every request it makes from now on fails
+    /// (Chromium's offline emulation), as on a machine with no network.
+    pub async fn offline(&mut self) {
+        self.call("Network.enable", json!({})).await;
+        self.call(
+            "Network.emulateNetworkConditions",
+            json!({ "offline": true, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0 }),
+        )
+        .await;
+    }
+
+    /// Loads `url` in the open page.
+    pub async fn navigate(&mut self, url: &str) {
+        let answer = self.call("Page.navigate", json!({ "url": url })).await;
+        assert!(answer.get("errorText").is_none(), "{url}: {answer}");
+    }
+
     async fn viewport(&mut self, height: u32) {
         self.call(
             "Emulation.setDeviceMetricsOverride",

@@ -165,6 +165,8 @@ async fn compares_modes_and_engines_and_writes_the_report() {
         report.contains("read buffer"),
         "the conclusions name the read buffer: {report}"
     );
+    assert_kernel_rows_and_sizing(&summary, &report);
+    assert_self_contained_index(&out, &names, &stdout);
     for name in names {
         assert!(out.join(format!("serve-{name}.log")).is_file(), "serve-{name}.log");
     }
@@ -256,6 +258,140 @@ async fn measures_any_server_given_as_a_command() {
         summary["ratios"]
     );
     assert!(out.join("serve-node-ws.log").is_file());
+    // An external server gets the same kernel row and sizing as wsscale's own.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_kernel_rows_and_sizing(&summary, &report);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_self_contained_index(&out, &["tasks-lean", "node-ws"], &stdout);
+}
+
+/// Every run's kernel socket row (its raw slopes from the host's readings; the figure
+/// itself may be null when the host's socket count did not follow the connections — the
+/// tests run in parallel and move it, tests/kernel.rs checks its value alone) and its
+/// sizing; report.md's rows and sections.
+fn assert_kernel_rows_and_sizing(summary: &Value, report: &str) {
+    for run in summary["runs"].as_array().unwrap() {
+        let name = run["name"].as_str().unwrap();
+        let kernel = &run["kernel_sockets"];
+        for field in [
+            "slab_slope_bytes_per_connection",
+            "slab_r2",
+            "slab_unreclaimable_slope_bytes_per_connection",
+            "tcp_memory_slope_bytes_per_connection",
+            "tcp_sockets_per_connection",
+        ] {
+            assert!(kernel[field].is_number(), "{name}: kernel_sockets.{field}: {run:#}");
+        }
+        let socket = &run["kernel_socket_bytes_per_connection"];
+        assert!(socket.is_number() || socket.is_null(), "{name}: {socket}");
+        assert_eq!(*socket, kernel["slab_per_socket_bytes"], "{name}");
+        for sample in run["samples"].as_array().unwrap() {
+            for field in [
+                "slab_bytes",
+                "slab_unreclaimable_bytes",
+                "tcp_memory_bytes",
+                "tcp_sockets_inuse",
+            ] {
+                assert!(
+                    sample[field].as_u64().is_some(),
+                    "{name} sample lacks {field}: {sample:#}"
+                );
+            }
+        }
+        let figure = |key: &str| run[key].as_f64().unwrap_or_else(|| panic!("{name}: {key}: {run:#}"));
+        // The new sum holds the old one and the kernel's socket memory (never below 0).
+        assert!(
+            figure("user_plus_kernel_bytes_per_connection") >= figure("user_plus_kernel_stack_bytes_per_connection"),
+            "{name}: {run:#}"
+        );
+        let sizing = &run["sizing"];
+        let per = sizing["bytes_per_connection"].as_f64().unwrap();
+        assert_eq!(per, figure("user_plus_kernel_bytes_per_connection"), "{name}");
+        assert!(per > 0.0, "{name}: {sizing:#}");
+        let per_gib = sizing["connections_per_gib"].as_u64().unwrap();
+        assert_eq!(per_gib, (1024.0 * 1024.0 * 1024.0 / per) as u64, "{name}: {sizing:#}");
+        let memory = sizing["memory_for"].as_array().unwrap();
+        assert_eq!(memory[0]["connections"], 100_000, "{sizing:#}");
+        assert_eq!(memory[1]["connections"], 1_000_000, "{sizing:#}");
+        let for_million = memory[1]["bytes"].as_f64().unwrap();
+        assert!((for_million - per * 1e6).abs() < 1.0, "{name}: {sizing:#}");
+        assert!(sizing["process_baseline_bytes"].as_u64().unwrap() > 0, "{sizing:#}");
+    }
+    let limits = summary["sizing"]["node_limits"].as_array().unwrap();
+    let limit = |prefix: &str| {
+        limits
+            .iter()
+            .find(|limit| limit["name"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {limits:#?}"))
+    };
+    assert_eq!(limit("RLIMIT_NOFILE")["needed"][1]["value"], 1_000_256);
+    assert!(limit("vm.max_map_count")["needed"][1]["value"].as_u64().unwrap() >= 4_000_000);
+    limit("kernel.pid_max");
+    limit("kernel.threads-max");
+    assert!(limit("client source addresses")["needed"][1]["value"].as_u64().unwrap() >= 16);
+    assert!(
+        summary["kernel_socket_derivation"]
+            .as_str()
+            .unwrap()
+            .contains("sockstat")
+    );
+    for wanted in [
+        "| kernel socket memory (slab per socket) |",
+        "## Kernel socket memory",
+        "## Sizing",
+        "| connections per GiB |",
+        "1,000,000 connections",
+        "vm.max_map_count",
+        "net.ipv4.ip_local_port_range",
+    ] {
+        assert!(report.contains(wanted), "report.md lacks {wanted:?}:\n{report}");
+    }
+}
+
+/// index.html beside report.md: the tables with every run, the charts inline, and nothing
+/// fetched from anywhere (no script, no stylesheet, no image by URL); its path printed.
+fn assert_self_contained_index(out: &Path, names: &[&str], stdout: &str) {
+    let index = out.join("index.html");
+    let html = std::fs::read_to_string(&index).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+    assert!(stdout.contains(&format!("open {}", index.display())), "{stdout}");
+    assert!(
+        stdout.contains("sizing (user + kernel stack + kernel socket"),
+        "{stdout}"
+    );
+    assert!(html.starts_with("<!DOCTYPE html>"), "{}", &html[..100.min(html.len())]);
+    for id in [
+        "per-connection-table",
+        "sizing-table",
+        "limits-table",
+        "kernel-sockets-table",
+        "servers-table",
+    ] {
+        assert!(html.contains(&format!("<table id=\"{id}\">")), "index.html lacks #{id}");
+    }
+    for name in names {
+        assert!(
+            html.contains(&format!("<th class=\"r\">{name}</th>")),
+            "no column for {name}"
+        );
+        assert!(
+            html.contains(&format!("<td class=\"l\">{name}</td>")),
+            "no row for {name}"
+        );
+    }
+    assert!(html.matches("<svg").count() >= 3, "the charts inline");
+    for fetch in [
+        "src=",
+        "href=\"http",
+        "<script",
+        "<link",
+        "@import",
+        "url(",
+        "<img",
+        "<iframe",
+    ] {
+        assert!(!html.contains(fetch), "index.html holds {fetch:?}");
+    }
+    assert!(!html.contains("NaN") && !html.contains("undefined"));
 }
 
 #[tokio::test]
@@ -407,4 +543,75 @@ async fn measures_wss_beside_ws_with_its_own_certificate() {
     let lean_wss = run("tasks-lean-wss")["slope_bytes_per_connection"].as_f64().unwrap();
     let lean_ws = run("tasks-lean")["slope_bytes_per_connection"].as_f64().unwrap();
     assert!(lean_wss > lean_ws, "{lean_wss} vs {lean_ws}");
+}
+
+/// index.html opened from disk in a real browser with the network off: the tables render
+/// with every run in them, the charts are there, nothing shows NaN or undefined, and the
+/// page asked for no resource at all. The external server's command carries markup (in a
+/// shell comment, so the server still runs), which the page shows as text.
+#[tokio::test]
+async fn index_html_opens_offline_in_a_browser() {
+    const MARKUP: &str = "<script>alert(\"x\")</script> & 'q'";
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("node-ws=node peers/node-ws/server.js {{port}} # {MARKUP}");
+    let args = [
+        "--connections",
+        "300",
+        "--steps",
+        "3",
+        "--settle-timeout",
+        "5s",
+        "--modes",
+        "tasks",
+        "--engines",
+        "lean",
+        "--server",
+        &server,
+    ];
+    let (output, out) = compare(&args, dir.path()).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let index = out.join("index.html");
+    let html = std::fs::read_to_string(&index).unwrap();
+    assert!(!html.contains("<script"), "the command is escaped");
+    assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;q&#39;"));
+
+    let mut browser = crate::browser::Browser::launch().await;
+    browser.open("about:blank").await;
+    browser.offline().await;
+    browser.navigate(&format!("file://{}", index.display())).await;
+    let cells = "Array.from(document.querySelectorAll('#per-connection-table td, #sizing-table td'))\
+                 .map(c => c.innerText).join('\\n')";
+    let text = browser
+        .wait_for("the tables", Duration::from_secs(30), async |browser| {
+            let ready = browser.eval("document.readyState").await == "complete";
+            let cells = browser.eval(cells).await.as_str().unwrap_or_default().to_owned();
+            (ready && cells.contains("tasks-lean") && cells.contains("node-ws")).then_some(cells)
+        })
+        .await;
+    assert!(text.contains("KiB"), "{text}");
+    let body = browser.body_text().await;
+    for wrong in ["NaN", "undefined", "Infinity"] {
+        assert!(!body.contains(wrong), "the page shows {wrong}:\n{body}");
+    }
+    assert!(body.contains(MARKUP), "the command shown as text:\n{body}");
+    assert!(body.contains("kernel socket memory (slab per socket)"), "{body}");
+    assert!(body.contains("1,000,000 connections"), "{body}");
+    let facts = browser
+        .eval(
+            "JSON.stringify({ svgs: document.querySelectorAll('figure svg').length, \
+             drawn: Array.from(document.querySelectorAll('figure svg')).every(s => s.getBBox().width > 100), \
+             scripts: document.scripts.length, \
+             requests: performance.getEntriesByType('resource').length })",
+        )
+        .await;
+    let facts: Value = serde_json::from_str(facts.as_str().unwrap()).unwrap();
+    assert_eq!(facts["scripts"], 0, "{facts}");
+    assert_eq!(facts["requests"], 0, "index.html asks for nothing: {facts}");
+    assert!(
+        facts["svgs"].as_u64().unwrap() >= 3 && facts["drawn"] == true,
+        "{facts}"
+    );
+    browser
+        .screenshot(&crate::browser::screenshot_path(&dir, "compare-index.png"))
+        .await;
 }

@@ -1,7 +1,8 @@
 //! `wsscale load` over wss:// against real TLS WebSocket servers on 127.0.0.1:0: a
 //! tokio-rustls + tokio-tungstenite echo server in this test binary, with a certificate
 //! rcgen makes for the test (the server's own `--tls-self-signed` is not used here), and
-//! the Node `ws` peer serving TLS with `--cert`/`--key` (OpenSSL's TLS, not rustls').
+//! the Node `ws` and Python `websockets` peers serving TLS with `--cert`/`--key` (OpenSSL's
+//! TLS, not rustls').
 //! Trust (`--tls-ca`, `--tls-insecure`, neither), the TLS handshake histogram in the
 //! summary and the generator's /metrics, failures by cause, shards, segments and merge,
 //! and `--reconnect` across a restart on the same port.
@@ -591,32 +592,61 @@ async fn reconnect_over_wss_after_the_server_restarts_on_the_same_port() {
 /// generator trusts it with --tls-ca and echoes over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_ws_peer_serves_wss_with_cert_and_key() {
+    peer_serves_wss(
+        "node-ws",
+        "peers/node-ws/node_modules",
+        &["node", "peers/node-ws/server.js"],
+    )
+    .await;
+}
+
+/// The Python `websockets` peer serves wss:// the same way (an `ssl.SSLContext`: Python's
+/// OpenSSL binding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_websockets_peer_serves_wss_with_cert_and_key() {
+    peer_serves_wss(
+        "python-websockets",
+        "peers/python-websockets/.venv/bin/python",
+        &[
+            "peers/python-websockets/.venv/bin/python",
+            "peers/python-websockets/server.py",
+        ],
+    )
+    .await;
+}
+
+/// Starts the peer `name` (installed when `installed` exists; `command` relative to the
+/// repository, as peers/servers.txt writes it) as `COMMAND PORT --cert FILE --key FILE`:
+/// its start line says wss://, and 50 generator connections that trust the certificate
+/// alone open, echo and close cleanly over TLS.
+async fn peer_serves_wss(name: &str, installed: &str, command: &[&str]) {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
-        repository.join("peers/node-ws/node_modules").is_dir(),
-        "the node-ws peer is not installed: run peers/install.sh node-ws (scripts/test.sh does)"
+        repository.join(installed).exists(),
+        "the {name} peer is not installed: run peers/install.sh {name} (scripts/test.sh does)"
     );
     let certificate = TestCertificate::new(&["localhost", "127.0.0.1"]);
     let addr = free_addr();
-    let mut node = tokio::process::Command::new("node")
-        .arg(repository.join("peers/node-ws/server.js"))
+    let mut peer = tokio::process::Command::new(command[0])
+        .args(&command[1..])
         .arg(addr.port().to_string())
         .arg("--cert")
         .arg(&certificate.pem_path)
         .arg("--key")
         .arg(&certificate.key_path)
+        .current_dir(repository)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     // Its start line says it listens.
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(node.stderr.take().unwrap()));
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(peer.stderr.take().unwrap()));
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
-        .expect("node starts")
+        .unwrap_or_else(|_| panic!("{name} starts"))
         .unwrap()
         .unwrap_or_default();
-    assert_eq!(first, format!("node-ws listening wss://{addr}/ws"));
+    assert_eq!(first, format!("{name} listening wss://{addr}/ws"));
     let (output, summary) = load(&[
         "--url",
         &format!("wss://{addr}/ws"),
@@ -630,11 +660,14 @@ async fn the_node_ws_peer_serves_wss_with_cert_and_key() {
         "200ms",
     ])
     .await;
-    assert!(output.status.success(), "{}", describe(&output));
+    assert!(output.status.success(), "{name}: {}", describe(&output));
     let summary: Value = summary.unwrap();
-    assert_eq!(summary["opened"], 50, "{summary:#}");
-    assert_eq!(summary["closed_cleanly"], 50, "{summary:#}");
-    assert_eq!(summary["tls_ms"]["count"], 50, "{summary:#}");
-    assert!(summary["messages_echoed"].as_u64().unwrap() >= 50, "{summary:#}");
-    node.kill().await.unwrap();
+    assert_eq!(summary["opened"], 50, "{name}: {summary:#}");
+    assert_eq!(summary["closed_cleanly"], 50, "{name}: {summary:#}");
+    assert_eq!(summary["tls_ms"]["count"], 50, "{name}: {summary:#}");
+    assert!(
+        summary["messages_echoed"].as_u64().unwrap() >= 50,
+        "{name}: {summary:#}"
+    );
+    peer.kill().await.unwrap();
 }

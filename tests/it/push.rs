@@ -3,9 +3,12 @@
 //! cleanly, and the endpoint refuses what it should. Latency figures are benchmarks
 //! (`wsscale compare --push`), not tests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -14,6 +17,8 @@ use crate::support::{Client, Kind, TestServer, eventually, http_post, read_json}
 
 crate::lean_stacks!(
     every_connection_gets_every_broadcast_once_in_order,
+    a_burst_of_broadcasts_arrives_whole_and_in_order_everywhere,
+    a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames,
     a_peer_that_does_not_read_is_bounded_and_delays_nobody,
     a_broadcast_meets_the_drain_cleanly,
     push_interval_pushes_on_its_own,
@@ -271,4 +276,250 @@ async fn the_load_generator_measures_push_delivery() {
     // Echoes of the generator's own messages are counted apart from pushes.
     let echoed = summary["messages_echoed"].as_u64().unwrap();
     assert!((50..=50 * 5).contains(&echoed), "{summary:#}");
+}
+
+/// Broadcasts posted back to back from several clients at once, faster than the
+/// connections take them: a connection finds several pushes on one wake-up, and still
+/// sends each once, whole and in order.
+async fn a_burst_of_broadcasts_arrives_whole_and_in_order_everywhere(kind: Kind) {
+    const CONNECTIONS: usize = 200;
+    const POSTERS: u64 = 4;
+    const EACH: u64 = 10;
+    const BROADCASTS: u64 = POSTERS * EACH;
+    let server = TestServer::start(kind, &["--allow-broadcast"]);
+    let mut readers = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut client = server.connect().await;
+        readers.push(tokio::spawn(async move {
+            let seqs = pushes(&mut client, BROADCASTS as usize).await;
+            (seqs, client)
+        }));
+    }
+    server
+        .wait_for_metric(
+            "wsscale_connections_active",
+            &[],
+            CONNECTIONS as f64,
+            Duration::from_secs(30),
+        )
+        .await;
+    let metrics_addr = server.metrics_addr;
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    let (status, body) = http_post(metrics_addr, "/broadcast?size=100").await;
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for poster in posters {
+        poster.await.unwrap();
+    }
+    let mut held = Vec::new();
+    for reader in readers {
+        let (seqs, client) = reader.await.unwrap();
+        assert_eq!(seqs, (1..=BROADCASTS).collect::<Vec<_>>(), "{kind}: whole and in order");
+        held.push(client);
+    }
+    let metrics = server
+        .wait_for_metric(
+            "wsscale_broadcast_duration_seconds_count",
+            &[],
+            BROADCASTS as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        metrics.value("wsscale_messages_sent_total", &[]),
+        (BROADCASTS as usize * CONNECTIONS) as f64
+    );
+    assert_eq!(metrics.value("wsscale_pushes_dropped_total", &[]), 0.0);
+}
+
+/// A client frame, masked as RFC 6455 requires.
+fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+    frame
+}
+
+/// Every frame in `bytes`, parsed strictly as a server's: FIN set, no reserved bit, a
+/// known opcode, unmasked, the length in its shortest form, and nothing left over.
+fn strict_frames(mut bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        let at = |frames: &Vec<(u8, Vec<u8>)>| format!("frame {} ({} bytes left)", frames.len(), bytes.len());
+        if bytes.len() < 2 {
+            return Err(format!("{}: a torn header", at(&frames)));
+        }
+        let (first, second) = (bytes[0], bytes[1]);
+        if first & 0xF0 != 0x80 {
+            return Err(format!("{}: FIN/RSV bits {first:#04x}", at(&frames)));
+        }
+        let opcode = first & 0x0F;
+        if ![0x1, 0x2, 0x8, 0xA].contains(&opcode) {
+            return Err(format!("{}: opcode {opcode:#x}", at(&frames)));
+        }
+        if second & 0x80 != 0 {
+            return Err(format!("{}: a masked server frame", at(&frames)));
+        }
+        let (len, header) = match second & 0x7F {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return Err(format!("{}: a torn extended length", at(&frames))),
+            len => (len as usize, 2),
+        };
+        if (header == 4 && len < 126) || (header == 10 && len <= 65535) {
+            return Err(format!("{}: length {len} not in its shortest form", at(&frames)));
+        }
+        if bytes.len() < header + len {
+            return Err(format!("{}: a torn payload ({len} bytes announced)", at(&frames)));
+        }
+        frames.push((opcode, bytes[header..header + len].to_vec()));
+        bytes = &bytes[header + len..];
+    }
+    Ok(frames)
+}
+
+/// One connection gets pushes while it echoes, answers pings and closes: every byte it
+/// receives parses strictly into whole frames (a push written into the middle of an echo,
+/// a pong or the close reply would break the parse or a payload), the echoes and pongs
+/// come back whole and in order, the pushes in order with none missing, and nothing
+/// follows the close reply.
+async fn a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames(kind: Kind) {
+    const MESSAGES: usize = 300;
+    // Room for everything this test sends at once (7 MB of echoes), so no push is dropped
+    // however slowly this client is scheduled: a gap could only be an interleaving bug.
+    let server = TestServer::start(
+        kind,
+        &[
+            "--allow-broadcast",
+            "--max-message-size",
+            "1MiB",
+            "--write-buffer-size",
+            "16MiB",
+        ],
+    );
+    let mut io = crate::support::open(&server.url(), server.cert.as_deref())
+        .await
+        .unwrap();
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.ws_addr
+    );
+    io.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let head_end = loop {
+        let mut byte = [0; 1];
+        assert_eq!(io.read(&mut byte).await.unwrap(), 1, "{kind}: the 101 in full");
+        response.push(byte[0]);
+        if response.ends_with(b"\r\n\r\n") {
+            break response.len();
+        }
+    };
+    let head = String::from_utf8_lossy(&response[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{kind}: {head}");
+    server
+        .wait_for_metric("wsscale_connections_active", &[], 1.0, Duration::from_secs(10))
+        .await;
+    let (mut read_half, mut write_half) = tokio::io::split(io);
+    let received = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        read_half.read_to_end(&mut bytes).await.map(|_| bytes)
+    });
+
+    // Pushes keep coming the whole time: before, during and after the close.
+    let posted = Arc::new(AtomicU64::new(0));
+    let metrics_addr = server.metrics_addr;
+    let broadcaster = {
+        let posted = posted.clone();
+        tokio::spawn(async move {
+            for _ in 0..MESSAGES / 2 {
+                let (status, body) = http_post(metrics_addr, "/broadcast?size=200").await;
+                if status != 200 {
+                    return body;
+                }
+                posted.fetch_add(1, Ordering::Release);
+            }
+            String::new()
+        })
+    };
+    eventually(Duration::from_secs(30), "the first broadcast", async || {
+        (posted.load(Ordering::Acquire) > 0).then_some(())
+    })
+    .await;
+    let mut texts = Vec::new();
+    let mut pings = Vec::new();
+    for i in 0..MESSAGES {
+        let mask = (i as u32).wrapping_mul(0x9E37_79B9).to_be_bytes();
+        let frame = if i % 3 == 2 {
+            let payload = format!("ping {i}").into_bytes();
+            pings.push(payload.clone());
+            client_frame(0x9, &payload, mask)
+        } else {
+            // Echoes of every length form: 7-bit, 16-bit, and a few past the socket's
+            // first write.
+            let len = [10, 300, 5000, 70_000][i % 4];
+            let text: String = format!("echo {i} ").chars().cycle().take(len).collect();
+            texts.push(text.clone().into_bytes());
+            client_frame(0x1, text.as_bytes(), mask)
+        };
+        write_half.write_all(&frame).await.unwrap();
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    write_half
+        .write_all(&client_frame(0x8, &1000u16.to_be_bytes(), [7, 7, 7, 7]))
+        .await
+        .unwrap();
+    let bytes = tokio::time::timeout(Duration::from_secs(60), received)
+        .await
+        .expect("the server closes after its close reply")
+        .unwrap()
+        .expect("the stream reads to its end");
+    let frames = strict_frames(&response[head_end..].iter().chain(&bytes).copied().collect::<Vec<_>>())
+        .unwrap_or_else(|error| panic!("{kind}: {error}"));
+    let (last, before) = frames.split_last().expect("frames");
+    assert_eq!(last.0, 0x8, "{kind}: the close reply ends the stream");
+    assert_eq!(last.1[..2], 1000u16.to_be_bytes(), "{kind}");
+    let of = |opcode: u8| {
+        before
+            .iter()
+            .filter(move |frame| frame.0 == opcode)
+            .map(|frame| frame.1.clone())
+    };
+    assert!(of(0x8).next().is_none(), "{kind}: one close, the last frame");
+    assert!(of(0x1).eq(texts.iter().cloned()), "{kind}: every echo whole, in order");
+    assert!(of(0xA).eq(pings.iter().cloned()), "{kind}: every pong whole, in order");
+    let seqs: Vec<u64> = of(0x2)
+        .map(|payload| {
+            assert_eq!(payload.len(), 200, "{kind}: a push whole");
+            push_seq(&Message::Binary(payload.into())).expect("a push")
+        })
+        .collect();
+    assert!(!seqs.is_empty(), "{kind}: pushes raced the echoes");
+    // From the first push the connection was open for (the session registers on the
+    // board a moment after the 101), every one in order up to its close.
+    assert!(
+        seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{kind}: pushes in order, none missed: {seqs:?}"
+    );
+    let refused = broadcaster.await.unwrap();
+    assert!(refused.is_empty(), "{kind}: {refused}");
 }

@@ -443,8 +443,13 @@ fn prometheus_configuration_passes_promtool() {
     );
 }
 
-/// The filter every server selector of the dashboard carries: the three variables.
-const SERVER_FILTER: &str = r#"{mode=~"$mode", engine=~"$engine", instance=~"$instance"}"#;
+/// The filter every server selector of the dashboard carries: the four variables.
+const SERVER_FILTER: &str = r#"{mode=~"$mode", engine=~"$engine", scheme=~"$scheme", instance=~"$instance"}"#;
+
+/// The TLS panels' selectors narrow the filter to wss:// servers (a ws:// server's TLS
+/// series are zeros that say nothing).
+const TLS_FILTER: &str =
+    r#"{mode=~"$mode", engine=~"$engine", scheme=~"$scheme", instance=~"$instance", scheme="wss"}"#;
 
 /// The metric names an expression selects (`wsscale_…` and `process_…`), each with the
 /// text that follows it.
@@ -501,6 +506,11 @@ fn dashboard_model_is_consistent_with_its_provisioning() {
                 if name.starts_with("wsscale_loadgen_") {
                     // The generator's series carry no mode, engine or server instance.
                     assert!(!after.starts_with('{'), "{title}: {name} filtered: {expr}");
+                } else if name.starts_with("wsscale_tls_") {
+                    assert!(
+                        after.starts_with(TLS_FILTER),
+                        "{title}: {name} is not filtered by every variable and to wss: {expr}"
+                    );
                 } else {
                     assert!(
                         after.starts_with(SERVER_FILTER),
@@ -508,13 +518,27 @@ fn dashboard_model_is_consistent_with_its_provisioning() {
                     );
                 }
             }
+            // A server line per mode, engine and scheme: ws and wss of one kind apart.
+            let server = !expr.contains("wsscale_loadgen_");
+            for (start, _) in expr.match_indices(" by (") {
+                let labels = expr[start + " by (".len()..].split(')').next().unwrap();
+                assert!(
+                    !server || labels.contains("mode, engine, scheme"),
+                    "{title}: not grouped by scheme: {expr}"
+                );
+            }
+            let legend = target["legendFormat"].as_str().unwrap_or("");
+            assert!(
+                !legend.contains("{{engine}}") || legend.contains("{{engine}} {{scheme}}"),
+                "{title}: the legend names no scheme: {legend}"
+            );
             // Quantiles of a fleet come from summed buckets, never from per-instance
             // quantiles: histogram_quantile(q, sum by (le, …) (rate(…_bucket…))).
             for (start, _) in expr.match_indices("histogram_quantile(") {
                 let argument = expr[start..].split_once(", ").unwrap().1;
                 let server = !argument.contains("wsscale_loadgen_");
                 let by = if server {
-                    "sum by (le, mode, engine) (rate("
+                    "sum by (le, mode, engine, scheme) (rate("
                 } else {
                     "sum by (le) (rate("
                 };
@@ -528,7 +552,7 @@ fn dashboard_model_is_consistent_with_its_provisioning() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(variables, ["mode", "engine", "instance"]);
+    assert_eq!(variables, ["mode", "engine", "scheme", "instance"]);
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         assert_eq!(variable["datasource"]["uid"], DATASOURCE_UID);
         assert_eq!(variable["multi"], true);
@@ -829,22 +853,25 @@ fn assert_close(actual: f64, expected: f64, what: &str) {
 
 /// The dashboard against a real Prometheus (Debian's 2.42) scraping a small fleet on
 /// loopback: two replicas of one kind (tasks, lean; both pushing every second), a third
-/// server of another mode and engine (threads, tungstenite), and one load run in two
-/// segments (`--segment 0/2`, `1/2`, each its own process and metrics endpoint) with
-/// `--reconnect` against the first replica. The events some panels need are made to
-/// happen: three half-sent handshakes (in flight, then rejected on timeout), a peer that
-/// never reads while broadcasts are posted (pushes dropped), and a restart of the first
-/// replica on the same port (closes on shutdown, connections lost, the reconnect storm;
-/// Prometheus finds the new replica through file-based discovery, as compose's finds
-/// replicas through DNS).
+/// server of another mode and engine (threads, tungstenite), a wss:// server of the
+/// replicas' kind (`--tls-self-signed`), one load run in two segments (`--segment 0/2`,
+/// `1/2`, each its own process and metrics endpoint) with `--reconnect` against the
+/// first replica, and a wss:// run trusting the wss:// server's certificate (`--tls-ca`).
+/// The events some panels need are made to happen: three half-sent handshakes (in
+/// flight, then rejected on timeout), a plain HTTP request on the wss:// port (a TLS
+/// handshake failure, `plain_http`), a peer that never reads while broadcasts are posted
+/// (pushes dropped), and a restart of the first replica on the same port (closes on
+/// shutdown, connections lost, the reconnect storm; Prometheus finds the new replica
+/// through file-based discovery, as compose's finds replicas through DNS).
 ///
 /// The variables are resolved as Grafana resolves them (label values, chained, "All" as
-/// a regex); every panel query is parsed by promtool and returns data over the run, and
-/// a query whose legend names no instance returns no per-instance series. At one
-/// evaluation time, representative panels are shown to combine the two replicas (or
-/// the two segments): sums equal the sum of the per-instance values, the memory per
-/// connection is the connection-weighted figure, and a p99 is the quantile of the
-/// summed buckets.
+/// a regex; `scheme` is {ws, wss} and narrows the instances); every panel query is
+/// parsed by promtool and returns data over the run, a query whose legend names no
+/// instance returns no per-instance series, and a TLS panel shows wss:// servers only.
+/// At one evaluation time, representative panels are shown to combine the two replicas
+/// (or the generators) and to keep the wss:// server of the same mode and engine apart:
+/// sums equal the sum of the per-instance values, the memory per connection is the
+/// connection-weighted figure, and a p99 is the quantile of the summed buckets.
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
     let began = Instant::now();
@@ -876,6 +903,18 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         any_port,
         &["--engine", "tungstenite", "--ping-interval", "1s"],
     );
+    // A wss:// server of the replicas' mode and engine: a line of its own on every panel,
+    // and the TLS panels' data.
+    let tls = serve(
+        "tasks",
+        any_port,
+        &["--engine", "lean", "--ping-interval", "1s", "--tls-self-signed"],
+    );
+    let tls_cert = tls
+        .start
+        .field("cert")
+        .expect("a wss:// server names its certificate")
+        .to_owned();
 
     let dir = tempfile::tempdir().unwrap();
     let servers_file = dir.path().join("servers.json");
@@ -885,26 +924,30 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         std::fs::write(&staged, serde_json::json!([{ "targets": targets }]).to_string()).unwrap();
         std::fs::rename(&staged, &servers_file).unwrap();
     };
-    discover(&[&replica_a, &replica_b, &stock]);
+    discover(&[&replica_a, &replica_b, &stock, &tls]);
 
-    // Prometheus scrapes the servers it discovers in `servers_file` and the two segments
-    // of the load run (each its own process and metrics endpoint).
+    // Prometheus scrapes the servers it discovers in `servers_file`, the two segments of
+    // the load run (each its own process and metrics endpoint) and the wss:// run.
     const RUN: usize = 200;
     const ON_B: usize = 25;
     const ON_STOCK: usize = 100;
+    // A 4 s ramp at 25/s: TLS handshakes in several scrapes.
+    const ON_TLS: usize = 100;
     let segment_metrics: Vec<SocketAddr> = (0..2)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
+    let tls_load_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: wsscale\n    \
              file_sd_configs:\n      - files: [\"{}\"]\n        refresh_interval: 1s\n  - job_name: wsscale-loadgen\n    \
-             static_configs:\n      - targets: [\"{}\", \"{}\"]\n",
+             static_configs:\n      - targets: [\"{}\", \"{}\", \"{}\"]\n",
             servers_file.display(),
             segment_metrics[0],
-            segment_metrics[1]
+            segment_metrics[1],
+            tls_load_metrics
         ),
     )
     .unwrap();
@@ -919,7 +962,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         let up = active
             .iter()
             .filter(|t| t["labels"]["job"] == "wsscale" && t["health"] == "up");
-        (up.count() == 3).then_some(())
+        (up.count() == 4).then_some(())
     });
 
     let load = |url: String, connections: usize, extra: &[&str]| {
@@ -963,11 +1006,24 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // Few readers on replica b: every broadcast posted there below reaches each of them.
     let _load_b = load(replica_b.url(), ON_B, &[]);
     let _load_stock = load(stock.url(), ON_STOCK, &[]);
+    // The wss:// run trusts the server's own certificate, and ramps with the segments.
+    let _load_tls = load(
+        tls.url(),
+        ON_TLS,
+        &[
+            "--tls-ca",
+            &tls_cert,
+            "--start-at",
+            &start_at,
+            "--metrics-listen",
+            &tls_load_metrics.to_string(),
+        ],
+    );
 
-    eventually_blocking(Duration::from_secs(60), "five targets up", || {
+    eventually_blocking(Duration::from_secs(60), "seven targets up", || {
         let targets = get_json(&format!("{api}/targets"), &[])?;
         let active = targets["data"]["activeTargets"].as_array()?;
-        (active.len() == 5 && active.iter().all(|t| t["health"] == "up")).then_some(())
+        (active.len() == 7 && active.iter().all(|t| t["health"] == "up")).then_some(())
     });
     eventually_blocking(Duration::from_secs(60), "every connection open", || {
         let held = |server: &ServeChild| scrape(server.metrics_addr, "wsscale_connections_active", &[]);
@@ -978,9 +1034,21 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         (held(&replica_a)? == RUN as f64
             && held(&replica_b)? == ON_B as f64
             && held(&stock)? == ON_STOCK as f64
-            && segments == RUN as f64)
+            && held(&tls)? == ON_TLS as f64
+            && segments == RUN as f64
+            && scrape(tls_load_metrics, "wsscale_loadgen_connections_open", &[])? == ON_TLS as f64)
             .then_some(())
     });
+
+    // A plain HTTP client on the wss:// port: answered with a plain 400, a failed TLS
+    // handshake (plain_http).
+    let mut plain = TcpStream::connect(tls.ws_addr).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    plain.write_all(b"GET /ws HTTP/1.1\r\nHost: wsscale\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    drop(plain);
 
     // Three clients send half a request head: in flight until the handshake timeout
     // (8 s on replica b), then rejected. Prometheus must see them in flight.
@@ -1024,7 +1092,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     );
     drop(replica_a);
     let replica_a = serve("tasks", listen_a, REPLICA);
-    discover(&[&replica_a, &replica_b, &stock]);
+    discover(&[&replica_a, &replica_b, &stock, &tls]);
     let reconnected = eventually_blocking(Duration::from_secs(60), "every connection back", || {
         let reconnects: f64 = segment_metrics
             .iter()
@@ -1045,13 +1113,17 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // Prometheus has the settled fleet, and the new replica long enough for a rate.
     let new_a = replica_a.metrics_addr;
     let b = replica_b.metrics_addr;
+    let wss = tls.metrics_addr;
     eventually_blocking(Duration::from_secs(30), "Prometheus has the settled fleet", || {
-        let settled = query("sum(wsscale_loadgen_connections_open)")? == RUN as f64
+        let settled = query("sum(wsscale_loadgen_connections_open)")? == (RUN + ON_TLS) as f64
             // Two seconds before the evaluation time, so a step of the range queries
             // (1 s apart) falls after the timeouts' scrape.
             && query(&format!(
                 "wsscale_connections_rejected_total{{instance=\"{b}\",reason=\"handshake_timeout\"}} offset 2s"
             ))? == 3.0
+            && query(&format!(
+                "wsscale_tls_handshake_failures_total{{instance=\"{wss}\",reason=\"plain_http\"}} offset 2s"
+            ))? == 1.0
             && query("sum(wsscale_loadgen_reconnects_total)")? >= reconnected
             && query(&format!("wsscale_connections_active{{instance=\"{new_a}\"}}"))? == RUN as f64
             && query(&format!(
@@ -1071,36 +1143,51 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
 
     // The variables, as Grafana resolves them at "All": label values, chained.
     let variables = resolve_variables(&api, span, &[]);
-    let values = |name: &str| -> BTreeSet<String> {
+    let values_in = |variables: &[(String, Vec<String>)], name: &str| -> BTreeSet<String> {
         variables
             .iter()
             .find(|(variable, _)| variable == name)
-            .unwrap()
+            .unwrap_or_else(|| panic!("no variable {name}"))
             .1
             .iter()
             .cloned()
             .collect()
     };
+    let values = |name: &str| values_in(&variables, name);
+    let addresses =
+        |addresses: &[SocketAddr]| -> BTreeSet<String> { addresses.iter().map(SocketAddr::to_string).collect() };
     assert_eq!(values("mode"), BTreeSet::from(["tasks".into(), "threads".into()]));
     assert_eq!(values("engine"), BTreeSet::from(["lean".into(), "tungstenite".into()]));
-    let every_server: BTreeSet<String> = [old_a, new_a, replica_b.metrics_addr, stock.metrics_addr]
-        .iter()
-        .map(SocketAddr::to_string)
-        .collect();
+    assert_eq!(values("scheme"), BTreeSet::from(["ws".into(), "wss".into()]));
     assert_eq!(
         values("instance"),
-        every_server,
+        addresses(&[old_a, new_a, replica_b.metrics_addr, stock.metrics_addr, wss]),
         "the range holds the replaced replica too"
     );
     let narrowed = resolve_variables(&api, span, &[("mode", "tasks"), ("engine", "lean")]);
-    let lean_tasks: BTreeSet<String> = narrowed[2].1.iter().cloned().collect();
     assert_eq!(
-        lean_tasks,
-        [old_a, new_a, replica_b.metrics_addr]
-            .iter()
-            .map(SocketAddr::to_string)
-            .collect(),
+        values_in(&narrowed, "scheme"),
+        BTreeSet::from(["ws".into(), "wss".into()]),
+        "scheme follows mode and engine"
+    );
+    assert_eq!(
+        values_in(&narrowed, "instance"),
+        addresses(&[old_a, new_a, replica_b.metrics_addr, wss]),
         "instance follows mode and engine"
+    );
+    let narrowed = resolve_variables(&api, span, &[("mode", "threads")]);
+    assert_eq!(values_in(&narrowed, "scheme"), BTreeSet::from(["ws".into()]));
+    let lean_tasks_ws = resolve_variables(&api, span, &[("mode", "tasks"), ("engine", "lean"), ("scheme", "ws")]);
+    assert_eq!(
+        values_in(&lean_tasks_ws, "instance"),
+        addresses(&[old_a, new_a, replica_b.metrics_addr]),
+        "instance follows the scheme"
+    );
+    let only_wss = resolve_variables(&api, span, &[("scheme", "wss")]);
+    assert_eq!(
+        values_in(&only_wss, "instance"),
+        addresses(&[wss]),
+        "instance follows the scheme"
     );
 
     let substituted: Vec<(String, String)> = variables
@@ -1150,7 +1237,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             query.expr
         );
         let per_instance = query.legend.contains("{{instance}}");
+        let tls_only = query.expr.contains("wsscale_tls_");
         for (metric, _) in &series {
+            assert!(
+                !tls_only || metric["scheme"] == "wss",
+                "{} {}: a TLS panel shows {metric}",
+                query.title,
+                query.ref_id
+            );
             assert_eq!(
                 metric.get("instance").is_some(),
                 per_instance,
@@ -1184,7 +1278,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             .map(|(_, max)| *max)
             .fold(f64::NAN, f64::max)
     };
-    let tasks_lean = [("mode", "tasks"), ("engine", "lean")];
+    let tasks_lean = [("mode", "tasks"), ("engine", "lean"), ("scheme", "ws")];
     assert!(peak("Handshakes in flight vs the bound", "A", &tasks_lean) >= 3.0);
     let timed_out = [("mode", "tasks"), ("reason", "handshake_timeout")];
     assert!(
@@ -1205,6 +1299,21 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             &[("reason", "close_1001")]
         ) > 0.0
     );
+    // wss://: the ramp's TLS handshakes, on both sides, and the plain HTTP client.
+    let tasks_lean_wss = [("mode", "tasks"), ("engine", "lean"), ("scheme", "wss")];
+    assert!(peak("TLS handshake rate", "A", &tasks_lean_wss) > 0.0);
+    assert!(peak("TLS handshake duration", "A", &tasks_lean_wss) > 0.0);
+    assert!(peak("TLS handshake duration", "B", &tasks_lean_wss) > 0.0);
+    assert!(peak("Load generator: TLS handshake duration", "B", &[]) > 0.0);
+    assert!(
+        peak(
+            "TLS handshake failures by reason",
+            "A",
+            &[tasks_lean_wss[2], ("reason", "plain_http")]
+        ) > 0.0,
+        "no plain_http failure on its panel:\n{report}"
+    );
+    assert!(peak("Rejects by reason", "A", &[tasks_lean_wss[2], ("reason", "tls")]) > 0.0);
 
     // Aggregation over instances, at one evaluation time: the panel against the
     // per-instance values read from the same Prometheus.
@@ -1215,7 +1324,12 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             .unwrap_or_else(|| panic!("no panel {title} {ref_id}"))
     };
     let replicas = [new_a.to_string(), replica_b.metrics_addr.to_string()];
-    let segments: Vec<String> = segment_metrics.iter().map(SocketAddr::to_string).collect();
+    // Every generator Prometheus scrapes: the run's two segments, and the wss:// run.
+    let generators: Vec<String> = segment_metrics
+        .iter()
+        .chain([&tls_load_metrics])
+        .map(SocketAddr::to_string)
+        .collect();
     let each = |template: &str, instances: &[String]| -> Vec<f64> {
         instances
             .iter()
@@ -1233,7 +1347,15 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         "the run, and replica b's load and stuck peer"
     );
     assert_close(panel, active.iter().sum(), "Active connections");
-    proof.push_str(&format!("Active connections (tasks, lean) | {active:?} | {panel}\n"));
+    proof.push_str(&format!(
+        "Active connections (tasks, lean, ws) | {active:?} | {panel}\n"
+    ));
+    // The wss:// server of the same mode and engine is a line of its own.
+    let panel = instant_value(&api, &find("Active connections", "A").expr, time, &tasks_lean_wss);
+    assert_eq!(panel, ON_TLS as f64, "Active connections (tasks, lean, wss)");
+    proof.push_str(&format!(
+        "Active connections (tasks, lean, wss) | [{ON_TLS}] | {panel}\n"
+    ));
 
     // Sum of each replica's own bound.
     let bounds = each("wsscale_handshakes_max{instance=\"INSTANCE\"}", &replicas);
@@ -1254,7 +1376,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     assert!(rates.iter().all(|rate| *rate > 0.0), "both replicas push: {rates:?}");
     let every_instance: Vec<f64> = instant(
         &api,
-        "rate(wsscale_broadcasts_total{mode=\"tasks\", engine=\"lean\"}[4s])",
+        "rate(wsscale_broadcasts_total{mode=\"tasks\", engine=\"lean\", scheme=\"ws\"}[4s])",
         time,
     )
     .into_iter()
@@ -1282,7 +1404,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         &api,
         &find("Memory per connection, by source", "A").expr,
         time,
-        &[tasks_lean[0], tasks_lean[1], rss[0]],
+        &[tasks_lean[0], tasks_lean[1], tasks_lean[2], rss[0]],
     );
     assert_close(panel, weighted, "Memory per connection (rss)");
     proof.push_str(&format!(
@@ -1290,20 +1412,24 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         per_connection.iter().sum::<f64>() / 2.0
     ));
 
-    // Sum over the run's segments.
-    let open = each("wsscale_loadgen_connections_open{instance=\"INSTANCE\"}", &segments);
+    // Sum over the generators.
+    let open = each("wsscale_loadgen_connections_open{instance=\"INSTANCE\"}", &generators);
     let panel = instant_value(&api, &find("Load generator: connections open", "A").expr, time, &[]);
-    assert_eq!(open, [RUN as f64 / 2.0; 2], "each segment holds its share");
+    assert_eq!(
+        open,
+        [RUN as f64 / 2.0, RUN as f64 / 2.0, ON_TLS as f64],
+        "each segment holds its share, and the wss:// run its own"
+    );
     assert_close(panel, open.iter().sum(), "Load generator: connections open");
     proof.push_str(&format!("Load generator: connections open | {open:?} | {panel}\n"));
 
-    // A quantile of the run: histogram_quantile of both segments' summed bucket rates.
+    // A quantile of the runs: histogram_quantile of every generator's summed bucket rates.
     let mut summed: BTreeMap<String, f64> = BTreeMap::new();
     let mut observed = Vec::new();
-    for segment in &segments {
+    for generator in &generators {
         let buckets = instant(
             &api,
-            &format!("rate(wsscale_loadgen_ping_rtt_seconds_bucket{{instance=\"{segment}\"}}[4s])"),
+            &format!("rate(wsscale_loadgen_ping_rtt_seconds_bucket{{instance=\"{generator}\"}}[4s])"),
             time,
         );
         for (metric, rate) in buckets {
@@ -1316,7 +1442,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
     assert!(
         observed.iter().all(|rate| *rate > 0.0),
-        "both segments ping: {observed:?}"
+        "every generator pings: {observed:?}"
     );
     let expected = bucket_quantile(0.99, &summed);
     let panel = instant_value(&api, &find("Load generator: ping round trip", "C").expr, time, &[]);

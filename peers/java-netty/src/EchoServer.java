@@ -12,6 +12,11 @@
  * WebSocketServerProtocolHandler answers pings and the client's Close frame (it writes the
  * Close back, then closes the channel). Port: first argument, else WSSCALE_PORT. SIGTERM:
  * the JVM's default (shutdown hooks run, the process exits).
+ *
+ * wss://: `--cert FILE --key FILE` (PEM; the key PKCS#8) after the port serve TLS on the same
+ * port the way the example's SSL branch does: SslContextBuilder.forServer(cert, key).build()
+ * with Netty's defaults (the JDK's SSLEngine, as netty-tcnative is not installed), its
+ * newHandler first in the pipeline.
  */
 
 import io.netty.bootstrap.ServerBootstrap;
@@ -36,16 +41,55 @@ import io.netty.handler.codec.http.HttpUtil;
 import io.netty.handler.codec.http.websocketx.WebSocketFrame;
 import io.netty.handler.codec.http.websocketx.WebSocketServerProtocolHandler;
 import io.netty.handler.codec.http.websocketx.extensions.compression.WebSocketServerCompressionHandler;
+import io.netty.handler.ssl.SslContext;
+import io.netty.handler.ssl.SslContextBuilder;
+import java.io.File;
 
 public final class EchoServer {
 
     static final String WEBSOCKET_PATH = "/ws";
 
     public static void main(String[] args) throws Exception {
-        String port = args.length > 0 ? args[0] : System.getenv("WSSCALE_PORT");
+        String usage = "usage: EchoServer PORT [--cert FILE --key FILE] (or set WSSCALE_PORT)";
+        String port = System.getenv("WSSCALE_PORT");
+        String cert = null;
+        String key = null;
+        for (int i = 0; i < args.length; i++) {
+            if (args[i].equals("--cert") && i + 1 < args.length) {
+                cert = args[++i];
+            } else if (args[i].equals("--key") && i + 1 < args.length) {
+                key = args[++i];
+            } else if (i == 0 && !args[i].startsWith("-")) {
+                port = args[i];
+            } else {
+                exit("unexpected argument " + args[i] + "\n" + usage);
+            }
+        }
         if (port == null) {
-            System.err.println("usage: EchoServer PORT (or set WSSCALE_PORT)");
-            System.exit(2);
+            exit(usage);
+        }
+        if ((cert == null) != (key == null)) {
+            exit("--cert and --key go together\n" + usage);
+        }
+
+        // The example's SSL branch, with the given files instead of a SelfSignedCertificate.
+        final SslContext sslCtx;
+        if (cert != null) {
+            for (String[] file : new String[][] {{"--cert", cert}, {"--key", key}}) {
+                if (!new File(file[1]).canRead()) {
+                    exit("java-netty: " + file[0] + " " + file[1] + ": cannot be read");
+                }
+            }
+            try {
+                sslCtx = SslContextBuilder.forServer(new File(cert), new File(key)).build();
+            } catch (Exception e) {
+                Throwable cause = e.getCause() != null ? e.getCause() : e;
+                exit("java-netty: --cert " + cert + " --key " + key + ": " + e.getMessage()
+                        + (cause != e ? " (" + cause + ")" : ""));
+                return;
+            }
+        } else {
+            sslCtx = null;
         }
 
         EventLoopGroup bossGroup = new NioEventLoopGroup(1);
@@ -54,10 +98,11 @@ public final class EchoServer {
             ServerBootstrap b = new ServerBootstrap();
             b.group(bossGroup, workerGroup)
              .channel(NioServerSocketChannel.class)
-             .childHandler(new Initializer());
+             .childHandler(new Initializer(sslCtx));
 
             Channel ch = b.bind("127.0.0.1", Integer.parseInt(port)).sync().channel();
-            System.err.println("java-netty listening ws://127.0.0.1:" + port + WEBSOCKET_PATH);
+            System.err.println("java-netty listening " + (sslCtx == null ? "ws" : "wss")
+                    + "://127.0.0.1:" + port + WEBSOCKET_PATH);
 
             ch.closeFuture().sync();
         } finally {
@@ -66,11 +111,25 @@ public final class EchoServer {
         }
     }
 
-    /** The example's WebSocketServerInitializer, without SSL. */
+    private static void exit(String message) {
+        System.err.println(message);
+        System.exit(2);
+    }
+
+    /** The example's WebSocketServerInitializer. */
     static final class Initializer extends ChannelInitializer<SocketChannel> {
+        private final SslContext sslCtx;
+
+        Initializer(SslContext sslCtx) {
+            this.sslCtx = sslCtx;
+        }
+
         @Override
         public void initChannel(SocketChannel ch) {
             ChannelPipeline pipeline = ch.pipeline();
+            if (sslCtx != null) {
+                pipeline.addLast(sslCtx.newHandler(ch.alloc()));
+            }
             pipeline.addLast(new HttpServerCodec());
             pipeline.addLast(new HttpObjectAggregator(65536));
             pipeline.addLast(new WebSocketServerCompressionHandler());
