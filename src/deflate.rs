@@ -368,7 +368,11 @@ fn inflate_with(
         let fed = (stream.total_in() - start_in) as usize;
         if status == Status::StreamEnd {
             // A final block: the message must end with it (its tail is not needed).
-            return if fed >= compressed.len() { Ok(Ended::Yes) } else { Err(invalid()) };
+            return if fed >= compressed.len() {
+                Ok(Ended::Yes)
+            } else {
+                Err(invalid())
+            };
         }
         let room_left = out.len() < out.capacity();
         if fed >= whole && room_left {
@@ -389,14 +393,18 @@ fn compress_with(stream: &mut Compress, payload: &[u8], out: &mut Vec<u8>) {
         stream
             .compress_vec(&payload[consumed..], out, FlushCompress::Sync)
             .expect("deflating into a growing buffer cannot fail");
-        let consumed = (stream.total_in() - start_in) as usize;
-        // Done once every byte went in and the sync flush's empty block came out.
-        if consumed == payload.len() && out.len() < out.capacity() && out.ends_with(&TAIL) {
+        // Done once every byte went in and the flush left room: all of it came out.
+        if (stream.total_in() - start_in) as usize == payload.len() && out.len() < out.capacity() {
             break;
         }
     }
-    debug_assert!(out.len() - start >= TAIL.len());
-    out.truncate(out.len() - TAIL.len());
+    if out[start..].ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    } else if out.len() == start {
+        // An empty message right after a flush makes zlib write nothing: RFC 7692
+        // section 7.2.3.6's empty message, one 0x00 (an empty stored block with the tail).
+        out.push(0x00);
+    }
 }
 
 /// Streams kept between messages by `stateless` connections, by window bits: at most
@@ -495,7 +503,8 @@ mod tests {
             assert_eq!(negotiate([declined], STATELESS), None, "{declined:?}");
             assert_eq!(negotiate([declined], context(15)), None, "{declined:?}");
         }
-        let several = ["permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=\"10\""];
+        let several =
+            ["permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=\"10\""];
         let agreed = negotiate(several, context(15)).unwrap();
         assert_eq!(agreed.response(), "permessage-deflate; server_max_window_bits=10");
         // Offers over two header lines count in order too.
@@ -557,7 +566,11 @@ mod tests {
         let mut out = Vec::new();
         let error = deflate.inflate(&bomb, 64 << 10, &mut out).unwrap_err();
         assert_eq!(error, Violation::too_big());
-        assert!(out.capacity() <= (64 << 10) + 1, "inflated at most the limit: {}", out.capacity());
+        assert!(
+            out.capacity() <= (64 << 10) + 1,
+            "inflated at most the limit: {}",
+            out.capacity()
+        );
         // Exactly at the limit is fine.
         let exact = client_compress(&vec![7u8; 64 << 10], 15);
         let mut out = Vec::new();
@@ -568,7 +581,9 @@ mod tests {
         assert_eq!(garbage.unwrap_err().code, crate::protocol::close_code::INVALID_PAYLOAD);
         // The pooled stream was reset: the next message inflates.
         let mut out = Vec::new();
-        deflate.inflate(&client_compress(b"fine", 15), 1 << 20, &mut out).unwrap();
+        deflate
+            .inflate(&client_compress(b"fine", 15), 1 << 20, &mut out)
+            .unwrap();
         assert_eq!(out, b"fine");
     }
 }

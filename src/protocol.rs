@@ -993,4 +993,43 @@ mod tests {
         encode_close(&mut out, close_code::GOING_AWAY, "bye");
         assert_eq!(out, [0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
     }
+
+    #[test]
+    fn rsv1_marks_only_a_messages_first_frame_and_only_with_the_extension() {
+        let feed = |bytes: &[u8], compression: bool| {
+            let mut decoder = Decoder::default();
+            let mut input = bytes.to_vec();
+            let mut messages = Vec::new();
+            let result = decoder.feed_with(&mut input, 1024, compression, |frame| {
+                if let Frame::Message { compressed, .. } = frame {
+                    messages.push(compressed);
+                }
+                true
+            });
+            (result, messages)
+        };
+        assert_eq!(feed(&client_frame(0xC1, b"x"), true), (Ok(()), vec![true]));
+        assert_eq!(feed(&client_frame(0x81, b"x"), true), (Ok(()), vec![false]));
+        let refused = |bytes: &[u8], compression: bool| feed(bytes, compression).0.unwrap_err().code;
+        assert_eq!(refused(&client_frame(0xC1, b"x"), false), close_code::PROTOCOL_ERROR);
+        assert_eq!(
+            refused(&client_frame(0xC9, b"x"), true),
+            close_code::PROTOCOL_ERROR,
+            "a ping"
+        );
+        let mut continuation = client_frame(0x41, b"x");
+        continuation.extend(client_frame(0xC0, b"y"));
+        assert_eq!(
+            refused(&continuation, true),
+            close_code::PROTOCOL_ERROR,
+            "a continuation"
+        );
+        assert_eq!(
+            refused(&client_frame(0xA1, b"x"), true),
+            close_code::PROTOCOL_ERROR,
+            "RSV2"
+        );
+        // A compressed text frame is not checked as UTF-8 here: it is not text yet.
+        assert_eq!(feed(&client_frame(0xC1, &[0xFF]), true), (Ok(()), vec![true]));
+    }
 }

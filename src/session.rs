@@ -380,4 +380,78 @@ mod tests {
         assert_eq!(out, [0x88, 2, 0x03, 0xF4]);
         assert_eq!(session.held_bytes(), 0);
     }
+
+    /// A client's compressed text frame (RSV1), masked.
+    fn compressed_client_frame(text: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut compress = Compress::new(Compression::default(), false);
+        let mut deflated = Vec::with_capacity(text.len() + 64);
+        compress.compress_vec(text, &mut deflated, FlushCompress::Sync).unwrap();
+        deflated.truncate(deflated.len() - 4);
+        let mut frame = vec![0xC1, 0x80 | 126];
+        frame.extend_from_slice(&(deflated.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(&deflated);
+        frame
+    }
+
+    #[test]
+    fn stateless_deflate_holds_no_stream_between_messages_and_context_keeps_its_own() {
+        use crate::deflate::{DeflateConfig, DeflateMode, negotiate};
+        let text = "compressible, compressible, compressible. ".repeat(20);
+        for (mode, holds_none) in [(DeflateMode::Stateless, true), (DeflateMode::Context, false)] {
+            let agreement = negotiate(
+                ["permessage-deflate; client_max_window_bits"],
+                DeflateConfig { mode, window_bits: 15 },
+            );
+            let now = Instant::now();
+            let mut session = Session::with_deflate(&POLICY, now, agreement);
+            assert!(
+                session.holds_no_compression_stream(),
+                "nothing before the first message"
+            );
+            let mut out = Vec::new();
+            let mut tally = Tally::default();
+            let mut frame = compressed_client_frame(text.as_bytes());
+            assert_eq!(
+                session.on_bytes(&mut frame, now, &POLICY, &mut tally, &mut out),
+                Flow::Continue
+            );
+            assert_eq!(out[0], 0xC1, "the echo is compressed too (RSV1)");
+            assert!(out.len() < text.len() / 2, "and smaller: {}", out.len());
+            assert_eq!(tally.messages_sent, 1);
+            assert_eq!(session.holds_no_compression_stream(), holds_none, "{mode:?}");
+            assert_eq!(session.held_bytes(), 0, "the decoder is idle");
+        }
+    }
+
+    #[test]
+    fn a_compressed_frame_without_the_extension_or_invalid_text_fails_the_connection() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut tally = Tally::default();
+        let mut plain = Session::new(&POLICY, now);
+        let mut frame = compressed_client_frame(b"hello");
+        assert_eq!(
+            plain.on_bytes(&mut frame, now, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[2..4], &close_code::PROTOCOL_ERROR.to_be_bytes());
+        let agreement = crate::deflate::negotiate(
+            ["permessage-deflate"],
+            crate::deflate::DeflateConfig {
+                mode: crate::deflate::DeflateMode::Stateless,
+                window_bits: 15,
+            },
+        );
+        let mut session = Session::with_deflate(&POLICY, now, agreement);
+        out.clear();
+        // Invalid UTF-8 inside a compressed text message: 1007 once inflated.
+        let mut bad = compressed_client_frame(&[0xFF, 0xFE]);
+        assert_eq!(
+            session.on_bytes(&mut bad, now, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[2..4], &close_code::INVALID_PAYLOAD.to_be_bytes());
+    }
 }

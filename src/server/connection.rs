@@ -19,8 +19,8 @@ use super::board::Board;
 use super::buffers::Lent;
 use super::lean_tls::LeanTls;
 use super::shared::Shared;
-use crate::lifecycle::{CloseReason, Flow};
 use crate::deflate::Agreement;
+use crate::lifecycle::{CloseReason, Flow};
 use crate::session::{Session, Tally};
 
 /// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
