@@ -3,15 +3,26 @@
 # reports to OUTDIR (OUTDIR/index.json is the verdict per case). Installs the suite into
 # target/autobahn first where it is missing: it runs only on Python 2.7 (pyenv's 2.7.18).
 #
-#   scripts/autobahn.sh ws://127.0.0.1:PORT/ws OUTDIR [AGENT]
+#   scripts/autobahn.sh ws://127.0.0.1:PORT/ws OUTDIR [AGENT] [--compression|--compression-only]
 #
 # URL is ws:// or wss:// (the suite does not verify the certificate). Cases 12.* and 13.*
-# (permessage-deflate) are excluded: wsscale does not negotiate
-# compression. Exit status: non-zero when the suite cannot be installed or run.
+# (permessage-deflate) run only with --compression (every case) or --compression-only
+# (those two sections alone), for a server started with --deflate; without, they are
+# excluded. Exit status: non-zero when the suite cannot be installed or
+# run.
 set -euo pipefail
 url=${1:?usage: autobahn.sh URL OUTDIR [AGENT]}
 outdir=${2:?usage: autobahn.sh URL OUTDIR [AGENT]}
 agent=${3:-wsscale}
+cases='"*"'
+exclude='"12.*", "13.*"'
+case "${4:-}" in
+    --compression) exclude='' ;;
+    --compression-only) cases='"12.*", "13.*"' exclude='' ;;
+    "") ;;
+    *) echo "autobahn.sh: unknown option ${4}" >&2; exit 2 ;;
+esac
+
 root=$(cd "$(dirname "$0")/.." && pwd)
 site="$root/target/autobahn/site"
 
@@ -52,8 +63,8 @@ cat >"$work/spec.json" <<SPEC
 {
   "outdir": "$outdir",
   "servers": [{"agent": "$agent", "url": "$url"}],
-  "cases": ["*"],
-  "exclude-cases": ["12.*", "13.*"],
+  "cases": [$cases],
+  "exclude-cases": [$exclude],
   "exclude-agent-cases": {}
 }
 SPEC

@@ -16,6 +16,8 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::deflate::{DeflateConfig, DeflateMode};
+
 #[derive(Debug, Parser)]
 #[command(name = "wsscale", version, about, long_about = None)]
 pub struct Cli {
@@ -226,6 +228,20 @@ pub struct ServeArgs {
     /// The buffer and size flags, shared with `compare` (which passes them to every server).
     #[command(flatten)]
     pub buffers: BufferArgs,
+
+    /// permessage-deflate (RFC 7692), lean engine only: `off` declines every offer;
+    /// `stateless` accepts, asking for no context takeover both ways, so nothing of
+    /// compression is held between messages (streams are pooled per process); `context`
+    /// accepts with a compression window per connection of at most
+    /// --deflate-window-bits. An offer of server_max_window_bits=8 is declined (zlib
+    /// cannot deflate with it).
+    #[arg(long, env = "WSSCALE_DEFLATE", value_enum, default_value = "off")]
+    pub deflate: DeflateMode,
+
+    /// The largest window either side may use with `--deflate context`: 9 to 15 (bits;
+    /// 15 is 32 KiB, what zlib's defaults use).
+    #[arg(long, env = "WSSCALE_DEFLATE_WINDOW_BITS", default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
+    pub deflate_window_bits: u8,
 
     /// Serve POST /broadcast?size=BYTES on the metrics listener: one binary message to
     /// every held connection (lean engine; a stock server answers 501). Off by default,
@@ -658,6 +674,8 @@ pub struct ServeConfig {
     pub push_size: usize,
     /// TLS on the WebSocket listener, when asked for.
     pub tls: Option<TlsSource>,
+    /// permessage-deflate: whether and how the lean engine accepts it.
+    pub deflate: DeflateConfig,
 }
 
 impl ServeConfig {
@@ -669,6 +687,10 @@ impl ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "--deflate needs the lean engine: tungstenite has no permessage-deflate and declines every offer (run it with --deflate off)"
+    )]
+    DeflateNeedsLean,
     #[error(
         "--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?}), or live peers would be reaped between pings"
     )]
@@ -740,6 +762,9 @@ impl TryFrom<ServeArgs> for ServeConfig {
         if !args.engine.pushes() && push_interval.is_some() {
             return Err(ConfigError::PushNeedsLean("--push-interval"));
         }
+        if args.engine != Engine::Lean && args.deflate != DeflateMode::Off {
+            return Err(ConfigError::DeflateNeedsLean);
+        }
         Ok(ServeConfig {
             mode: args.mode,
             engine: args.engine,
@@ -758,6 +783,10 @@ impl TryFrom<ServeArgs> for ServeConfig {
             push_interval,
             push_size: push_size as usize,
             tls: args.tls.source(),
+            deflate: DeflateConfig {
+                mode: args.deflate,
+                window_bits: args.deflate_window_bits,
+            },
         })
     }
 }

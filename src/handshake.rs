@@ -4,6 +4,8 @@
 //! models accept, and refuse, exactly the same requests with exactly the same answers.
 
 use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::deflate::Agreement;
 use http::{Method, Response, StatusCode, Version};
 
 /// Why a client did not get a WebSocket: the `reason` label of
@@ -51,6 +53,9 @@ pub const WEBSOCKET_PATH: &str = "/ws";
 pub struct Accepted {
     /// The Sec-WebSocket-Accept value derived from the client's key.
     pub accept_key: String,
+    /// permessage-deflate, when the engine accepted an offer (decided by the caller: the
+    /// stock engine declines every offer).
+    pub deflate: Option<Agreement>,
 }
 
 /// Why a request does not upgrade; [`Refusal::response`] is the answer to send.
@@ -154,6 +159,7 @@ pub fn check(method: &Method, path: &str, version: Version, headers: &HeaderMap)
     }
     Ok(Accepted {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        deflate: None,
     })
 }
 
@@ -168,6 +174,12 @@ pub fn switching_protocols(accepted: &Accepted) -> Response<String> {
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accepted.accept_key).expect("base64 is a valid header value"),
     );
+    if let Some(agreement) = &accepted.deflate {
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_str(&agreement.response()).expect("parameters are tokens"),
+        );
+    }
     response
 }
 

@@ -36,6 +36,7 @@
 pub mod child;
 pub mod compare;
 pub mod config;
+pub mod deflate;
 pub mod drain;
 pub mod exposition;
 pub mod handshake;

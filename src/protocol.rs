@@ -74,21 +74,21 @@ pub struct Violation {
 }
 
 impl Violation {
-    const fn protocol(reason: &'static str) -> Self {
+    pub const fn protocol(reason: &'static str) -> Self {
         Violation {
             code: close_code::PROTOCOL_ERROR,
             reason,
         }
     }
 
-    const fn invalid_utf8(reason: &'static str) -> Self {
+    pub const fn invalid_utf8(reason: &'static str) -> Self {
         Violation {
             code: close_code::INVALID_PAYLOAD,
             reason,
         }
     }
 
-    const fn too_big() -> Self {
+    pub const fn too_big() -> Self {
         Violation {
             code: close_code::MESSAGE_TOO_BIG,
             reason: "message too big",
@@ -100,10 +100,13 @@ impl Violation {
 /// (or from the decoder, for a message that took more than one read).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    /// A complete text (valid UTF-8) or binary message.
+    /// A complete text (valid UTF-8) or binary message; a `compressed` one (RSV1, with
+    /// permessage-deflate negotiated) is delivered as received, for the caller to inflate
+    /// and, for text, to check as UTF-8.
     Message {
         text: bool,
         payload: &'a [u8],
+        compressed: bool,
     },
     Ping(&'a [u8]),
     Pong,
@@ -128,6 +131,9 @@ pub struct Decoder {
 #[derive(Debug)]
 struct MessageInProgress {
     text: bool,
+    /// Its first frame had RSV1 (permessage-deflate): the payload is compressed, so its
+    /// UTF-8 is checked only once inflated, by the caller.
+    compressed: bool,
     /// The payload so far, unmasked. Grows by doubling as bytes arrive, never past
     /// `capacity_limit`.
     payload: Vec<u8>,
@@ -148,6 +154,8 @@ struct MessageInProgress {
 /// A frame header that has fully arrived and broken no rule.
 struct Header {
     fin: bool,
+    /// RSV1 on a text or binary frame, with an extension that allows it.
+    compressed: bool,
     opcode: u8,
     mask: [u8; 4],
     header_len: usize,
@@ -188,6 +196,19 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         max_message_size: usize,
+        on_frame: impl FnMut(Frame<'_>) -> bool,
+    ) -> Result<(), Violation> {
+        self.feed_with(input, max_message_size, false, on_frame)
+    }
+
+    /// [`Decoder::feed`] on a connection that negotiated permessage-deflate
+    /// (`compression`): RSV1 on the first frame of a text or binary message marks it
+    /// compressed; on a control or continuation frame it still fails the connection.
+    pub fn feed_with(
+        &mut self,
+        input: &mut [u8],
+        max_message_size: usize,
+        compression: bool,
         mut on_frame: impl FnMut(Frame<'_>) -> bool,
     ) -> Result<(), Violation> {
         let mut at = 0;
@@ -196,9 +217,9 @@ impl Decoder {
             let step = if self.message.as_ref().is_some_and(|message| message.frame_remaining > 0) {
                 self.payload_bytes(rest, &mut on_frame)?
             } else if self.partial.is_empty() {
-                self.frame_from_input(rest, max_message_size, &mut on_frame)?
+                self.frame_from_input(rest, max_message_size, compression, &mut on_frame)?
             } else {
-                self.frame_from_partial(rest, max_message_size, &mut on_frame)?
+                self.frame_from_partial(rest, max_message_size, compression, &mut on_frame)?
             };
             debug_assert!(step.consumed > 0, "every step consumes input");
             at += step.consumed;
@@ -236,9 +257,10 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         max_message_size: usize,
+        compression: bool,
         on_frame: &mut impl FnMut(Frame<'_>) -> bool,
     ) -> Result<Step, Violation> {
-        let Some(header) = check_header(input, self.fragmented_len(), max_message_size)? else {
+        let Some(header) = check_header(input, self.fragmented_len(), max_message_size, compression)? else {
             // Fewer than MAX_HEADER_LEN bytes, none breaking a rule: keep them.
             self.partial.reserve_exact(MAX_HEADER_LEN);
             self.partial.extend_from_slice(input);
@@ -270,12 +292,16 @@ impl Decoder {
             let payload = &mut input[header.header_len..frame_len];
             unmask(payload, header.mask);
             let text = header.opcode == opcode::TEXT;
-            if text {
+            if text && !header.compressed {
                 check_whole_text(payload)?;
             }
             return Ok(Step {
                 consumed: frame_len,
-                go_on: on_frame(Frame::Message { text, payload }),
+                go_on: on_frame(Frame::Message {
+                    text,
+                    payload,
+                    compressed: header.compressed,
+                }),
             });
         }
         let go_on = self.begin_data_frame(&header, max_message_size, on_frame)?;
@@ -290,6 +316,7 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         max_message_size: usize,
+        compression: bool,
         on_frame: &mut impl FnMut(Frame<'_>) -> bool,
     ) -> Result<Step, Violation> {
         // The header may straddle what is held and this read: look at both together.
@@ -300,7 +327,7 @@ impl Decoder {
         let head_from_input = (MAX_HEADER_LEN - head_from_partial).min(input.len());
         head[head_from_partial..head_from_partial + head_from_input].copy_from_slice(&input[..head_from_input]);
         let head = &head[..head_from_partial + head_from_input];
-        let Some(header) = check_header(head, self.fragmented_len(), max_message_size)? else {
+        let Some(header) = check_header(head, self.fragmented_len(), max_message_size, compression)? else {
             // Still short of a whole header, so all of `input` fits the capacity reserved.
             self.partial.extend_from_slice(input);
             return Ok(Step {
@@ -342,6 +369,7 @@ impl Decoder {
         let message = self.message.get_or_insert_with(|| {
             Box::new(MessageInProgress {
                 text: header.opcode == opcode::TEXT,
+                compressed: header.compressed,
                 payload: Vec::new(),
                 utf8_valid_len: 0,
                 frame_remaining: 0,
@@ -370,12 +398,13 @@ impl Decoder {
             return Ok(true);
         }
         let message = self.message.take().expect("checked above");
-        if message.text && message.utf8_valid_len != message.payload.len() {
+        if message.text && !message.compressed && message.utf8_valid_len != message.payload.len() {
             return Err(ENDS_INSIDE_A_CODE_POINT);
         }
         Ok(on_frame(Frame::Message {
             text: message.text,
             payload: &message.payload,
+            compressed: message.compressed,
         }))
     }
 }
@@ -395,7 +424,7 @@ impl MessageInProgress {
             self.payload.reserve_exact(doubled.max(needed) - self.payload.len());
         }
         self.payload.extend_from_slice(bytes);
-        if self.text {
+        if self.text && !self.compressed {
             // Only the unfinished code point (at most 3 bytes) is checked again.
             match std::str::from_utf8(&self.payload[self.utf8_valid_len..]) {
                 Ok(_) => self.utf8_valid_len = self.payload.len(),
@@ -427,13 +456,23 @@ fn check_header(
     bytes: &[u8],
     fragmented_len: Option<usize>,
     max_message_size: usize,
+    compression: bool,
 ) -> Result<Option<Header>, Violation> {
     let Some(&first) = bytes.first() else { return Ok(None) };
-    if first & 0x70 != 0 {
+    let rsv1 = first & 0x40 != 0;
+    if first & 0x30 != 0 || (rsv1 && !compression) {
         return Err(Violation::protocol("reserved bits set without an extension"));
     }
     let fin = first & 0x80 != 0;
     let opcode = first & 0x0F;
+    if rsv1 {
+        // RFC 7692 section 6: RSV1 marks a message's first frame only.
+        match opcode {
+            opcode::CONTINUATION => return Err(Violation::protocol("RSV1 on a continuation frame")),
+            opcode::TEXT | opcode::BINARY => {}
+            _ => return Err(Violation::protocol("RSV1 on a control frame")),
+        }
+    }
     match opcode {
         opcode::CONTINUATION if fragmented_len.is_none() => {
             return Err(Violation::protocol("continuation without a message"));
@@ -483,6 +522,7 @@ fn check_header(
     };
     Ok(Some(Header {
         fin,
+        compressed: rsv1,
         opcode,
         mask: mask.try_into().expect("4 bytes"),
         header_len: mask_at + 4,
@@ -529,7 +569,17 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, Violation> {
 
 /// Appends one unmasked server frame (FIN set) to `out`.
 pub fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
+    encode_frame(out, 0x80 | opcode, payload);
+}
+
+/// Appends one unmasked server message whose payload is compressed (permessage-deflate:
+/// RSV1 and FIN set).
+pub fn encode_compressed(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    encode_frame(out, 0xC0 | opcode, payload);
+}
+
+fn encode_frame(out: &mut Vec<u8>, first_byte: u8, payload: &[u8]) {
+    out.push(first_byte);
     match payload.len() {
         len @ 0..=125 => out.push(len as u8),
         len @ 126..=0xFFFF => {
@@ -585,7 +635,7 @@ mod tests {
             let mut piece = piece.to_vec();
             let result = decoder.feed(&mut piece, max, |frame| {
                 frames.push(match frame {
-                    Frame::Message { text, payload } => {
+                    Frame::Message { text, payload, .. } => {
                         format!("{}:{}", if text { "text" } else { "binary" }, payload.len())
                     }
                     Frame::Ping(payload) => format!("ping:{}", payload.len()),
@@ -942,5 +992,44 @@ mod tests {
         let mut out = Vec::new();
         encode_close(&mut out, close_code::GOING_AWAY, "bye");
         assert_eq!(out, [0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+    }
+
+    #[test]
+    fn rsv1_marks_only_a_messages_first_frame_and_only_with_the_extension() {
+        let feed = |bytes: &[u8], compression: bool| {
+            let mut decoder = Decoder::default();
+            let mut input = bytes.to_vec();
+            let mut messages = Vec::new();
+            let result = decoder.feed_with(&mut input, 1024, compression, |frame| {
+                if let Frame::Message { compressed, .. } = frame {
+                    messages.push(compressed);
+                }
+                true
+            });
+            (result, messages)
+        };
+        assert_eq!(feed(&client_frame(0xC1, b"x"), true), (Ok(()), vec![true]));
+        assert_eq!(feed(&client_frame(0x81, b"x"), true), (Ok(()), vec![false]));
+        let refused = |bytes: &[u8], compression: bool| feed(bytes, compression).0.unwrap_err().code;
+        assert_eq!(refused(&client_frame(0xC1, b"x"), false), close_code::PROTOCOL_ERROR);
+        assert_eq!(
+            refused(&client_frame(0xC9, b"x"), true),
+            close_code::PROTOCOL_ERROR,
+            "a ping"
+        );
+        let mut continuation = client_frame(0x41, b"x");
+        continuation.extend(client_frame(0xC0, b"y"));
+        assert_eq!(
+            refused(&continuation, true),
+            close_code::PROTOCOL_ERROR,
+            "a continuation"
+        );
+        assert_eq!(
+            refused(&client_frame(0xA1, b"x"), true),
+            close_code::PROTOCOL_ERROR,
+            "RSV2"
+        );
+        // A compressed text frame is not checked as UTF-8 here: it is not text yet.
+        assert_eq!(feed(&client_frame(0xC1, &[0xFF]), true), (Ok(()), vec![true]));
     }
 }

@@ -10,8 +10,9 @@
 
 use std::time::Instant;
 
+use crate::deflate::{Agreement, Deflate};
 use crate::lifecycle::{CloseReason, Due, Flow, Lifecycle, SessionPolicy};
-use crate::protocol::{self, Decoder, Frame, close_code, opcode};
+use crate::protocol::{self, Decoder, Frame, Violation, close_code, opcode};
 
 /// What a session counted while handling one event, for the caller to add to the
 /// metrics (the session itself does no IO and records nothing).
@@ -23,20 +24,33 @@ pub struct Tally {
     pub messages_sent: u64,
 }
 
-/// One connection's protocol state: the decoder, and the [`Lifecycle`] every engine
-/// follows.
+/// One connection's protocol state: the decoder, the [`Lifecycle`] every engine
+/// follows, and permessage-deflate when it was negotiated.
 #[derive(Debug)]
 pub struct Session {
     decoder: Decoder,
     life: Lifecycle,
+    deflate: Option<Deflate>,
 }
 
 impl Session {
     pub fn new(policy: &SessionPolicy, now: Instant) -> Self {
+        Session::with_deflate(policy, now, None)
+    }
+
+    /// A session whose upgrade agreed to permessage-deflate (`agreement`): compressed
+    /// messages are inflated (at most `max_message_size`), and echoes are compressed.
+    pub fn with_deflate(policy: &SessionPolicy, now: Instant, agreement: Option<Agreement>) -> Self {
         Session {
             decoder: Decoder::default(),
             life: Lifecycle::new(policy, now),
+            deflate: agreement.map(Deflate::new),
         }
+    }
+
+    /// What was agreed for permessage-deflate, if anything.
+    pub fn deflate(&self) -> Option<&Agreement> {
+        self.deflate.as_ref().map(Deflate::agreement)
     }
 
     /// When the driver must call [`Session::on_timer`] if nothing else happens first.
@@ -68,13 +82,42 @@ impl Session {
         let mut flow = Flow::Continue;
         let life = self.life;
         let open = life.is_open();
-        let decoded = self.decoder.feed(input, policy.max_message_size, |frame| {
+        let Session { decoder, deflate, .. } = self;
+        let compression = deflate.is_some();
+        let mut failed: Option<Violation> = None;
+        let decoded = decoder.feed_with(input, policy.max_message_size, compression, |frame| {
             match frame {
-                Frame::Message { text, payload } => {
+                Frame::Message {
+                    text,
+                    payload,
+                    compressed,
+                } => {
                     tally.messages_received += 1;
-                    if open {
-                        tally.messages_sent += 1;
-                        protocol::encode(out, if text { opcode::TEXT } else { opcode::BINARY }, payload);
+                    let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                    match (deflate.as_mut(), compressed) {
+                        (Some(deflate), true) => {
+                            let mut inflated = Vec::new();
+                            let checked = deflate
+                                .inflate(payload, policy.max_message_size, &mut inflated)
+                                .and_then(|()| check_text(text, &inflated));
+                            if let Err(violation) = checked {
+                                failed = Some(violation);
+                                return false;
+                            }
+                            if open {
+                                tally.messages_sent += 1;
+                                echo_compressed(deflate, out, opcode, &inflated);
+                            }
+                        }
+                        (Some(deflate), false) if open => {
+                            tally.messages_sent += 1;
+                            echo_compressed(deflate, out, opcode, payload);
+                        }
+                        _ if open => {
+                            tally.messages_sent += 1;
+                            protocol::encode(out, opcode, payload);
+                        }
+                        _ => {}
                     }
                 }
                 Frame::Ping(payload) if open => protocol::encode(out, opcode::PONG, payload),
@@ -92,7 +135,7 @@ impl Session {
             }
             flow == Flow::Continue
         });
-        match decoded {
+        match decoded.and_then(|()| failed.map_or(Ok(()), Err)) {
             Ok(()) => flow,
             Err(violation) => {
                 // Fail the connection (RFC 6455 7.1.7): say why, then close.
@@ -102,6 +145,12 @@ impl Session {
                 Flow::Finish(CloseReason::Error)
             }
         }
+    }
+
+    /// True when nothing of compression is held but the agreement (always without
+    /// permessage-deflate; between messages with `--deflate stateless`).
+    pub fn holds_no_compression_stream(&self) -> bool {
+        self.deflate.as_ref().is_none_or(Deflate::holds_no_stream)
     }
 
     /// The peer closed TCP (or reset it).
@@ -133,6 +182,23 @@ impl Session {
             protocol::encode_close(out, close_code::GOING_AWAY, "server shutting down");
         }
     }
+}
+
+/// A text message's payload must be UTF-8 (checked here once inflated; the decoder
+/// checks uncompressed ones as they arrive).
+fn check_text(text: bool, payload: &[u8]) -> Result<(), Violation> {
+    if text && std::str::from_utf8(payload).is_err() {
+        return Err(Violation::invalid_utf8("invalid UTF-8"));
+    }
+    Ok(())
+}
+
+/// An echo on a connection with permessage-deflate: compressed, one stream per message
+/// (or the connection's own, in `context` mode).
+fn echo_compressed(deflate: &mut Deflate, out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let mut compressed = Vec::new();
+    deflate.compress(payload, &mut compressed);
+    protocol::encode_compressed(out, opcode, &compressed);
 }
 
 #[cfg(test)]
@@ -313,5 +379,79 @@ mod tests {
         );
         assert_eq!(out, [0x88, 2, 0x03, 0xF4]);
         assert_eq!(session.held_bytes(), 0);
+    }
+
+    /// A client's compressed text frame (RSV1), masked.
+    fn compressed_client_frame(text: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut compress = Compress::new(Compression::default(), false);
+        let mut deflated = Vec::with_capacity(text.len() + 64);
+        compress.compress_vec(text, &mut deflated, FlushCompress::Sync).unwrap();
+        deflated.truncate(deflated.len() - 4);
+        let mut frame = vec![0xC1, 0x80 | 126];
+        frame.extend_from_slice(&(deflated.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(&deflated);
+        frame
+    }
+
+    #[test]
+    fn stateless_deflate_holds_no_stream_between_messages_and_context_keeps_its_own() {
+        use crate::deflate::{DeflateConfig, DeflateMode, negotiate};
+        let text = "compressible, compressible, compressible. ".repeat(20);
+        for (mode, holds_none) in [(DeflateMode::Stateless, true), (DeflateMode::Context, false)] {
+            let agreement = negotiate(
+                ["permessage-deflate; client_max_window_bits"],
+                DeflateConfig { mode, window_bits: 15 },
+            );
+            let now = Instant::now();
+            let mut session = Session::with_deflate(&POLICY, now, agreement);
+            assert!(
+                session.holds_no_compression_stream(),
+                "nothing before the first message"
+            );
+            let mut out = Vec::new();
+            let mut tally = Tally::default();
+            let mut frame = compressed_client_frame(text.as_bytes());
+            assert_eq!(
+                session.on_bytes(&mut frame, now, &POLICY, &mut tally, &mut out),
+                Flow::Continue
+            );
+            assert_eq!(out[0], 0xC1, "the echo is compressed too (RSV1)");
+            assert!(out.len() < text.len() / 2, "and smaller: {}", out.len());
+            assert_eq!(tally.messages_sent, 1);
+            assert_eq!(session.holds_no_compression_stream(), holds_none, "{mode:?}");
+            assert_eq!(session.held_bytes(), 0, "the decoder is idle");
+        }
+    }
+
+    #[test]
+    fn a_compressed_frame_without_the_extension_or_invalid_text_fails_the_connection() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut tally = Tally::default();
+        let mut plain = Session::new(&POLICY, now);
+        let mut frame = compressed_client_frame(b"hello");
+        assert_eq!(
+            plain.on_bytes(&mut frame, now, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[2..4], &close_code::PROTOCOL_ERROR.to_be_bytes());
+        let agreement = crate::deflate::negotiate(
+            ["permessage-deflate"],
+            crate::deflate::DeflateConfig {
+                mode: crate::deflate::DeflateMode::Stateless,
+                window_bits: 15,
+            },
+        );
+        let mut session = Session::with_deflate(&POLICY, now, agreement);
+        out.clear();
+        // Invalid UTF-8 inside a compressed text message: 1007 once inflated.
+        let mut bad = compressed_client_frame(&[0xFF, 0xFE]);
+        assert_eq!(
+            session.on_bytes(&mut bad, now, &POLICY, &mut tally, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(&out[2..4], &close_code::INVALID_PAYLOAD.to_be_bytes());
     }
 }

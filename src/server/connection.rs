@@ -19,6 +19,7 @@ use super::board::Board;
 use super::buffers::Lent;
 use super::lean_tls::LeanTls;
 use super::shared::Shared;
+use crate::deflate::Agreement;
 use crate::lifecycle::{CloseReason, Flow};
 use crate::session::{Session, Tally};
 
@@ -107,6 +108,8 @@ pub struct LeanSocket<S> {
     pub tls: Option<Box<LeanTls>>,
     pub early: Vec<u8>,
     pub unsent: Vec<u8>,
+    /// permessage-deflate, when the upgrade agreed to it.
+    pub deflate: Option<Agreement>,
 }
 
 impl<S> LeanSocket<S> {
@@ -118,6 +121,7 @@ impl<S> LeanSocket<S> {
             tls: self.tls,
             early: self.early,
             unsent: self.unsent,
+            deflate: self.deflate,
         })
     }
 }
@@ -136,6 +140,7 @@ impl IntoLeanSocket for tokio::net::TcpStream {
             tls: None,
             early,
             unsent: Vec::new(),
+            deflate: None,
         }
     }
 }
@@ -149,6 +154,7 @@ impl IntoLeanSocket for super::lean_tls::LeanTlsStream {
             tls: Some(parts.tls),
             early,
             unsent: parts.unsent,
+            deflate: None,
         }
     }
 }
@@ -156,11 +162,11 @@ impl IntoLeanSocket for super::lean_tls::LeanTlsStream {
 impl Connection {
     /// A connection's session, with its TLS session when it has one and the ciphertext
     /// the HTTP phase left unsent.
-    pub fn new(shared: &Shared, tls: Option<Box<LeanTls>>, unsent: Vec<u8>) -> Self {
+    pub fn new(shared: &Shared, tls: Option<Box<LeanTls>>, unsent: Vec<u8>, deflate: Option<Agreement>) -> Self {
         let board = shared.board.clone();
         let seen_push = board.open();
         Connection {
-            session: Session::new(&shared.policy, Instant::now()),
+            session: Session::with_deflate(&shared.policy, Instant::now(), deflate),
             tls,
             unsent,
             board,

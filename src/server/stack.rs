@@ -24,6 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::shared::Shared;
 use super::transport::Transport;
+use crate::deflate::Agreement;
 use crate::handshake::Accepted;
 
 /// An execution model with an engine, over transport `T`.
@@ -32,6 +33,10 @@ pub(crate) trait Stack<T: Transport>: Send + Sync + 'static {
     /// hands on with the socket: threads mode's connection thread (so a thread the OS
     /// refuses is still answered with a 503); nothing in tasks mode.
     type Reserved: Send + 'static;
+
+    /// Whether the engine accepts permessage-deflate offers (`--deflate`): the lean one
+    /// does; tungstenite cannot, and declines.
+    const NEGOTIATES_DEFLATE: bool = false;
 
     /// Answers an upgrade request that passed `handshake::check` and holds a connection
     /// permit (in the /ws handler): 101, or a refusal.
@@ -59,4 +64,6 @@ pub(crate) struct Upgraded<Io, Reserved = ()> {
     pub early: Vec<u8>,
     pub permit: OwnedSemaphorePermit,
     pub reserved: Reserved,
+    /// permessage-deflate, when the 101 agreed to it (the lean engine only).
+    pub deflate: Option<Agreement>,
 }

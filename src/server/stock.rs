@@ -47,6 +47,7 @@ use super::threads::ThreadEngine;
 use super::transport::Transport;
 use super::upgrade;
 use super::wait::{Ready, poll};
+use crate::deflate::Agreement;
 use crate::handshake::{Accepted, Refusal};
 use crate::lifecycle::{CloseReason, Due, Lifecycle};
 use crate::protocol::close_code;
@@ -78,8 +79,9 @@ pub(crate) struct Blocking;
 
 impl<Io: IntoBlockingSocket> ThreadEngine<Io> for Blocking {
     type Socket = (BlockingSocket, Vec<u8>);
+    const NEGOTIATES_DEFLATE: bool = false;
 
-    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket> {
+    fn take(io: Io, early: Vec<u8>, _never_negotiated: Option<Agreement>) -> io::Result<Self::Socket> {
         Ok((io.into_blocking()?, early))
     }
 

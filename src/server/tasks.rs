@@ -37,6 +37,7 @@ where
     T::Io: IntoLeanSocket,
 {
     type Reserved = ();
+    const NEGOTIATES_DEFLATE: bool = true;
 
     async fn answer(
         shared: &Arc<Shared>,
@@ -54,7 +55,9 @@ where
         ConnectionTask::new(
             async move {
                 let upgraded = http.await?;
-                Some((upgraded.stream.into_lean(upgraded.early), upgraded.permit))
+                let mut socket = upgraded.stream.into_lean(upgraded.early);
+                socket.deflate = upgraded.deflate;
+                Some((socket, upgraded.permit))
             },
             shared,
         )
@@ -135,7 +138,7 @@ pin_project_lite::pin_project! {
 
 impl SessionTask {
     fn new(socket: LeanSocket<TcpStream>, permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Self {
-        let mut connection = Connection::new(&shared, socket.tls, socket.unsent);
+        let mut connection = Connection::new(&shared, socket.tls, socket.unsent, socket.deflate);
         let flow = connection.on_early_bytes(&socket.stream, &shared, socket.early);
         let timer = tokio::time::sleep_until(connection.deadline(&shared).into());
         let board = shared.board.notify.clone().notified_owned();

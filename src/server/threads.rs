@@ -37,6 +37,7 @@ use super::stack::{Stack, Upgraded};
 use super::transport::Transport;
 use super::upgrade;
 use super::wait::{Ready, poll};
+use crate::deflate::Agreement;
 use crate::handshake::{Accepted, Refusal};
 use crate::lifecycle::{CloseReason, Flow};
 
@@ -49,9 +50,13 @@ pub(crate) trait ThreadEngine<Io>: Send + Sync + 'static {
     /// The connection as its thread holds it.
     type Socket: Send + 'static;
 
+    /// [`Stack::NEGOTIATES_DEFLATE`] for this engine.
+    const NEGOTIATES_DEFLATE: bool;
+
     /// Takes the upgraded IO off the runtime (with `early`, the bytes hyper read past the
-    /// request), for the connection's thread.
-    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket>;
+    /// request, and what the upgrade agreed of permessage-deflate), for the connection's
+    /// thread.
+    fn take(io: Io, early: Vec<u8>, deflate: Option<Agreement>) -> io::Result<Self::Socket>;
 
     /// Runs the session until it ends; returns why. The socket is non-blocking and is
     /// closed on return.
@@ -63,6 +68,7 @@ pub(crate) struct Threads<E>(PhantomData<E>);
 
 impl<T: Transport, E: ThreadEngine<T::Io>> Stack<T> for Threads<E> {
     type Reserved = ConnectionThread<E::Socket>;
+    const NEGOTIATES_DEFLATE: bool = E::NEGOTIATES_DEFLATE;
 
     async fn answer(
         shared: &Arc<Shared>,
@@ -94,9 +100,12 @@ pub(crate) struct Lean;
 
 impl<Io: IntoLeanSocket> ThreadEngine<Io> for Lean {
     type Socket = LeanSocket<std::net::TcpStream>;
+    const NEGOTIATES_DEFLATE: bool = true;
 
-    fn take(io: Io, early: Vec<u8>) -> io::Result<Self::Socket> {
-        io.into_lean(early).map(TcpStream::into_std)
+    fn take(io: Io, early: Vec<u8>, deflate: Option<Agreement>) -> io::Result<Self::Socket> {
+        let mut socket = io.into_lean(early);
+        socket.deflate = deflate;
+        socket.map(TcpStream::into_std)
     }
 
     fn session(socket: Self::Socket, shared: &Shared) -> CloseReason {
@@ -140,8 +149,9 @@ impl<S: Send + 'static> ConnectionThread<S> {
             early,
             permit,
             reserved: thread,
+            deflate,
         } = upgraded;
-        match E::take(stream, early) {
+        match E::take(stream, early, deflate) {
             Ok(socket) => {
                 let _ = thread.inbox.send(Handover { socket, peer, permit });
             }
@@ -177,8 +187,9 @@ fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared) -> Clos
         tls,
         early,
         unsent,
+        deflate,
     } = socket;
-    let mut connection = Connection::new(shared, tls, unsent);
+    let mut connection = Connection::new(shared, tls, unsent, deflate);
     let mut flow = connection.on_early_bytes(&stream, shared, early);
     let socket = stream.as_raw_fd();
     let mut ready = Ready::default();

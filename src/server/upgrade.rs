@@ -19,7 +19,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,6 +31,7 @@ use tracing::Instrument;
 use super::shared::{HandshakeGuard, Shared};
 use super::stack::{Stack, Upgraded};
 use super::transport::Transport;
+use crate::deflate::{self, Agreement};
 use crate::handshake::{self, Accepted, Refusal, RejectReason};
 use crate::metrics::TlsFailure;
 
@@ -40,6 +41,7 @@ struct Pending<Reserved> {
     on_upgrade: OnUpgrade,
     permit: OwnedSemaphorePermit,
     reserved: Reserved,
+    deflate: Option<Agreement>,
 }
 
 /// The per-connection slot the handler fills; shared through a request extension.
@@ -152,6 +154,7 @@ pub(super) async fn serve_http<S: Stack<T>, T: Transport>(
             early: parts.read_buf.to_vec(),
             permit: pending.permit,
             reserved: pending.reserved,
+            deflate: pending.deflate,
         })
     }
     .instrument(tracing::debug_span!("conn", %peer))
@@ -160,7 +163,7 @@ pub(super) async fn serve_http<S: Stack<T>, T: Transport>(
 
 /// GET /ws: the shared handshake check, then capacity, then the stack's answer.
 async fn upgrade<S: Stack<T>, T: Transport>(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let accepted = match handshake::check(
+    let mut accepted = match handshake::check(
         request.method(),
         request.uri().path(),
         request.version(),
@@ -169,6 +172,10 @@ async fn upgrade<S: Stack<T>, T: Transport>(State(shared): State<Arc<Shared>>, r
         Ok(accepted) => accepted,
         Err(refusal) => return refuse(&shared, refusal),
     };
+    if S::NEGOTIATES_DEFLATE {
+        let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        accepted.deflate = deflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()), shared.config.deflate);
+    }
     let Some(permit) = shared.try_permit() else {
         return refuse(&shared, Refusal::AtCapacity);
     };
@@ -206,6 +213,7 @@ pub(super) fn switch_protocols<Reserved: Send + 'static>(
         on_upgrade,
         permit,
         reserved,
+        deflate: accepted.deflate,
     });
     handshake::switching_protocols(accepted).map(Body::from)
 }

@@ -8,6 +8,7 @@
 mod browser;
 mod compare;
 mod conformance;
+mod deflate;
 mod deploy;
 mod docs;
 mod faults;
