@@ -27,9 +27,11 @@
 //! WSSCALE_FUZZ_CASE=5678 ...        # replay one failing case (the failure prints it)
 //! ```
 
+#[path = "common/fuzz_driver.rs"]
+mod fuzz_driver;
+
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use tungstenite::error::{Error as OracleError, ProtocolError};
@@ -115,67 +117,41 @@ fn close_with_code_1014(frame: &RawFrame, bytes: &[u8], _: usize) -> bool {
 
 #[test]
 fn decoder_and_session_decide_like_tungstenite() {
-    if let Some(case_seed) = env_u64("WSSCALE_FUZZ_CASE") {
-        let mut stats = Stats::default();
-        let case = Case::generate(case_seed);
-        eprintln!(
-            "fuzz: case {case_seed}: max_message_size {}, {} bytes: {:02x?}",
-            case.max_message_size,
-            case.bytes.len(),
-            case.bytes
-        );
-        if let Err(failure) = check(&case, &mut stats) {
-            panic!("fuzz: case {case_seed} fails: {failure}");
-        }
-        eprintln!("fuzz: case {case_seed} passes: {stats:?}");
-        return;
-    }
-    let seconds = env_u64("WSSCALE_FUZZ_SECONDS").unwrap_or(3);
-    let seed = env_u64("WSSCALE_FUZZ_SEED").unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        nanos as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("fuzz: seed {seed}, {seconds} s (WSSCALE_FUZZ_SEED={seed} repeats this run)");
-    let mut seeds = fastrand::Rng::with_seed(seed);
-    let mut stats = Stats::default();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let mut next_report = start + Duration::from_secs(60);
-    let mut iterations: u64 = 0;
-    while Instant::now() < deadline {
-        let case_seed = seeds.u64(..);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let finished = fuzz_driver::run(
+        "fuzz",
+        |case_seed| {
             let case = Case::generate(case_seed);
-            check(&case, &mut stats).map_err(|failure| (failure, case))
-        }));
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err((failure, case))) => Some(format!(
-                "{failure}\nmax_message_size {}, {} bytes: {:02x?}",
+            format!(
+                "max_message_size {}, {} bytes: {:02x?}",
                 case.max_message_size,
                 case.bytes.len(),
-                &case.bytes[..case.bytes.len().min(600)]
-            )),
-            Err(_) => Some("panicked (message above)".to_owned()),
-        };
-        if let Some(failure) = failure {
-            panic!(
-                "fuzz: case {case_seed} (iteration {iterations} of seed {seed}) fails: {failure}\n\
-                 replay: WSSCALE_FUZZ_CASE={case_seed} cargo test --test fuzz -- --nocapture"
-            );
-        }
-        iterations += 1;
-        if Instant::now() >= next_report {
-            eprintln!("fuzz: {iterations} cases in {:.0?}, seed {seed}", start.elapsed());
-            next_report += Duration::from_secs(60);
-        }
-    }
+                case.bytes
+            )
+        },
+        |case_seed, stats: &mut Stats| {
+            let case = Case::generate(case_seed);
+            check(&case, stats).map_err(|failure| {
+                format!(
+                    "{failure}\nmax_message_size {}, {} bytes: {:02x?}",
+                    case.max_message_size,
+                    case.bytes.len(),
+                    &case.bytes[..case.bytes.len().min(600)]
+                )
+            })
+        },
+        |_| String::new(),
+    );
+    let Some(fuzz_driver::Finished {
+        stats,
+        seed,
+        iterations,
+        elapsed,
+    }) = finished
+    else {
+        return;
+    };
     eprintln!(
-        "fuzz: {iterations} cases in {:.1?}, seed {seed}, no failure; outcomes {:?}",
-        start.elapsed(),
+        "fuzz: {iterations} cases in {elapsed:.1?}, seed {seed}, no failure; outcomes {:?}",
         stats.outcomes
     );
     for (row, hits) in KNOWN_DIFFERENCES.iter().zip(stats.known_differences) {
@@ -189,16 +165,6 @@ fn decoder_and_session_decide_like_tungstenite() {
         stats.completed_for_the_oracle, stats.feed_calls
     );
     assert!(iterations > 0, "no case ran");
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
 }
 
 #[derive(Debug, Default)]

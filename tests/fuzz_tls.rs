@@ -63,12 +63,14 @@
 //! WSSCALE_FUZZ_CASE=5678 ...        # replay one failing case (the failure prints it)
 //! ```
 
+#[path = "common/fuzz_driver.rs"]
+mod fuzz_driver;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::client::Resumption;
 use rustls::crypto::ring::cipher_suite;
@@ -175,66 +177,28 @@ fn record_spans(bytes: &[u8]) -> Vec<(usize, u8, usize)> {
 
 #[test]
 fn lean_tls_decides_like_rustls_buffered_connection() {
-    if let Some(case_seed) = env_u64("WSSCALE_FUZZ_CASE") {
-        let mut stats = Stats::default();
-        let case = Case::generate(case_seed);
-        eprintln!("fuzz_tls: case {case_seed}: {}", case.describe());
-        if let Err(failure) = check(&case, &mut stats) {
-            panic!("fuzz_tls: case {case_seed} fails: {failure}");
-        }
-        eprintln!("fuzz_tls: case {case_seed} passes: {stats:?}");
-        return;
-    }
-    let seconds = env_u64("WSSCALE_FUZZ_SECONDS").unwrap_or(3);
-    let seed = env_u64("WSSCALE_FUZZ_SEED").unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        nanos as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("fuzz_tls: seed {seed}, {seconds} s (WSSCALE_FUZZ_SEED={seed} repeats this run)");
-    let mut seeds = fastrand::Rng::with_seed(seed);
-    let mut stats = Stats::default();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let mut next_report = start + Duration::from_secs(60);
-    let mut iterations: u64 = 0;
-    while Instant::now() < deadline {
-        let case_seed = seeds.u64(..);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let finished = fuzz_driver::run(
+        "fuzz_tls",
+        |case_seed| Case::generate(case_seed).describe(),
+        |case_seed, stats: &mut Stats| {
             let case = Case::generate(case_seed);
-            check(&case, &mut stats).map_err(|failure| (failure, case.describe()))
-        }));
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err((failure, description))) => Some(format!("{failure}\ncase: {description}")),
-            Err(_) => Some("panicked (message above)".to_owned()),
-        };
-        if let Some(failure) = failure {
-            panic!(
-                "fuzz_tls: case {case_seed} (iteration {iterations} of seed {seed}) fails: {failure}\n\
-                 replay: WSSCALE_FUZZ_CASE={case_seed} cargo test --test fuzz_tls -- --nocapture"
-            );
-        }
-        iterations += 1;
-        if Instant::now() >= next_report {
-            eprintln!(
-                "fuzz_tls: {iterations} cases, {} reads in {:.0?}, seed {seed}",
-                stats.reads,
-                start.elapsed()
-            );
-            next_report += Duration::from_secs(60);
-        }
-    }
+            check(&case, stats).map_err(|failure| format!("{failure}\ncase: {}", case.describe()))
+        },
+        |stats| format!(", {} reads", stats.reads),
+    );
+    let Some(fuzz_driver::Finished {
+        stats,
+        seed,
+        iterations,
+        elapsed,
+    }) = finished
+    else {
+        return;
+    };
     eprintln!(
-        "fuzz_tls: {iterations} cases in {:.1?}, seed {seed}, no failure; {} LeanTls reads, {} encrypts, \
+        "fuzz_tls: {iterations} cases in {elapsed:.1?}, seed {seed}, no failure; {} LeanTls reads, {} encrypts, \
          {} closes; largest held {} bytes",
-        start.elapsed(),
-        stats.reads,
-        stats.encrypts,
-        stats.closes,
-        stats.max_held
+        stats.reads, stats.encrypts, stats.closes, stats.max_held
     );
     eprintln!(
         "fuzz_tls: cases: {} seeded (byte for byte), {} with the server's own configuration, {} TLS 1.2, \
@@ -257,16 +221,6 @@ fn lean_tls_decides_like_rustls_buffered_connection() {
         );
     }
     assert!(iterations > 0, "no case ran");
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
 }
 
 #[derive(Debug, Default)]
