@@ -122,18 +122,20 @@ fn every_relative_link_leads_to_a_file() {
 
 #[test]
 fn nothing_refers_to_a_file_outside_the_repository() {
-    // What an earlier machine's notes were called, and the folder beside the repository.
-    let outside = ["FACTS.md", "../shared", "STYLE.md"];
+    // The notes of the machine this project was first built on (a folder beside the
+    // repository, and the two files in it): spelled in parts, so that this file does not
+    // itself name them.
+    let outside: Vec<String> = [["..", "/shared"], ["FACTS", ".md"], ["STYLE", ".md"]]
+        .iter()
+        .map(|parts| parts.concat())
+        .collect();
     let mut found = Vec::new();
     for file in repository_files() {
-        if file.ends_with("tests/it/docs.rs") {
-            continue;
-        }
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        for name in outside {
-            if text.contains(name) {
+        for name in &outside {
+            if text.contains(name.as_str()) {
                 found.push(format!("{}: {name}", file.strip_prefix(root()).unwrap().display()));
             }
         }
