@@ -20,19 +20,10 @@ use wsscale::child::ServeChild;
 pub type ClientIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 pub type Client = WebSocketStream<ClientIo>;
 
-/// A rustls client configuration that trusts the certificates in `cert` (PEM) alone.
+/// A rustls client configuration that trusts the certificates in `cert` (PEM) alone: the
+/// server's own (`wsscale::server::tls::client_config_trusting`, what compare uses).
 pub fn trusting(cert: &Path) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(cert).expect("a PEM file") {
-        roots.add(cert.expect("a PEM certificate")).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
+    wsscale::server::tls::client_config_trusting(cert).expect("a PEM certificate file")
 }
 
 /// The TCP connection (under TLS for wss://, trusting `cert`) of a client of `url`.
