@@ -70,6 +70,35 @@ pub enum Due {
     Finish(CloseReason),
 }
 
+/// How long a failed connection lingers, reading and discarding, before the server closes
+/// its socket (see [`Lifecycle::begin_linger`]).
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes a failed connection reads and discards while it lingers.
+pub const LINGER_BYTES: u32 = 1 << 20;
+
+/// How a lingering close ended: the `end` label of `wsscale_close_lingers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LingerEnd {
+    /// The peer closed its side (it read our close frame and hung up): the good end.
+    PeerClosed,
+    /// [`LINGER_TIMEOUT`] passed with the peer still connected.
+    Timeout,
+    /// The peer sent more than [`LINGER_BYTES`] after our close frame.
+    Limit,
+}
+
+impl LingerEnd {
+    pub const ALL: [LingerEnd; 3] = [LingerEnd::PeerClosed, LingerEnd::Timeout, LingerEnd::Limit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LingerEnd::PeerClosed => "peer_closed",
+            LingerEnd::Timeout => "timeout",
+            LingerEnd::Limit => "limit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -77,6 +106,14 @@ enum State {
     Closing {
         reason: CloseReason,
         deadline: Instant,
+    },
+    /// We failed the connection: our close frame is written (or queued) and nothing more
+    /// will be; what the peer still sends is read and discarded until it closes, the
+    /// deadline passes or `left` bytes run out.
+    Lingering {
+        reason: CloseReason,
+        deadline: Instant,
+        left: u32,
     },
 }
 
@@ -100,7 +137,7 @@ impl Lifecycle {
     /// When [`Lifecycle::on_timer`] is due if nothing else happens first.
     pub fn deadline(&self, policy: &SessionPolicy) -> Instant {
         match self.state {
-            State::Closing { deadline, .. } => deadline,
+            State::Closing { deadline, .. } | State::Lingering { deadline, .. } => deadline,
             State::Open => self.next_ping.min(self.last_activity + policy.idle_timeout),
         }
     }
@@ -121,6 +158,8 @@ impl Lifecycle {
         match self.state {
             State::Closing { reason, deadline } if now >= deadline => Due::Finish(reason),
             State::Closing { .. } => Due::Nothing,
+            State::Lingering { reason, deadline, .. } if now >= deadline => Due::Finish(reason),
+            State::Lingering { .. } => Due::Nothing,
             State::Open if now >= self.last_activity + policy.idle_timeout => Due::IdleTimeout,
             State::Open if now >= self.next_ping => {
                 self.next_ping = now + policy.ping_interval;
@@ -143,11 +182,46 @@ impl Lifecycle {
         true
     }
 
+    /// The connection failed (a protocol violation, a message too big) and its close
+    /// frame is on its way: from here nothing more is written, and what the peer sends is
+    /// read and discarded ([`Lifecycle::on_discarded`]) until it closes, for at most
+    /// [`LINGER_TIMEOUT`] and [`LINGER_BYTES`]. Closing the socket at once, with the
+    /// peer's bytes unread or still arriving, would make the kernel answer with a reset,
+    /// and a reset makes the peer's stack throw away what it had not read yet — our close
+    /// frame among it (a browser then reports 1006, not the code we sent).
+    pub fn begin_linger(&mut self, reason: CloseReason, now: Instant) {
+        self.state = State::Lingering {
+            reason,
+            deadline: now + LINGER_TIMEOUT,
+            left: LINGER_BYTES,
+        };
+    }
+
+    /// True while a failed connection reads and discards.
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Lingering { .. })
+    }
+
+    /// `n` bytes were read and discarded while lingering: the connection's reason when
+    /// that spent the byte budget, `None` while it lasts.
+    pub fn on_discarded(&mut self, n: usize) -> Option<CloseReason> {
+        let State::Lingering { reason, left, .. } = &mut self.state else {
+            return None;
+        };
+        match u32::try_from(n).ok().and_then(|n| left.checked_sub(n)) {
+            Some(rest) => {
+                *left = rest;
+                None
+            }
+            None => Some(*reason),
+        }
+    }
+
     /// The peer's close frame arrived (or, for a close we started, its answer).
     pub fn on_peer_close(&self) -> CloseReason {
         match self.state {
             State::Open => CloseReason::ClientClose,
-            State::Closing { reason, .. } => reason,
+            State::Closing { reason, .. } | State::Lingering { reason, .. } => reason,
         }
     }
 
@@ -155,7 +229,7 @@ impl Lifecycle {
     pub fn on_eof(&self) -> CloseReason {
         match self.state {
             // We asked to close and the peer hung up instead of answering: still ours.
-            State::Closing { reason, .. } => reason,
+            State::Closing { reason, .. } | State::Lingering { reason, .. } => reason,
             State::Open => CloseReason::Error,
         }
     }
@@ -201,6 +275,27 @@ pub(crate) mod tests {
         assert_eq!(life.on_timer(start + Duration::from_secs(26), &POLICY), Due::Ping);
         assert!(life.is_open());
         assert_eq!(life.on_peer_close(), CloseReason::ClientClose);
+    }
+
+    #[test]
+    fn a_failed_connection_lingers_within_its_time_and_byte_budget() {
+        let start = Instant::now();
+        let mut life = Lifecycle::new(&POLICY, start);
+        life.begin_linger(CloseReason::Error, start);
+        assert!(life.is_lingering() && !life.is_open(), "no more answers, no 1001");
+        assert_eq!(life.deadline(&POLICY), start + LINGER_TIMEOUT);
+        assert_eq!(life.on_discarded(LINGER_BYTES as usize - 1), None);
+        assert_eq!(life.on_discarded(1), None, "the budget is inclusive");
+        assert_eq!(life.on_discarded(1), Some(CloseReason::Error));
+        assert_eq!(life.on_eof(), CloseReason::Error);
+        assert_eq!(life.on_timer(start + Duration::from_secs(1), &POLICY), Due::Nothing);
+        assert_eq!(
+            life.on_timer(start + LINGER_TIMEOUT, &POLICY),
+            Due::Finish(CloseReason::Error)
+        );
+        let mut open = Lifecycle::new(&POLICY, start);
+        assert_eq!(open.on_discarded(10), None, "an open connection discards nothing");
+        assert!(!open.is_lingering());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Tally {
     pub messages_received: u64,
     /// Text and binary messages sent (echoes).
     pub messages_sent: u64,
+    /// Bytes read and discarded by a failed connection while it lingered.
+    pub lingered_bytes: u64,
 }
 
 /// One connection's protocol state: the decoder, the [`Lifecycle`] every engine
@@ -78,6 +80,9 @@ impl Session {
         tally: &mut Tally,
         out: &mut Vec<u8>,
     ) -> Flow {
+        if self.life.is_lingering() {
+            return self.on_discarded(input.len(), tally);
+        }
         self.life.on_activity(now);
         let mut flow = Flow::Continue;
         let life = self.life;
@@ -137,13 +142,32 @@ impl Session {
         });
         match decoded.and_then(|()| failed.map_or(Ok(()), Err)) {
             Ok(()) => flow,
-            Err(violation) => {
-                // Fail the connection (RFC 6455 7.1.7): say why, then close.
-                if open {
-                    protocol::encode_close(out, violation.code, violation.reason);
-                }
-                Flow::Finish(CloseReason::Error)
+            Err(violation) if open => {
+                // Fail the connection (RFC 6455 7.1.7): say why, then linger so the close
+                // frame reaches the peer before the socket closes.
+                protocol::encode_close(out, violation.code, violation.reason);
+                self.life.begin_linger(CloseReason::Error, now);
+                Flow::Continue
             }
+            // Already closing (our 1001 is out): the peer broke the rules instead of
+            // answering, so stop here.
+            Err(_) => Flow::Finish(CloseReason::Error),
+        }
+    }
+
+    /// True while a failed connection reads and discards what its peer still sends,
+    /// writing nothing: see [`crate::lifecycle::Lifecycle::begin_linger`].
+    pub fn is_lingering(&self) -> bool {
+        self.life.is_lingering()
+    }
+
+    /// `n` bytes arrived while lingering and were discarded: finished once they spend
+    /// the byte budget.
+    pub fn on_discarded(&mut self, n: usize, tally: &mut Tally) -> Flow {
+        tally.lingered_bytes += n as u64;
+        match self.life.on_discarded(n) {
+            None => Flow::Continue,
+            Some(reason) => Flow::Finish(reason),
         }
     }
 
@@ -232,7 +256,8 @@ mod tests {
             tally,
             Tally {
                 messages_received: 1,
-                messages_sent: 1
+                messages_sent: 1,
+                lingered_bytes: 0,
             },
             "the ping is not a message"
         );
@@ -340,10 +365,50 @@ mod tests {
         let mut too_big = vec![0x82, 0x80 | 126, 0x08, 0x00, 0, 0, 0, 0];
         assert_eq!(
             session.on_bytes(&mut too_big, start, &POLICY, &mut tally, &mut out),
-            Flow::Finish(CloseReason::Error)
+            Flow::Continue
+        );
+        assert!(
+            session.is_lingering(),
+            "failed: the close frame goes out, then it lingers"
         );
         assert_eq!(&out[..4], [0x88, 17, 0x03, 0xF1], "1009");
         assert_eq!(Session::new(&POLICY, start).on_eof(), CloseReason::Error);
+    }
+
+    #[test]
+    fn a_failed_session_answers_nothing_more_and_discards_within_its_budget() {
+        use crate::lifecycle::{LINGER_BYTES, LINGER_TIMEOUT};
+        let mut tally = Tally::default();
+        let start = Instant::now();
+        let mut session = Session::new(&POLICY, start);
+        let mut out = Vec::new();
+        let mut unmasked = vec![0x81, 2, b'h', b'i'];
+        assert_eq!(
+            session.on_bytes(&mut unmasked, start, &POLICY, &mut tally, &mut out),
+            Flow::Continue
+        );
+        assert_eq!(&out[2..4], &close_code::PROTOCOL_ERROR.to_be_bytes());
+        assert!(session.is_lingering() && !session.is_open());
+        out.clear();
+        let mut later = client_frame(0x89, b"ping");
+        assert_eq!(
+            session.on_bytes(&mut later, start, &POLICY, &mut tally, &mut out),
+            Flow::Continue
+        );
+        session.begin_shutdown(start, &POLICY, &mut out);
+        assert!(out.is_empty(), "no pong, no 1001 after the close frame");
+        assert_eq!(session.deadline(&POLICY), start + LINGER_TIMEOUT);
+        assert_eq!(session.on_discarded(100 - later.len(), &mut tally), Flow::Continue);
+        assert_eq!(
+            session.on_discarded(LINGER_BYTES as usize, &mut tally),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert_eq!(tally.lingered_bytes, 100 + u64::from(LINGER_BYTES));
+        assert_eq!(
+            session.on_timer(start + LINGER_TIMEOUT, &POLICY, &mut out),
+            Flow::Finish(CloseReason::Error)
+        );
+        assert!(out.is_empty());
     }
 
     /// Issue #11, defect 1 on the wire: an invalid byte in a text fragment, then a close
@@ -358,7 +423,11 @@ mod tests {
         input.extend(client_frame(0x88, &[0x03, 0xE8]));
         assert_eq!(
             session.on_bytes(&mut input, start, &POLICY, &mut tally, &mut out),
-            Flow::Finish(CloseReason::Error)
+            Flow::Continue
+        );
+        assert!(
+            session.is_lingering(),
+            "failed: the close frame goes out, then it lingers"
         );
         assert_eq!(&out[..4], [0x88, 15, 0x03, 0xEF], "1007, and nothing else");
         assert_eq!(out.len(), 2 + 15);
@@ -434,7 +503,11 @@ mod tests {
         let mut frame = compressed_client_frame(b"hello");
         assert_eq!(
             plain.on_bytes(&mut frame, now, &POLICY, &mut tally, &mut out),
-            Flow::Finish(CloseReason::Error)
+            Flow::Continue
+        );
+        assert!(
+            plain.is_lingering(),
+            "failed: the close frame goes out, then it lingers"
         );
         assert_eq!(&out[2..4], &close_code::PROTOCOL_ERROR.to_be_bytes());
         let agreement = crate::deflate::negotiate(
@@ -450,7 +523,11 @@ mod tests {
         let mut bad = compressed_client_frame(&[0xFF, 0xFE]);
         assert_eq!(
             session.on_bytes(&mut bad, now, &POLICY, &mut tally, &mut out),
-            Flow::Finish(CloseReason::Error)
+            Flow::Continue
+        );
+        assert!(
+            session.is_lingering(),
+            "failed: the close frame goes out, then it lingers"
         );
         assert_eq!(&out[2..4], &close_code::INVALID_PAYLOAD.to_be_bytes());
     }

@@ -128,6 +128,16 @@ fn describe() {
         Unit::Count,
         "Pushes a connection dropped because its peer was not reading and its queue (--write-buffer-size) was full."
     );
+    describe_counter!(
+        CLOSE_LINGERS,
+        Unit::Count,
+        "Connections the lean engine failed (a violation, a message too big) that lingered after their close frame, reading and discarding, by how it ended: peer_closed, timeout (2 s), limit (1 MiB)."
+    );
+    describe_counter!(
+        CLOSE_LINGER_BYTES,
+        Unit::Bytes,
+        "Bytes failed connections read and discarded while they lingered."
+    );
     describe_histogram!(
         HANDSHAKE_DURATION,
         Unit::Seconds,

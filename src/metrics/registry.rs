@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use metrics::{Counter, Histogram};
 
 use crate::handshake::RejectReason;
-use crate::lifecycle::CloseReason;
+use crate::lifecycle::{CloseReason, LingerEnd};
 use crate::session::Tally;
 
 pub const CONNECTIONS_ACTIVE: &str = "wsscale_connections_active";
@@ -37,6 +37,8 @@ pub const MEMORY_TRIMMED: &str = "wsscale_memory_trimmed_bytes_total";
 pub const MEMORY_TRIM_DURATION: &str = "wsscale_memory_trim_duration_seconds";
 pub const TLS_HANDSHAKE_DURATION: &str = "wsscale_tls_handshake_duration_seconds";
 pub const TLS_HANDSHAKE_FAILURES: &str = "wsscale_tls_handshake_failures_total";
+pub const CLOSE_LINGERS: &str = "wsscale_close_lingers_total";
+pub const CLOSE_LINGER_BYTES: &str = "wsscale_close_linger_bytes_total";
 
 /// Why a TLS handshake failed: the `reason` label of `wsscale_tls_handshake_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,10 @@ pub struct ServerMetrics {
     pub broadcasts: Counter,
     /// Pushes a connection dropped because its peer was not reading (its queue was full).
     pub pushes_dropped: Counter,
+    /// Bytes a failed connection read and discarded while it lingered.
+    lingered_bytes: Counter,
+    /// Lingering closes by how they ended.
+    lingers: ByReason<LingerEnd>,
     /// Durations (seconds) waiting to be recorded by the sampler thread. The exporter's
     /// histogram storage is epoch-based (crossbeam-epoch) and keeps a few KiB of
     /// per-thread state after each recording thread exits; recording from thousands of
@@ -149,6 +155,8 @@ impl ServerMetrics {
             connections_opened: at_zero(metrics::counter!(CONNECTIONS_OPENED)),
             broadcasts: at_zero(metrics::counter!(BROADCASTS)),
             pushes_dropped: at_zero(metrics::counter!(PUSHES_DROPPED)),
+            lingered_bytes: at_zero(metrics::counter!(CLOSE_LINGER_BYTES)),
+            lingers: ByReason::register(CLOSE_LINGERS, &LingerEnd::ALL, LingerEnd::as_str),
             pending: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             broadcast_duration: metrics::histogram!(BROADCAST_DURATION),
@@ -200,6 +208,14 @@ impl ServerMetrics {
         if tally.messages_sent > 0 {
             self.messages_sent.increment(tally.messages_sent);
         }
+        if tally.lingered_bytes > 0 {
+            self.lingered_bytes.increment(tally.lingered_bytes);
+        }
+    }
+
+    /// A failed connection stopped lingering and closed its socket.
+    pub fn linger_ended(&self, end: LingerEnd) {
+        self.lingers.increment(end);
     }
 
     pub fn closed(&self, reason: CloseReason) {

@@ -20,7 +20,7 @@ use super::buffers::Lent;
 use super::lean_tls::LeanTls;
 use super::shared::Shared;
 use crate::deflate::Agreement;
-use crate::lifecycle::{CloseReason, Flow};
+use crate::lifecycle::{CloseReason, Flow, LingerEnd};
 use crate::session::{Session, Tally};
 
 /// Most bytes read from one connection per wake-up, so a flooding peer cannot starve the
@@ -261,7 +261,16 @@ impl Connection {
         let mut tally = Tally::default();
         let flow = loop {
             match socket.try_read(&mut lent.read) {
-                Ok(0) => break Flow::Finish(self.session.on_eof()),
+                Ok(0) => break self.on_peer_gone(shared),
+                // A failed connection reads on, undecoded and undecrypted, and answers
+                // nothing: its close frame is out.
+                Ok(n) if self.session.is_lingering() => {
+                    let flow = self.session.on_discarded(n, &mut tally);
+                    if flow != Flow::Continue {
+                        shared.metrics.linger_ended(LingerEnd::Limit);
+                        break flow;
+                    }
+                }
                 Ok(n) => {
                     let now = Instant::now();
                     let policy = &shared.policy;
@@ -301,11 +310,19 @@ impl Connection {
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Flow::Continue,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break Flow::Finish(self.session.on_eof()),
+                Err(_) => break self.on_peer_gone(shared),
             }
         };
         shared.metrics.add(tally);
         self.finish_wake(socket, shared, flow, lent)
+    }
+
+    /// The peer closed or reset its side.
+    fn on_peer_gone(&self, shared: &Shared) -> Flow {
+        if self.session.is_lingering() {
+            shared.metrics.linger_ended(LingerEnd::PeerClosed);
+        }
+        Flow::Finish(self.session.on_eof())
     }
 
     /// The socket is writable again: send what was waiting.
@@ -314,6 +331,10 @@ impl Connection {
             Ok(written) if written == self.unsent.len() => {
                 // Keep no capacity once the peer has caught up.
                 self.unsent = Vec::new();
+                if self.session.is_lingering() {
+                    // The close frame is out at last.
+                    socket.shutdown_write();
+                }
                 Flow::Continue
             }
             Ok(written) => {
@@ -327,7 +348,11 @@ impl Connection {
     /// The session's deadline passed (or may have: the session checks its own clock).
     fn on_timer(&mut self, socket: &impl Socket, shared: &Shared) -> Flow {
         let mut lent = shared.buffers.take();
+        let lingering = self.session.is_lingering();
         let flow = self.session.on_timer(Instant::now(), &shared.policy, &mut lent.output);
+        if lingering && flow != Flow::Continue {
+            shared.metrics.linger_ended(LingerEnd::Timeout);
+        }
         self.finish_wake(socket, shared, flow, lent)
     }
 
@@ -372,6 +397,7 @@ impl Connection {
         shared.metrics.add(Tally {
             messages_received: 0,
             messages_sent: sent,
+            ..Tally::default()
         });
         flow
     }
@@ -418,7 +444,30 @@ impl Connection {
             return Flow::Finish(reason);
         }
         shared.buffers.give(lent);
+        if next == Flow::Continue && self.session.is_lingering() {
+            self.linger(socket);
+        }
         next
+    }
+
+    /// The session failed the connection and its close frame has been written or queued:
+    /// end TLS (close_notify, once) and, once everything is out, send FIN; then read and
+    /// discard until the peer closes (see [`crate::lifecycle::Lifecycle::begin_linger`]).
+    /// Repeating this on every wake of a lingering connection is harmless: the TLS close
+    /// is queued once and a second shutdown of the write side does nothing.
+    fn linger(&mut self, socket: &impl Socket) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            let queued = self.unsent.len();
+            tls.close(&mut self.unsent);
+            if queued == 0 && !self.unsent.is_empty() {
+                let written = write_some(socket, &self.unsent).unwrap_or(0);
+                self.unsent.drain(..written);
+            }
+        }
+        if self.unsent.is_empty() {
+            self.unsent = Vec::new();
+            socket.shutdown_write();
+        }
     }
 
     /// Writes `bytes` through, or queues them behind what the peer has not taken yet (in

@@ -208,6 +208,7 @@ async fn echo(mut socket: WebSocket, shared: &Shared) -> CloseReason {
                         shared.metrics.add(Tally {
                             messages_received: 1,
                             messages_sent: u64::from(open),
+                            ..Tally::default()
                         });
                         if open && socket.send(message).await.is_err() {
                             return CloseReason::Error;
@@ -294,6 +295,7 @@ fn serve_blocking(stream: BlockingSocket, early: Vec<u8>, shared: &Shared) -> Cl
                                 shared.metrics.add(Tally {
                                     messages_received: 1,
                                     messages_sent: u64::from(open),
+                                    ..Tally::default()
                                 });
                                 if open {
                                     match socket.send(message) {

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsscale::child::ServeChild;
 
@@ -19,6 +19,11 @@ crate::every_server!(
     accept_recovers_from_descriptor_exhaustion,
     half_open_clients_hold_no_permit_and_no_thread,
     the_handshake_bound_holds_under_2000_half_open_clients,
+);
+
+crate::both_modes!(
+    a_client_still_sending_an_oversized_message_reads_its_1009_and_a_clean_end,
+    a_failed_connection_lingers_no_longer_than_its_bounds,
 );
 
 const SLOW_CLIENTS: usize = 200;
@@ -120,7 +125,7 @@ fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// Reads server frames until a close frame, and returns its status code; None when the
 /// server closes TCP without one.
-async fn close_code(stream: &mut TcpStream) -> Option<u16> {
+async fn close_code(stream: &mut (impl AsyncRead + Unpin)) -> Option<u16> {
     let read = async {
         loop {
             let mut header = [0u8; 2];
@@ -441,4 +446,115 @@ async fn the_handshake_bound_holds_under_2000_half_open_clients(kind: Kind) {
         .wait_for_metric("wsscale_handshakes_in_flight", &[], 0.0, Duration::from_secs(30))
         .await;
     assert_echo(&mut server.connect().await, "after the flood").await;
+}
+
+/// A message far past the limit that is still arriving when the server fails the
+/// connection, as when a browser sends 210 KB to a server with the default 64 KiB limit.
+/// Closing the socket with those bytes unread would make the kernel answer with a reset,
+/// and a reset throws away what the client has not read yet, the 1009 among it (Chromium
+/// reports 1006). The lean engine lingers instead: the client sends everything, reads the
+/// 1009 and then a clean end of stream, never a reset.
+async fn a_client_still_sending_an_oversized_message_reads_its_1009_and_a_clean_end(kind: Kind) {
+    const CLIENTS: usize = 5;
+    let server = TestServer::start(kind, &[]);
+    let message = frame(0x1, &vec![b'x'; 210_000], true);
+    for i in 0..CLIENTS {
+        let (mut read, mut write) = raw_upgrade(&server).await.into_split();
+        let message = message.clone();
+        let writer = tokio::spawn(async move {
+            let sent = write.write_all(&message).await;
+            (sent, write)
+        });
+        assert_eq!(close_code(&mut read).await, Some(1009), "{kind}: client {i}");
+        let mut rest = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(10), read.read(&mut rest))
+            .await
+            .expect("the server ends its side after the close frame");
+        assert!(
+            matches!(end, Ok(0)),
+            "{kind}: client {i}: after the 1009, {end:?}, not a clean end"
+        );
+        let (sent, write) = writer.await.unwrap();
+        assert!(sent.is_ok(), "{kind}: client {i}: the whole message went out: {sent:?}");
+        drop((read, write));
+    }
+    let metrics = server
+        .wait_for_metric(
+            "wsscale_close_lingers_total",
+            &[("reason", "peer_closed")],
+            CLIENTS as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        metrics.value("wsscale_connections_closed_total", &[("reason", "error")]),
+        CLIENTS as f64
+    );
+    assert!(metrics.value("wsscale_close_linger_bytes_total", &[]) > 0.0);
+    assert_eq!(
+        metrics.value("wsscale_close_lingers_total", &[("reason", "timeout")]),
+        0.0
+    );
+    assert_eq!(metrics.value("wsscale_connections_active", &[]), 0.0);
+}
+
+/// A failed connection whose peer neither closes nor stops sending is not held forever:
+/// the server closes it after the linger timeout (2 s) or once the peer has sent 1 MiB
+/// more, whichever comes first, and counts which.
+async fn a_failed_connection_lingers_no_longer_than_its_bounds(kind: Kind) {
+    let server = TestServer::start(kind, &["--max-message-size", "1KiB"]);
+    // Silent after its violation, and still connected.
+    let mut silent = raw_upgrade(&server).await;
+    silent.write_all(&frame(0x1, b"\xff", true)).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(close_code(&mut silent).await, Some(1007));
+    // Sends on and on after its violation.
+    let (mut read, mut write) = raw_upgrade(&server).await.into_split();
+    write.write_all(&frame(0x2, &[0u8; 2048], true)).await.unwrap();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        // Until the server closes: then a write fails. 64 MiB is far more than the
+        // budget plus every buffer between the two.
+        for _ in 0..1024 {
+            if write.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(close_code(&mut read).await, Some(1009));
+    assert!(
+        flood.await.unwrap(),
+        "the server closed a peer sending past the byte budget"
+    );
+    server
+        .wait_for_metric(
+            "wsscale_close_lingers_total",
+            &[("reason", "limit")],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let metrics = server
+        .wait_for_metric(
+            "wsscale_close_lingers_total",
+            &[("reason", "timeout")],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "the silent peer was cut after {:?}, before the linger timeout",
+        started.elapsed()
+    );
+    assert_eq!(
+        metrics.value("wsscale_connections_closed_total", &[("reason", "error")]),
+        2.0
+    );
+    let mut end = [0u8; 8];
+    assert!(
+        !matches!(silent.read(&mut end).await, Ok(n) if n > 0),
+        "nothing after the close frame"
+    );
 }

@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod browser;
+mod chromium_client;
 mod compare;
 mod conformance;
 mod deflate;
