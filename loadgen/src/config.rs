@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
+use crate::client::MessageContent;
+use crate::deflate::{self, Offer};
 use crate::tls::{TlsClient, TlsError, Trust};
 
 #[derive(Debug, Clone, Args)]
@@ -54,6 +56,33 @@ pub struct LoadArgs {
     /// Size of those messages.
     #[arg(long, env = "WSSCALE_LOAD_MESSAGE_SIZE", default_value = "32B")]
     pub message_size: ByteSize,
+
+    /// What those messages carry: one byte repeated (deflate shrinks it to almost
+    /// nothing), or pseudo-random bytes (deflate cannot shrink them).
+    #[arg(long, env = "WSSCALE_LOAD_MESSAGE_CONTENT", value_enum, default_value_t = MessageContent::Repeated)]
+    pub message_content: MessageContent,
+
+    /// Offer permessage-deflate (RFC 7692) on every upgrade, as a browser does.
+    ///
+    /// Alone, offers what Chromium offers: `permessage-deflate; client_max_window_bits`.
+    /// With a value, offers exactly that (one offer; parameters server_no_context_takeover,
+    /// client_no_context_takeover, server_max_window_bits=8..15,
+    /// client_max_window_bits[=9..15]), e.g.
+    /// --offer-deflate='permessage-deflate; client_no_context_takeover; server_max_window_bits=10'.
+    /// A connection whose server accepts compresses its messages and inflates what it
+    /// receives (echoes, pushes), through the yawc client; one whose server declines runs
+    /// as without the flag. An answer that does not fit the offer fails the attempt
+    /// (`deflate_response`). The summary's `deflate` records the offer, the accepted and
+    /// declined upgrades and each answer the servers gave.
+    #[arg(
+        long,
+        env = "WSSCALE_LOAD_OFFER_DEFLATE",
+        value_name = "PARAMS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = deflate::BROWSER_OFFER
+    )]
+    pub offer_deflate: Option<String>,
 
     /// Source addresses to connect from: `auto` (spread over 127.0.0.0/8 for a loopback
     /// target, the kernel's choice otherwise), `none`, a list `127.0.0.2,127.0.0.3`, or a
@@ -332,6 +361,9 @@ pub struct LoadConfig {
     pub ping_interval: Option<Duration>,
     pub message_interval: Option<Duration>,
     pub message_size: usize,
+    pub message_content: MessageContent,
+    /// `--offer-deflate`: the offer every upgrade makes; None: no offer.
+    pub offer_deflate: Option<Offer>,
     pub source_ips: Vec<IpAddr>,
     pub processes: Processes,
     pub max_per_process: Option<usize>,
@@ -381,6 +413,8 @@ pub enum ConfigError {
     TlsWithoutWss(&'static str, String),
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("--offer-deflate {0:?}: {1}")]
+    OfferDeflate(String, String),
 }
 
 impl TryFrom<LoadArgs> for LoadConfig {
@@ -450,6 +484,13 @@ impl TryFrom<LoadArgs> for LoadConfig {
             (false, Some(_)) => return Err(ConfigError::TlsWithoutWss("tls-insecure", args.url)),
             (false, None) => None,
         };
+        let offer_deflate = args
+            .offer_deflate
+            .map(|text| {
+                text.parse::<Offer>()
+                    .map_err(|why| ConfigError::OfferDeflate(text, why))
+            })
+            .transpose()?;
         let optional = |duration: humantime::Duration| Some(Duration::from(duration)).filter(|d| !d.is_zero());
         let mut config = LoadConfig {
             url,
@@ -461,6 +502,8 @@ impl TryFrom<LoadArgs> for LoadConfig {
             ping_interval: optional(args.ping_interval),
             message_interval: optional(args.message_interval),
             message_size: args.message_size.as_u64() as usize,
+            message_content: args.message_content,
+            offer_deflate,
             source_ips,
             processes: args.processes,
             max_per_process: args.max_per_process,
@@ -483,9 +526,10 @@ impl TryFrom<LoadArgs> for LoadConfig {
 /// The run id every segment of a run derives alike: a hash (FNV-1a, 64 bits: stable
 /// across builds and machines, unlike std's hasher) of what they share — the URL, the
 /// connections and rate of the whole run, the segment count, --start-at, --hold, the
-/// per-connection schedule (--ping-interval, --message-interval, --message-size),
-/// --reconnect, and for wss:// the trust (its kind, and the certificates of a --tls-ca
-/// file rather than its path). Per-process settings (--concurrency, --processes,
+/// per-connection schedule (--ping-interval, --message-interval, --message-size, and
+/// --message-content when not the default), --reconnect, for wss:// the trust (its kind,
+/// and the certificates of a --tls-ca file rather than its path), and --offer-deflate's
+/// offer. Per-process settings (--concurrency, --processes,
 /// --source-ips, the segment index) are left out.
 pub fn derive_run_id(config: &LoadConfig) -> String {
     let nanos = |duration: Option<Duration>| duration.unwrap_or_default().as_nanos();
@@ -506,6 +550,13 @@ pub fn derive_run_id(config: &LoadConfig) -> String {
     // Appended only for wss://, so that the ids of ws:// runs stay what they were.
     if let Some(tls) = &config.tls {
         shared += &format!(" tls={}", tls.trust_digest());
+    }
+    // Likewise only when given: runs without them keep their ids.
+    if config.message_content != MessageContent::default() {
+        shared += &format!(" message_content={}", config.message_content.as_str());
+    }
+    if let Some(offer) = &config.offer_deflate {
+        shared += &format!(" offer_deflate={offer}");
     }
     format!("{:016x}", fnv1a(shared.as_bytes()))
 }
@@ -578,6 +629,8 @@ impl LoadConfig {
         flag("ping-interval", seconds(self.ping_interval));
         flag("message-interval", seconds(self.message_interval));
         flag("message-size", self.message_size.to_string());
+        flag("message-content", self.message_content.as_str().to_owned());
+
         flag("source-ips", SourceIps::List(self.source_ips.clone()).to_string());
         flag(
             "connect-timeout",
@@ -594,6 +647,10 @@ impl LoadConfig {
         flag("internal-shard", shard.to_string());
         if self.reconnect {
             args.push("--reconnect".into());
+        }
+        if let Some(offer) = &self.offer_deflate {
+            // With `=`: the value is optional, so it cannot be a separate argument.
+            args.push(format!("--offer-deflate={offer}").into());
         }
         match self.tls.as_ref().map(TlsClient::trust) {
             Some(Trust::Ca(path)) => {

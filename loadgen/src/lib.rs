@@ -8,6 +8,8 @@
 //! - [`client`]: one connection (connect from a source address with
 //!   IP_BIND_ADDRESS_NO_PORT, TLS handshake for wss://, upgrade, hold with scheduled
 //!   pings, close 1000; reconnect after a loss with `--reconnect`).
+//! - [`deflate`]: `--offer-deflate` — the permessage-deflate offer, the check of the
+//!   server's answer, and the yawc socket of a connection whose server accepted it.
 //! - [`tls`]: wss:// — the one shared rustls client configuration (ring provider; trust
 //!   webpki-roots, `--tls-ca` or `--tls-insecure`), the handshake, TLS failure causes.
 //! - [`reconnect`]: the backoff policy of reconnections. The server pushes' format,
@@ -32,6 +34,7 @@
 
 pub mod client;
 pub mod config;
+pub mod deflate;
 pub mod live;
 pub mod metrics;
 pub mod pool;
@@ -242,6 +245,7 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
         connections: segment_share.connections,
         source_ips: config.source_ips.len(),
         hold_secs: config.hold.as_secs_f64(),
+        offer_deflate: config.offer_deflate.as_ref().map(ToString::to_string),
     }))
 }
 
@@ -318,6 +322,8 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     );
     settings.reconnect = config.reconnect;
     settings.tls = config.tls.clone();
+    settings.offer_deflate = config.offer_deflate.clone();
+    settings.message = config.message_content.payload(config.message_size);
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     // Counters, new samples, and this process's memory (a read of /proc/self/statm).
     let progress = {
