@@ -19,7 +19,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -58,8 +58,10 @@ pub struct ClientSettings {
     pub ping_interval: Option<Duration>,
     pub message_interval: Option<Duration>,
     pub message_size: usize,
-    /// What every `--message-interval` message carries (`message_size` bytes, made once).
-    pub message: Bytes,
+    /// What the `--message-interval` messages carry.
+    pub message_content: MessageContent,
+    /// `--message-content repeated`: every message (`message_size` bytes, made once).
+    message: Bytes,
     pub websocket: WebSocketConfig,
     /// Ping payloads carry the intended send time as nanoseconds since this instant.
     pub epoch: Instant,
@@ -72,6 +74,14 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// The next `--message-interval` message.
+    pub fn next_message(&self) -> Bytes {
+        match self.message_content {
+            MessageContent::Repeated => self.message.clone(),
+            MessageContent::Random => MessageContent::random(self.message_size),
+        }
+    }
+
     /// Settings for connections to `target`; the WebSocket buffers follow from the
     /// message size, and ping payloads count from now.
     pub fn new(
@@ -89,7 +99,8 @@ impl ClientSettings {
             ping_interval,
             message_interval,
             message_size,
-            message: MessageContent::Repeated.payload(message_size),
+            message_content: MessageContent::Repeated,
+            message: vec![0x5a; message_size].into(),
             websocket: Self::websocket_config(message_size),
             epoch: Instant::now(),
             reconnect: false,
@@ -229,34 +240,33 @@ pub enum MessageContent {
     /// One byte repeated: deflate shrinks it to almost nothing.
     #[default]
     Repeated,
-    /// Pseudo-random bytes (the same in every message and run): deflate cannot shrink them.
+    /// Pseudo-random bytes, different in every message: deflate cannot shrink them.
     Random,
 }
 
 impl MessageContent {
-    /// A message of `size` bytes.
-    pub fn payload(self, size: usize) -> Bytes {
-        match self {
-            MessageContent::Repeated => vec![0x5a; size].into(),
-            MessageContent::Random => {
-                // SplitMix64 from a fixed seed; never the push magic ("WSSP") in front.
-                let mut state: u64 = 0x5753_5343_414c_4521;
-                let mut bytes: Vec<u8> = std::iter::repeat_with(|| {
-                    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    let mut z = state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                    (z ^ (z >> 31)).to_le_bytes()
-                })
-                .flatten()
-                .take(size)
-                .collect();
-                if bytes.starts_with(b"WSSP") {
-                    bytes[0] = 0;
-                }
-                bytes.into()
-            }
+    /// `size` pseudo-random bytes, new for each message (a process-wide counter through
+    /// SplitMix64), so that not even a deflate window that holds the previous message
+    /// shrinks the next; never the push magic ("WSSP") in front.
+    fn random(size: usize) -> Bytes {
+        static MESSAGES: AtomicU64 = AtomicU64::new(0);
+        let mut state = MESSAGES
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x5753_5343_414c_4521);
+        let mut bytes: Vec<u8> = std::iter::repeat_with(|| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)).to_le_bytes()
+        })
+        .flatten()
+        .take(size)
+        .collect();
+        if bytes.starts_with(b"WSSP") {
+            bytes[0] = 0;
         }
+        bytes.into()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -628,7 +638,7 @@ fn hold<'a, S: Socket>(
                     }
                     if now >= next_message {
                         next_message += settings.message_interval.unwrap_or_default();
-                        outgoing.push(Outgoing::Binary(settings.message.clone()));
+                        outgoing.push(Outgoing::Binary(settings.next_message()));
                     }
                     for message in outgoing {
                         if let Err(cause) = Box::pin(websocket.send(message)).await {

@@ -58,7 +58,7 @@ pub struct LoadArgs {
     pub message_size: ByteSize,
 
     /// What those messages carry: one byte repeated (deflate shrinks it to almost
-    /// nothing), or pseudo-random bytes (deflate cannot shrink them).
+    /// nothing), or pseudo-random bytes, new in each message (deflate cannot shrink them).
     #[arg(long, env = "WSSCALE_LOAD_MESSAGE_CONTENT", value_enum, default_value_t = MessageContent::Repeated)]
     pub message_content: MessageContent,
 
@@ -792,6 +792,46 @@ mod tests {
         assert_ne!(verified.run_id, insecure.run_id);
         let plain = parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap();
         assert_ne!(plain.run_id, verified.run_id);
+    }
+
+    /// `--offer-deflate` alone offers what Chromium does, a value is checked when the run
+    /// starts, the offer reaches every shard and is part of the run id.
+    #[test]
+    fn offer_deflate_is_checked_forwarded_to_shards_and_part_of_the_run_id() {
+        let plain = parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap();
+        assert_eq!(plain.offer_deflate, None);
+        let browser = parse(&["--url", "ws://127.0.0.1:9/ws", "--offer-deflate"]).unwrap();
+        assert_eq!(
+            browser.offer_deflate.as_ref().map(ToString::to_string).as_deref(),
+            Some(deflate::BROWSER_OFFER)
+        );
+        let given = "permessage-deflate; client_no_context_takeover; server_max_window_bits=10";
+        let custom = parse(&["--url", "ws://127.0.0.1:9/ws", &format!("--offer-deflate={given}")]).unwrap();
+        assert_eq!(custom.offer_deflate.as_ref().unwrap().to_string(), given);
+        let ids = [&plain.run_id, &browser.run_id, &custom.run_id];
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+        // The id of a run without the flag (or --message-content) is what it was before
+        // them (this run's id, printed by the generator before they existed).
+        let before = parse(&["--url", "ws://127.0.0.1:9/ws", "--connections", "2", "--hold", "0s"]).unwrap();
+        assert_eq!(before.run_id, "407def89e3ce4cc1");
+        for config in [&browser, &custom] {
+            let args: Vec<String> = config
+                .shard_args(Part { index: 1, count: 2 })
+                .into_iter()
+                .map(|arg| arg.into_string().unwrap())
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let child = parse(&args).unwrap();
+            assert_eq!(child.offer_deflate, config.offer_deflate, "{args:?}");
+            assert_eq!(child.run_id, config.run_id);
+        }
+        assert_eq!(
+            parse(&["--offer-deflate=permessage-deflate; server_max_window_bits=20"]).unwrap_err(),
+            "--offer-deflate \"permessage-deflate; server_max_window_bits=20\": server_max_window_bits=20: \
+             window bits are 8 to 15"
+        );
+        let random = parse(&["--message-content", "random"]).unwrap();
+        assert_ne!(random.run_id, parse(&[]).unwrap().run_id);
     }
 
     #[test]

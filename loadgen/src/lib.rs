@@ -323,7 +323,7 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     settings.reconnect = config.reconnect;
     settings.tls = config.tls.clone();
     settings.offer_deflate = config.offer_deflate.clone();
-    settings.message = config.message_content.payload(config.message_size);
+    settings.message_content = config.message_content;
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     // Counters, new samples, and this process's memory (a read of /proc/self/statm).
     let progress = {
