@@ -64,16 +64,25 @@ pub struct LoadArgs {
 
     /// Offer permessage-deflate (RFC 7692) on every upgrade, as a browser does.
     ///
-    /// Alone, offers what Chromium offers: `permessage-deflate; client_max_window_bits`.
-    /// With a value, offers exactly that (one offer; parameters server_no_context_takeover,
-    /// client_no_context_takeover, server_max_window_bits=8..15,
-    /// client_max_window_bits[=9..15]), e.g.
+    /// Alone, offers what Chromium offers on every WebSocket it opens:
+    /// `permessage-deflate; client_max_window_bits`. With =PARAMS, offers exactly PARAMS: one
+    /// offer, with any of server_no_context_takeover, client_no_context_takeover,
+    /// server_max_window_bits=8..15 and client_max_window_bits[=9..15] (zlib cannot compress
+    /// with a window of 8), e.g.
     /// --offer-deflate='permessage-deflate; client_no_context_takeover; server_max_window_bits=10'.
-    /// A connection whose server accepts compresses its messages and inflates what it
-    /// receives (echoes, pushes), through the yawc client; one whose server declines runs
-    /// as without the flag. An answer that does not fit the offer fails the attempt
-    /// (`deflate_response`). The summary's `deflate` records the offer, the accepted and
-    /// declined upgrades and each answer the servers gave.
+    /// The value is checked before anything starts. In the environment, give the offer
+    /// itself.
+    ///
+    /// A connection whose server accepts compresses its --message-interval messages and
+    /// inflates what it receives (echoes, pushes) with the parameters the server answered
+    /// (through the yawc client); one whose server declines runs exactly as without the
+    /// flag. An answer that does not fit the offer (RFC 7692 section 7.1) fails the attempt
+    /// as `deflate_response`. `wsscale serve --engine lean --deflate stateless|context`
+    /// accepts; --deflate off and the stock engine decline.
+    ///
+    /// The summary's `deflate` (and the table's deflate lines) records the offer, the
+    /// upgrades accepted and declined, and each answer with how many upgrades got it. The
+    /// offer is part of the run id.
     #[arg(
         long,
         env = "WSSCALE_LOAD_OFFER_DEFLATE",
@@ -185,8 +194,8 @@ pub struct LoadArgs {
     ///
     /// Default: a hash of what every segment of the run shares: --url, --connections,
     /// --rate, the segment count N, --start-at, --hold, --ping-interval,
-    /// --message-interval, --message-size, --reconnect, and for wss:// whom it trusts
-    /// (--tls-insecure, or the certificates of --tls-ca). Two runs with the same flags
+    /// --message-interval, --message-size, --message-content, --reconnect, for wss:// whom
+    /// it trusts (--tls-insecure, or the certificates of --tls-ca), and --offer-deflate. Two runs with the same flags
     /// get the same id: give --run-id (in Kubernetes, e.g. the Job's controller-uid label
     /// through the downward API) or --start-at to tell them apart.
     #[arg(long, env = "WSSCALE_LOAD_RUN_ID", help_heading = "Segments")]

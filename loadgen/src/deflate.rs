@@ -194,6 +194,8 @@ impl Socket for Offering {
             .with_max_payload_read(max)
             .with_max_read_buffer(max)
             .with_read_buffer_capacity(256)
+            .with_write_buffer_capacity(256)
+            .with_deflate_pool(pool().clone())
             .with_utf8();
         let io = Prefixed { rest, inner: transport };
         yawc::WebSocket::from_stream_with_extensions(io, yawc::Role::Client, Some(response), options)
@@ -251,6 +253,16 @@ impl Socket for Offering {
         .await;
         answered || matches!(finished, Ok(Ok(())))
     }
+}
+
+/// The process's pool of deflate and inflate streams for the directions without context
+/// takeover (`server_no_context_takeover`, `client_no_context_takeover`): such a
+/// connection borrows one for a message and gives it back, so between messages it holds
+/// none, as the lean engine's `stateless` mode does on the other side. Sized for the
+/// messages in flight at once, not for the connections.
+fn pool() -> &'static yawc::DeflatePool {
+    static POOL: std::sync::OnceLock<yawc::DeflatePool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| yawc::DeflatePool::new(std::thread::available_parallelism().map_or(4, |n| n.get() * 2)))
 }
 
 /// A frame yawc handed over, inflated.
