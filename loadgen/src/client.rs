@@ -683,7 +683,9 @@ mod tests {
     /// held connections (release, three runs each): the generator's heap per connection
     /// 1,697–1,729 B before, 1,569–1,622 B after (1,598–1,634 B with --reconnect).
     /// wss:// added nothing: the TLS stream (1,112 bytes) is boxed in [`Transport`], whose
-    /// plain variant is the bare socket, so the future stayed at 784.
+    /// plain variant is the bare socket, so the future stayed at 784. The hold over
+    /// [`Socket`] (for --offer-deflate) made it 752: the incoming frame is polled through
+    /// `poll_fn` rather than a stream's `Next` future.
     #[test]
     fn a_held_connection_task_stays_small() {
         let settings = Arc::new(ClientSettings::new(
@@ -711,5 +713,33 @@ mod tests {
             size <= 784,
             "the held connection's future is {size} bytes: past 784 its task takes 128 more"
         );
+    }
+
+    /// A run with --offer-deflate holds [`crate::deflate::Offering`] (tungstenite's stream,
+    /// or a pointer to yawc's), in a task of the same cell size.
+    #[test]
+    fn a_held_offering_connection_task_stays_small_too() {
+        let settings = Arc::new(ClientSettings::new(
+            url::Url::parse("ws://127.0.0.1:1/ws").unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+            Duration::from_secs(1),
+            Some(Duration::from_secs(1)),
+            None,
+            0,
+        ));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let (attempted, _) = tokio::sync::mpsc::unbounded_channel();
+        let task = run::<crate::deflate::Offering>(
+            settings,
+            None,
+            Duration::ZERO,
+            Arc::new(Stats::default()),
+            permit,
+            attempted,
+            CancellationToken::new(),
+        );
+        let size = size_of_val(&task);
+        println!("client::run::<Offering> future: {size} bytes");
+        assert!(size <= 784, "the offering connection's future is {size} bytes");
     }
 }
