@@ -222,7 +222,7 @@ pub struct DeflateSummary {
 }
 
 impl DeflateSummary {
-    fn of(offered: Option<String>, totals: &Progress) -> Option<DeflateSummary> {
+    pub(crate) fn of(offered: Option<String>, totals: &Progress) -> Option<DeflateSummary> {
         offered.map(|offered| DeflateSummary {
             offered,
             accepted: totals.deflate_accepted.values().sum(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::load::{describe, interrupt, load};
-use crate::support::{Kind, TestServer, http_post, wait_for_metric_at};
+use crate::support::{Kind, TestServer, body, http_get, http_post, wait_for_metric_at};
 
 const BROWSER_OFFER: &str = "permessage-deflate; client_max_window_bits";
 const STATELESS: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
@@ -322,6 +322,12 @@ async fn pushes_arrive_inflated_and_in_order_in_each_mode() {
             "the load generator",
         )
         .await;
+        // The live page's JSON says what was negotiated too.
+        let (status, response) = http_get(loadgen_metrics, "/api/live", &[]).await;
+        assert_eq!(status, 200, "{response}");
+        let live: Value = serde_json::from_str(body(&response)).unwrap();
+        assert_eq!(live["deflate"]["offered"], BROWSER_OFFER, "{live:#}");
+        assert_eq!(live["deflate"]["accepted"], CONNECTIONS, "{live:#}");
         let (_, summary) = interrupt(load, &json).await;
         let what = format!("{flags:?}");
         assert_eq!(
