@@ -3,8 +3,9 @@
 //! engine (declines), over ws:// and wss://. The summary records the offer and each
 //! answer; echoes of compressible and incompressible messages come back inflated (and a
 //! relay that counts the bytes on the wire shows that the compressible ones went
-//! compressed both ways); pushes arrive inflated, every one, in order; a bad offer is refused before
-//! anything starts.
+//! compressed both ways); pushes arrive inflated, every one, in order; connections lost
+//! to a restart come back and negotiate again; a bad offer is refused before anything
+//! starts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -301,14 +302,7 @@ async fn pushes_arrive_inflated_and_in_order_in_each_mode() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        server
-            .wait_for_metric(
-                "wsscale_connections_active",
-                &[],
-                CONNECTIONS as f64,
-                Duration::from_secs(30),
-            )
-            .await;
+        wait_for_all_open(&server).await;
         for _ in 0..BROADCASTS {
             let (status, body) = http_post(server.metrics_addr, "/broadcast?size=3000").await;
             assert_eq!(status, 200, "{body}");
@@ -373,4 +367,67 @@ async fn a_bad_offer_is_refused_with_the_reason() {
             "{value}: {stderr}"
         );
     }
+}
+
+/// A server that stops closes every connection with 1001, through yawc's side of the close
+/// handshake; with --reconnect each comes back to the restarted server, negotiates again
+/// (a reconnection is one more upgrade in `deflate`) and closes cleanly at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnected_connections_negotiate_again() {
+    let flags = ["--deflate", "context", "--deflate-window-bits", "10"];
+    let mut server = TestServer::start(Kind::TASKS_LEAN, &flags);
+    let listen = server.ws_addr;
+    let loadgen_metrics: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .args(["load", "--url", &server.url(), "--connections", "4", "--hold", "10m"])
+        .args(["--reconnect", "--message-interval", "100ms", "--offer-deflate"])
+        .args(["--metrics-listen", &loadgen_metrics.to_string(), "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_all_open(&server).await;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    let restarted = TestServer::start_at(Kind::TASKS_LEAN, listen, &flags);
+    wait_for_all_open(&restarted).await;
+    wait_for_metric_at(
+        loadgen_metrics,
+        "wsscale_loadgen_reconnects_total",
+        &[],
+        CONNECTIONS as f64,
+        Duration::from_secs(30),
+        "the load generator",
+    )
+    .await;
+    let (_, summary) = interrupt(load, &json).await;
+    assert_eq!(summary["lost"]["close_1001"], CONNECTIONS, "{summary:#}");
+    assert_eq!(summary["reconnected"], CONNECTIONS, "{summary:#}");
+    assert_eq!(summary["closed_cleanly"], CONNECTIONS, "{summary:#}");
+    let answer = "permessage-deflate; client_max_window_bits=10";
+    assert_eq!(
+        summary["deflate"]["answers"],
+        serde_json::json!({ answer: 2 * CONNECTIONS }),
+        "{summary:#}"
+    );
+    assert_eq!(summary["deflate"]["declined"], 0, "{summary:#}");
+}
+
+async fn wait_for_all_open(server: &TestServer) {
+    server
+        .wait_for_metric(
+            "wsscale_connections_active",
+            &[],
+            CONNECTIONS as f64,
+            Duration::from_secs(30),
+        )
+        .await;
 }
