@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use crate::deflate::Offer;
+use crate::offer::Offer;
 use crate::reconnect::{self, Hint};
 use crate::stats::{Stats, io_cause, ws_cause};
 use crate::tls::TlsClient;
@@ -137,7 +137,7 @@ pub trait Socket: Sized + Send + 'static {
     /// Sends one frame; the failure cause when it could not.
     fn send(&mut self, outgoing: Outgoing) -> impl Future<Output = Result<(), String>> + Send;
 
-    /// Sends close 1000 and reads until the stream ends (at most [`CLOSE_TIMEOUT`]); true
+    /// Sends close 1000 and reads until the stream ends (at most `CLOSE_TIMEOUT`); true
     /// when the server answered with its Close frame.
     fn close(&mut self) -> impl Future<Output = bool> + Send;
 }

@@ -13,7 +13,7 @@ use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
 use crate::client::MessageContent;
-use crate::deflate::{self, Offer};
+use crate::offer::{self, Offer};
 use crate::tls::{TlsClient, TlsError, Trust};
 
 #[derive(Debug, Clone, Args)]
@@ -89,7 +89,7 @@ pub struct LoadArgs {
         value_name = "PARAMS",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = deflate::BROWSER_OFFER
+        default_missing_value = offer::BROWSER_OFFER
     )]
     pub offer_deflate: Option<String>,
 
@@ -812,7 +812,7 @@ mod tests {
         let browser = parse(&["--url", "ws://127.0.0.1:9/ws", "--offer-deflate"]).unwrap();
         assert_eq!(
             browser.offer_deflate.as_ref().map(ToString::to_string).as_deref(),
-            Some(deflate::BROWSER_OFFER)
+            Some(offer::BROWSER_OFFER)
         );
         let given = "permessage-deflate; client_no_context_takeover; server_max_window_bits=10";
         let custom = parse(&["--url", "ws://127.0.0.1:9/ws", &format!("--offer-deflate={given}")]).unwrap();

@@ -8,8 +8,9 @@
 //! - [`client`]: one connection (connect from a source address with
 //!   IP_BIND_ADDRESS_NO_PORT, TLS handshake for wss://, upgrade, hold with scheduled
 //!   pings, close 1000; reconnect after a loss with `--reconnect`).
-//! - [`deflate`]: `--offer-deflate` — the permessage-deflate offer, the check of the
-//!   server's answer, and the yawc socket of a connection whose server accepted it.
+//! - [`offer`], [`deflate`]: `--offer-deflate` — the permessage-deflate offer and the
+//!   check of the server's answer; the socket of a run that offers (yawc for a connection
+//!   whose server accepted, tungstenite for one whose server declined).
 //! - [`tls`]: wss:// — the one shared rustls client configuration (ring provider; trust
 //!   webpki-roots, `--tls-ca` or `--tls-insecure`), the handshake, TLS failure causes.
 //! - [`reconnect`]: the backoff policy of reconnections. The server pushes' format,
@@ -37,6 +38,7 @@ pub mod config;
 pub mod deflate;
 pub mod live;
 pub mod metrics;
+pub mod offer;
 pub mod pool;
 pub mod preflight;
 pub mod progress;
