@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
+use crate::client::MessageContent;
+use crate::offer::{self, Offer};
 use crate::tls::{TlsClient, TlsError, Trust};
 
 #[derive(Debug, Clone, Args)]
@@ -54,6 +56,42 @@ pub struct LoadArgs {
     /// Size of those messages.
     #[arg(long, env = "WSSCALE_LOAD_MESSAGE_SIZE", default_value = "32B")]
     pub message_size: ByteSize,
+
+    /// What those messages carry: one byte repeated (deflate shrinks it to almost
+    /// nothing), or pseudo-random bytes, new in each message (deflate cannot shrink them).
+    #[arg(long, env = "WSSCALE_LOAD_MESSAGE_CONTENT", value_enum, default_value_t = MessageContent::Repeated)]
+    pub message_content: MessageContent,
+
+    /// Offer permessage-deflate (RFC 7692) on every upgrade, as a browser does.
+    ///
+    /// Alone, offers what Chromium offers on every WebSocket it opens:
+    /// `permessage-deflate; client_max_window_bits`. With =PARAMS, offers exactly PARAMS: one
+    /// offer, with any of server_no_context_takeover, client_no_context_takeover,
+    /// server_max_window_bits=8..15 and client_max_window_bits[=9..15] (zlib cannot compress
+    /// with a window of 8), e.g.
+    /// --offer-deflate='permessage-deflate; client_no_context_takeover; server_max_window_bits=10'.
+    /// The value is checked before anything starts. In the environment, give the offer
+    /// itself.
+    ///
+    /// A connection whose server accepts compresses its --message-interval messages and
+    /// inflates what it receives (echoes, pushes) with the parameters the server answered
+    /// (through the yawc client); one whose server declines runs exactly as without the
+    /// flag. An answer that does not fit the offer (RFC 7692 section 7.1) fails the attempt
+    /// as `deflate_response`. `wsscale serve --engine lean --deflate stateless|context`
+    /// accepts; --deflate off and the stock engine decline.
+    ///
+    /// The summary's `deflate` (and the table's deflate lines) records the offer, the
+    /// upgrades accepted and declined, and each answer with how many upgrades got it. The
+    /// offer is part of the run id.
+    #[arg(
+        long,
+        env = "WSSCALE_LOAD_OFFER_DEFLATE",
+        value_name = "PARAMS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = offer::BROWSER_OFFER
+    )]
+    pub offer_deflate: Option<String>,
 
     /// Source addresses to connect from: `auto` (spread over 127.0.0.0/8 for a loopback
     /// target, the kernel's choice otherwise), `none`, a list `127.0.0.2,127.0.0.3`, or a
@@ -156,8 +194,8 @@ pub struct LoadArgs {
     ///
     /// Default: a hash of what every segment of the run shares: --url, --connections,
     /// --rate, the segment count N, --start-at, --hold, --ping-interval,
-    /// --message-interval, --message-size, --reconnect, and for wss:// whom it trusts
-    /// (--tls-insecure, or the certificates of --tls-ca). Two runs with the same flags
+    /// --message-interval, --message-size, --message-content, --reconnect, for wss:// whom
+    /// it trusts (--tls-insecure, or the certificates of --tls-ca), and --offer-deflate. Two runs with the same flags
     /// get the same id: give --run-id (in Kubernetes, e.g. the Job's controller-uid label
     /// through the downward API) or --start-at to tell them apart.
     #[arg(long, env = "WSSCALE_LOAD_RUN_ID", help_heading = "Segments")]
@@ -332,6 +370,9 @@ pub struct LoadConfig {
     pub ping_interval: Option<Duration>,
     pub message_interval: Option<Duration>,
     pub message_size: usize,
+    pub message_content: MessageContent,
+    /// `--offer-deflate`: the offer every upgrade makes; None: no offer.
+    pub offer_deflate: Option<Offer>,
     pub source_ips: Vec<IpAddr>,
     pub processes: Processes,
     pub max_per_process: Option<usize>,
@@ -381,6 +422,8 @@ pub enum ConfigError {
     TlsWithoutWss(&'static str, String),
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("--offer-deflate {0:?}: {1}")]
+    OfferDeflate(String, String),
 }
 
 impl TryFrom<LoadArgs> for LoadConfig {
@@ -450,6 +493,13 @@ impl TryFrom<LoadArgs> for LoadConfig {
             (false, Some(_)) => return Err(ConfigError::TlsWithoutWss("tls-insecure", args.url)),
             (false, None) => None,
         };
+        let offer_deflate = args
+            .offer_deflate
+            .map(|text| {
+                text.parse::<Offer>()
+                    .map_err(|why| ConfigError::OfferDeflate(text, why))
+            })
+            .transpose()?;
         let optional = |duration: humantime::Duration| Some(Duration::from(duration)).filter(|d| !d.is_zero());
         let mut config = LoadConfig {
             url,
@@ -461,6 +511,8 @@ impl TryFrom<LoadArgs> for LoadConfig {
             ping_interval: optional(args.ping_interval),
             message_interval: optional(args.message_interval),
             message_size: args.message_size.as_u64() as usize,
+            message_content: args.message_content,
+            offer_deflate,
             source_ips,
             processes: args.processes,
             max_per_process: args.max_per_process,
@@ -483,9 +535,10 @@ impl TryFrom<LoadArgs> for LoadConfig {
 /// The run id every segment of a run derives alike: a hash (FNV-1a, 64 bits: stable
 /// across builds and machines, unlike std's hasher) of what they share — the URL, the
 /// connections and rate of the whole run, the segment count, --start-at, --hold, the
-/// per-connection schedule (--ping-interval, --message-interval, --message-size),
-/// --reconnect, and for wss:// the trust (its kind, and the certificates of a --tls-ca
-/// file rather than its path). Per-process settings (--concurrency, --processes,
+/// per-connection schedule (--ping-interval, --message-interval, --message-size, and
+/// --message-content when not the default), --reconnect, for wss:// the trust (its kind,
+/// and the certificates of a --tls-ca file rather than its path), and --offer-deflate's
+/// offer. Per-process settings (--concurrency, --processes,
 /// --source-ips, the segment index) are left out.
 pub fn derive_run_id(config: &LoadConfig) -> String {
     let nanos = |duration: Option<Duration>| duration.unwrap_or_default().as_nanos();
@@ -506,6 +559,13 @@ pub fn derive_run_id(config: &LoadConfig) -> String {
     // Appended only for wss://, so that the ids of ws:// runs stay what they were.
     if let Some(tls) = &config.tls {
         shared += &format!(" tls={}", tls.trust_digest());
+    }
+    // Likewise only when given: runs without them keep their ids.
+    if config.message_content != MessageContent::default() {
+        shared += &format!(" message_content={}", config.message_content.as_str());
+    }
+    if let Some(offer) = &config.offer_deflate {
+        shared += &format!(" offer_deflate={offer}");
     }
     format!("{:016x}", fnv1a(shared.as_bytes()))
 }
@@ -578,6 +638,8 @@ impl LoadConfig {
         flag("ping-interval", seconds(self.ping_interval));
         flag("message-interval", seconds(self.message_interval));
         flag("message-size", self.message_size.to_string());
+        flag("message-content", self.message_content.as_str().to_owned());
+
         flag("source-ips", SourceIps::List(self.source_ips.clone()).to_string());
         flag(
             "connect-timeout",
@@ -594,6 +656,10 @@ impl LoadConfig {
         flag("internal-shard", shard.to_string());
         if self.reconnect {
             args.push("--reconnect".into());
+        }
+        if let Some(offer) = &self.offer_deflate {
+            // With `=`: the value is optional, so it cannot be a separate argument.
+            args.push(format!("--offer-deflate={offer}").into());
         }
         match self.tls.as_ref().map(TlsClient::trust) {
             Some(Trust::Ca(path)) => {
@@ -735,6 +801,46 @@ mod tests {
         assert_ne!(verified.run_id, insecure.run_id);
         let plain = parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap();
         assert_ne!(plain.run_id, verified.run_id);
+    }
+
+    /// `--offer-deflate` alone offers what Chromium does, a value is checked when the run
+    /// starts, the offer reaches every shard and is part of the run id.
+    #[test]
+    fn offer_deflate_is_checked_forwarded_to_shards_and_part_of_the_run_id() {
+        let plain = parse(&["--url", "ws://127.0.0.1:9/ws"]).unwrap();
+        assert_eq!(plain.offer_deflate, None);
+        let browser = parse(&["--url", "ws://127.0.0.1:9/ws", "--offer-deflate"]).unwrap();
+        assert_eq!(
+            browser.offer_deflate.as_ref().map(ToString::to_string).as_deref(),
+            Some(offer::BROWSER_OFFER)
+        );
+        let given = "permessage-deflate; client_no_context_takeover; server_max_window_bits=10";
+        let custom = parse(&["--url", "ws://127.0.0.1:9/ws", &format!("--offer-deflate={given}")]).unwrap();
+        assert_eq!(custom.offer_deflate.as_ref().unwrap().to_string(), given);
+        let ids = [&plain.run_id, &browser.run_id, &custom.run_id];
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+        // The id of a run without the flag (or --message-content) is what it was before
+        // them (this run's id, printed by the generator before they existed).
+        let before = parse(&["--url", "ws://127.0.0.1:9/ws", "--connections", "2", "--hold", "0s"]).unwrap();
+        assert_eq!(before.run_id, "407def89e3ce4cc1");
+        for config in [&browser, &custom] {
+            let args: Vec<String> = config
+                .shard_args(Part { index: 1, count: 2 })
+                .into_iter()
+                .map(|arg| arg.into_string().unwrap())
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let child = parse(&args).unwrap();
+            assert_eq!(child.offer_deflate, config.offer_deflate, "{args:?}");
+            assert_eq!(child.run_id, config.run_id);
+        }
+        assert_eq!(
+            parse(&["--offer-deflate=permessage-deflate; server_max_window_bits=20"]).unwrap_err(),
+            "--offer-deflate \"permessage-deflate; server_max_window_bits=20\": server_max_window_bits=20: \
+             window bits are 8 to 15"
+        );
+        let random = parse(&["--message-content", "random"]).unwrap();
+        assert_ne!(random.run_id, parse(&[]).unwrap().run_id);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - [`client`]: one connection (connect from a source address with
 //!   IP_BIND_ADDRESS_NO_PORT, TLS handshake for wss://, upgrade, hold with scheduled
 //!   pings, close 1000; reconnect after a loss with `--reconnect`).
+//! - [`offer`], [`deflate`]: `--offer-deflate` — the permessage-deflate offer and the
+//!   check of the server's answer; the socket of a run that offers (yawc for a connection
+//!   whose server accepted, tungstenite for one whose server declined).
 //! - [`tls`]: wss:// — the one shared rustls client configuration (ring provider; trust
 //!   webpki-roots, `--tls-ca` or `--tls-insecure`), the handshake, TLS failure causes.
 //! - [`reconnect`]: the backoff policy of reconnections. The server pushes' format,
@@ -32,8 +35,10 @@
 
 pub mod client;
 pub mod config;
+pub mod deflate;
 pub mod live;
 pub mod metrics;
+pub mod offer;
 pub mod pool;
 pub mod preflight;
 pub mod progress;
@@ -242,6 +247,7 @@ async fn run_parent(config: &LoadConfig, processes: usize, reexec: Reexec) -> an
         connections: segment_share.connections,
         source_ips: config.source_ips.len(),
         hold_secs: config.hold.as_secs_f64(),
+        offer_deflate: config.offer_deflate.as_ref().map(ToString::to_string),
     }))
 }
 
@@ -318,6 +324,8 @@ async fn run_shard(config: &LoadConfig, events: UnboundedSender<Event>, stop: Ca
     );
     settings.reconnect = config.reconnect;
     settings.tls = config.tls.clone();
+    settings.offer_deflate = config.offer_deflate.clone();
+    settings.message_content = config.message_content;
     let mut pool = Pool::new(settings, config.source_ips.clone(), share.first_index, stats.clone());
     // Counters, new samples, and this process's memory (a read of /proc/self/statm).
     let progress = {

@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::config::LoadConfig;
+use crate::report::DeflateSummary;
 use crate::stats::{Histograms, Progress, new_histogram};
 
 /// How far back the "recent" ping percentiles look.
@@ -40,6 +41,8 @@ pub struct RunLabels {
     pub connections: u64,
     /// Processes holding the connections (1, or the shards).
     pub processes: usize,
+    /// `--offer-deflate`: the offer, as sent; None without it.
+    pub offer_deflate: Option<String>,
 }
 
 impl RunLabels {
@@ -55,6 +58,7 @@ impl RunLabels {
             labels,
             connections: config.segment_share().connections as u64,
             processes,
+            offer_deflate: config.offer_deflate.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -157,6 +161,7 @@ impl LiveState {
             heap_baseline_bytes: totals.memory.heap_before_bytes,
             rss_per_connection_bytes: per_connection.map(|(rss, _)| rss),
             heap_per_connection_bytes: per_connection.map(|(_, heap)| heap),
+            deflate: DeflateSummary::of(self.run.offer_deflate.clone(), totals),
         }
     }
 }
@@ -210,6 +215,8 @@ pub struct LiveLoad {
     /// Growth ÷ connections open; null with none open.
     pub rss_per_connection_bytes: Option<f64>,
     pub heap_per_connection_bytes: Option<f64>,
+    /// `--offer-deflate`: as the summary's `deflate`, so far; null without it.
+    pub deflate: Option<DeflateSummary>,
 }
 
 /// Percentiles of a latency histogram in milliseconds; null with no sample.
@@ -297,6 +304,7 @@ mod tests {
             labels: vec![("target".into(), "ws://127.0.0.1:1/ws".into())],
             connections: 10,
             processes: 2,
+            offer_deflate: None,
         }
     }
 

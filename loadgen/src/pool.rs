@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{self, ClientSettings};
+use crate::client::{self, ClientSettings, Tungstenite};
+use crate::deflate::Offering;
 use crate::stats::Stats;
 
 pub struct Pool {
@@ -75,15 +76,19 @@ impl Pool {
             self.next_index += 1;
             launched += 1;
             let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
-            self.tracker.spawn(client::run(
-                self.settings.clone(),
-                source,
-                self.ping_phase(index),
-                self.stats.clone(),
-                permit,
-                attempted_tx.clone(),
-                self.release.clone(),
-            ));
+            let (settings, phase, stats) = (self.settings.clone(), self.ping_phase(index), self.stats.clone());
+            let (attempted, release) = (attempted_tx.clone(), self.release.clone());
+            // Each client stack gets its own task type, so a run that does not offer
+            // permessage-deflate holds exactly the task it held before the offer existed.
+            if settings.offer_deflate.is_some() {
+                self.tracker.spawn(client::run::<Offering>(
+                    settings, source, phase, stats, permit, attempted, release,
+                ));
+            } else {
+                self.tracker.spawn(client::run::<Tungstenite>(
+                    settings, source, phase, stats, permit, attempted, release,
+                ));
+            }
         }
         drop(attempted_tx);
         // Each connection task drops its sender once open or failed; the channel closes

@@ -117,6 +117,8 @@ pub struct RunInfo {
     pub connections: usize,
     pub source_ips: usize,
     pub hold_secs: f64,
+    /// `--offer-deflate`: the offer (the header's value); None without it.
+    pub offer_deflate: Option<String>,
 }
 
 /// What a run's shards (or a merge's segments) add up to besides counters and histograms.
@@ -193,15 +195,47 @@ pub struct Summary {
     pub reconnect_ms: Percentiles,
     /// Server pushes: receipt minus the send time they carry.
     pub push_delivery_ms: Percentiles,
+    /// `--offer-deflate`: what was offered and what the servers answered; null without it
+    /// (and in the summaries of versions before it).
+    #[serde(default)]
+    pub deflate: Option<DeflateSummary>,
     /// Stopped by Ctrl-C / SIGTERM, or a shard ended without reporting.
     pub interrupted: bool,
     /// Every distribution above, whole, to merge segments exactly.
     pub histograms: Histograms,
 }
 
+/// permessage-deflate as negotiated over a run (`--offer-deflate`), counted per successful
+/// upgrade (a reconnection is one more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeflateSummary {
+    /// The offer every upgrade made: its `Sec-WebSocket-Extensions` value.
+    pub offered: String,
+    /// Upgrades whose server accepted (their messages compressed, what they received
+    /// inflated).
+    pub accepted: u64,
+    /// Upgrades whose server declined (plain WebSocket, as without the flag).
+    pub declined: u64,
+    /// The accepted upgrades by the server's answer (the 101's `Sec-WebSocket-Extensions`:
+    /// the parameters in force), with how many got each.
+    pub answers: BTreeMap<String, u64>,
+}
+
+impl DeflateSummary {
+    pub(crate) fn of(offered: Option<String>, totals: &Progress) -> Option<DeflateSummary> {
+        offered.map(|offered| DeflateSummary {
+            offered,
+            accepted: totals.deflate_accepted.values().sum(),
+            declined: totals.deflate_declined,
+            answers: totals.deflate_accepted.clone(),
+        })
+    }
+}
+
 impl Summary {
     fn build(run: RunInfo, totals: Progress, histograms: Histograms, extent: Extent) -> Summary {
         let ramp_secs = (extent.ramp_end_unix - extent.ramp_start_unix).max(0.0);
+        let deflate = DeflateSummary::of(run.offer_deflate, &totals);
         let per_held = |bytes: f64| {
             if extent.held > 0 {
                 bytes / extent.held as f64
@@ -246,6 +280,7 @@ impl Summary {
             ping_rtt_ms: Percentiles::of(&histograms.ping_rtt_us),
             reconnect_ms: Percentiles::of(&histograms.reconnect_us),
             push_delivery_ms: Percentiles::of(&histograms.push_delivery_us),
+            deflate,
             interrupted: extent.interrupted,
             histograms,
         }
@@ -344,6 +379,8 @@ impl Summary {
             connections,
             source_ips: extent.source_ips,
             hold_secs: parts.iter().map(|(_, summary)| summary.hold_secs).fold(0.0, f64::max),
+            // Segments of one run (one run id) made one offer.
+            offer_deflate: first.deflate.as_ref().map(|deflate| deflate.offered.clone()),
         };
         let mut merged = Summary::build(run, totals, histograms, extent);
         merged.merged_segments = seen.into_keys().filter(|_| count > 1).collect();
@@ -362,6 +399,12 @@ impl Summary {
             reconnected: self.reconnected,
             push_missed: self.push_missed,
             push_negative_latency: self.push_negative_latency,
+            deflate_declined: self.deflate.as_ref().map_or(0, |deflate| deflate.declined),
+            deflate_accepted: self
+                .deflate
+                .as_ref()
+                .map(|deflate| deflate.answers.clone())
+                .unwrap_or_default(),
             failures: self.failures.clone(),
             lost_by_cause: self.lost.clone(),
             reconnect_failures: self.reconnect_failures.clone(),
@@ -479,6 +522,21 @@ impl Summary {
                 self.push_delivery_ms.count, self.push_missed, self.push_negative_latency
             );
         }
+        if let Some(deflate) = &self.deflate {
+            let _ = writeln!(out, "  deflate offered   {:>10}   {}", "", deflate.offered);
+            let answers: Vec<String> = deflate
+                .answers
+                .iter()
+                .map(|(answer, count)| format!("{answer} ({count})"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  deflate accepted  {:>10}   {}",
+                deflate.accepted,
+                answers.join(" | ")
+            );
+            let _ = writeln!(out, "  deflate declined  {:>10}", deflate.declined);
+        }
         let _ = writeln!(
             out,
             "  loadgen per conn  {:>10.0} B RSS, {:.0} B heap",
@@ -576,6 +634,7 @@ mod tests {
             connections: samples.len(),
             source_ips: 1,
             hold_secs: 30.0,
+            offer_deflate: None,
         });
         serde_json::from_str(&serde_json::to_string_pretty(&summary).unwrap()).unwrap()
     }

@@ -115,6 +115,10 @@ pub struct Stats {
     pub push_missed: AtomicU64,
     /// Pushes whose send time was later than their receipt (recorded as 0).
     pub push_negative_latency: AtomicU64,
+    /// `--offer-deflate`: upgrades whose server declined the offer.
+    pub deflate_declined: AtomicU64,
+    /// `--offer-deflate`: upgrades whose server accepted, by its answer.
+    deflate_accepted: Mutex<BTreeMap<String, u64>>,
     failures: Mutex<BTreeMap<String, u64>>,
     lost_by_cause: Mutex<BTreeMap<String, u64>>,
     reconnect_failures: Mutex<BTreeMap<String, u64>>,
@@ -184,6 +188,17 @@ impl Stats {
         record(&mut lock(&self.recent).push_delivery_us, delivery.unwrap_or_default());
     }
 
+    /// `--offer-deflate`: an upgrade succeeded with this answer (the 101's
+    /// `Sec-WebSocket-Extensions`; None: declined).
+    pub fn record_deflate_answer(&self, answer: Option<&str>) {
+        match answer {
+            Some(answer) => *lock(&self.deflate_accepted).entry(answer.to_owned()).or_default() += 1,
+            None => {
+                self.deflate_declined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The counters so far and the samples since the previous call.
     pub fn progress(&self) -> Progress {
         let recent = std::mem::take(&mut *lock(&self.recent));
@@ -197,6 +212,8 @@ impl Stats {
             reconnected: self.reconnected.load(Ordering::Relaxed),
             push_missed: self.push_missed.load(Ordering::Relaxed),
             push_negative_latency: self.push_negative_latency.load(Ordering::Relaxed),
+            deflate_declined: self.deflate_declined.load(Ordering::Relaxed),
+            deflate_accepted: lock(&self.deflate_accepted).clone(),
             failures: lock(&self.failures).clone(),
             lost_by_cause: lock(&self.lost_by_cause).clone(),
             reconnect_failures: lock(&self.reconnect_failures).clone(),
@@ -222,6 +239,12 @@ pub struct Progress {
     pub reconnected: u64,
     pub push_missed: u64,
     pub push_negative_latency: u64,
+    /// `--offer-deflate`: upgrades declined, and accepted by answer (absent from earlier
+    /// versions' events and summaries: read as none, which they had).
+    #[serde(default)]
+    pub deflate_declined: u64,
+    #[serde(default)]
+    pub deflate_accepted: BTreeMap<String, u64>,
     pub failures: BTreeMap<String, u64>,
     pub lost_by_cause: BTreeMap<String, u64>,
     pub reconnect_failures: BTreeMap<String, u64>,
@@ -275,6 +298,8 @@ impl Progress {
             reconnected,
             push_missed,
             push_negative_latency,
+            deflate_declined,
+            deflate_accepted,
             failures,
             lost_by_cause,
             reconnect_failures,
@@ -291,7 +316,9 @@ impl Progress {
         self.reconnected += reconnected;
         self.push_missed += push_missed;
         self.push_negative_latency += push_negative_latency;
+        self.deflate_declined += deflate_declined;
         for (mine, theirs) in [
+            (&mut self.deflate_accepted, deflate_accepted),
             (&mut self.failures, failures),
             (&mut self.lost_by_cause, lost_by_cause),
             (&mut self.reconnect_failures, reconnect_failures),

@@ -18,6 +18,7 @@ mod hostile;
 mod in_process;
 mod live;
 mod load;
+mod load_deflate;
 mod load_tls;
 mod memory;
 mod metrics;
