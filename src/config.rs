@@ -308,6 +308,46 @@ pub struct CompareArgs {
     )]
     pub schemes: Vec<Scheme>,
 
+    /// permessage-deflate settings to measure every lean-engine run with (a list like
+    /// --modes): `off`, `stateless` (named `<mode>-lean-stateless`), `context` (one run per
+    /// --deflate-window-bits, named `<mode>-lean-context15`, ...). The stock engine has no
+    /// permessage-deflate: its runs are measured once, declining. When any is not `off`,
+    /// the generator offers the extension as a browser does in every run (see
+    /// --offer-deflate), so every server is measured with the same client.
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_DEFLATE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "off"
+    )]
+    pub deflate: Vec<DeflateMode>,
+
+    /// Window bits for the `context` runs of --deflate: 9 to 15, a list (one run each).
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_DEFLATE_WINDOW_BITS",
+        value_delimiter = ',',
+        default_value = "15",
+        value_parser = clap::value_parser!(u8).range(9..=15)
+    )]
+    pub deflate_window_bits: Vec<u8>,
+
+    /// The generator offers permessage-deflate on every upgrade: as Chromium does
+    /// (`permessage-deflate; client_max_window_bits`) when given bare, or the offer
+    /// PARAMS (as `wsscale load --offer-deflate`). On by itself when --deflate lists
+    /// anything but off; with --deflate off it measures how servers that accept by
+    /// default (`--server`) cost with a browser-like client.
+    #[arg(
+        long,
+        env = "WSSCALE_COMPARE_OFFER_DEFLATE",
+        value_name = "PARAMS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = wsscale_loadgen::offer::BROWSER_OFFER
+    )]
+    pub offer_deflate: Option<String>,
+
     /// Also measure any WebSocket server: NAME=COMMAND (repeatable). COMMAND runs under
     /// `sh -c` in its own process group, with `{port}` replaced by a free port (also in
     /// WSSCALE_PORT); it must answer WebSocket upgrades on --path. Its RSS, threads and

@@ -199,6 +199,14 @@ impl Stats {
         }
     }
 
+    /// `--offer-deflate`: the upgrades declined, and those accepted by answer, so far.
+    pub fn deflate_answers(&self) -> (u64, BTreeMap<String, u64>) {
+        (
+            self.deflate_declined.load(Ordering::Relaxed),
+            lock(&self.deflate_accepted).clone(),
+        )
+    }
+
     /// The counters so far and the samples since the previous call.
     pub fn progress(&self) -> Progress {
         let recent = std::mem::take(&mut *lock(&self.recent));

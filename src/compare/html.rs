@@ -180,6 +180,14 @@ pub fn page(report: &Report<'_>) -> String {
             }
         }
     }
+    if let Some(deflate) = report::deflate_rows(summaries) {
+        let _ = writeln!(
+            out,
+            "<h2 id=\"deflate\">What permessage-deflate costs per idle connection</h2>"
+        );
+        let _ = writeln!(out, "<p>{}</p>", inline(report::DEFLATE_INTRO));
+        table(&mut out, "deflate-table", &deflate);
+    }
     if let Some(push) = report::push_rows(summaries) {
         let _ = writeln!(out, "<h2 id=\"push\">Server push</h2>");
         table(&mut out, "push-table", &push);

@@ -106,6 +106,30 @@ pub struct PushSample {
 pub struct RunResult {
     pub spec: RunSpec,
     pub samples: Vec<Sample>,
+    /// What the server answered the generator's permessage-deflate offer (None: no offer).
+    pub deflate: Option<DeflateAnswers>,
+}
+
+/// The server's answers to the permessage-deflate offer, over the run's upgrades.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeflateAnswers {
+    pub declined: u64,
+    /// Upgrades accepted, by the 101's `Sec-WebSocket-Extensions`.
+    pub accepted: std::collections::BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for DeflateAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self
+            .accepted
+            .iter()
+            .map(|(answer, count)| format!("accepted {count} ({answer})"))
+            .collect();
+        if self.declined > 0 || parts.is_empty() {
+            parts.push(format!("declined {}", self.declined));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// Runs one server through every step of the plan.
@@ -124,6 +148,7 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
         .next()
         .context("the server's address")?;
     let mut settings = ClientSettings::new(url.clone(), target, Duration::from_secs(10), ping_interval, None, 0);
+    settings.offer_deflate = plan.offer_deflate.clone();
     if url.scheme() == "wss" {
         // Every wss run's certificate is compare's own (plan::TlsFiles): trusted alone.
         let files = plan
@@ -223,12 +248,20 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
         samples.push(sample);
     }
 
+    let deflate = plan.offer_deflate.is_some().then(|| {
+        let (declined, accepted) = stats.deflate_answers();
+        DeflateAnswers { declined, accepted }
+    });
+    if let Some(answers) = &deflate {
+        eprintln!("[{name}] permessage-deflate: {answers}");
+    }
     eprintln!("[{name}] closing {open_now} connections and stopping the server");
     pool.close_all(Duration::from_secs(30)).await;
     server.stop(name).await?;
     Ok(RunResult {
         spec: run.clone(),
         samples,
+        deflate,
     })
 }
 

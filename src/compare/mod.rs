@@ -90,6 +90,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if let Some(tls) = report::tls_table(&summaries, tls_state) {
         println!("{tls}");
     }
+    if let Some(deflate) = report::deflate_table(&summaries) {
+        println!("{deflate}");
+    }
     if let Some(push) = report::push_table(&summaries) {
         println!("{push}");
     }

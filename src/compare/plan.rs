@@ -11,7 +11,7 @@ use serde::Serialize;
 use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::KernelLimits;
 
-use crate::config::{BufferArgs, Buffers, CompareArgs, Engine, Mode, Scheme, TlsArgs};
+use crate::config::{BufferArgs, Buffers, CompareArgs, DeflateMode, Engine, Mode, Scheme, TlsArgs};
 use crate::limits;
 
 /// Descriptors this process keeps for itself beyond the client sockets.
@@ -24,26 +24,100 @@ const CLIENT_BYTES_PER_CONNECTION: u64 = 4 * 1024;
 /// Connections above the last step every wsscale server accepts (its --max-connections).
 const MAX_CONNECTIONS_MARGIN: usize = 16;
 
-/// One of wsscale's own runs: a mode, an engine, a scheme.
+/// One of wsscale's own runs: a mode, an engine, a scheme, and (lean engine)
+/// permessage-deflate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Builtin {
     pub mode: Mode,
     pub engine: Engine,
     pub scheme: Scheme,
+    pub deflate: RunDeflate,
+}
+
+/// A run's `--deflate`: off, stateless, or context with its window bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunDeflate {
+    Off,
+    Stateless,
+    Context { window_bits: u8 },
+}
+
+impl RunDeflate {
+    /// The part of a run's name: none for off, `-stateless`, `-context15`, ...
+    fn suffix(self) -> String {
+        match self {
+            RunDeflate::Off => String::new(),
+            RunDeflate::Stateless => "-stateless".to_owned(),
+            RunDeflate::Context { window_bits } => format!("-context{window_bits}"),
+        }
+    }
+
+    /// Every setting --deflate and --deflate-window-bits name, in their order.
+    fn listed(modes: &[DeflateMode], window_bits: &[u8]) -> Vec<RunDeflate> {
+        let mut out = Vec::new();
+        for mode in modes {
+            let settings = match mode {
+                DeflateMode::Off => vec![RunDeflate::Off],
+                DeflateMode::Stateless => vec![RunDeflate::Stateless],
+                DeflateMode::Context => window_bits
+                    .iter()
+                    .map(|&window_bits| RunDeflate::Context { window_bits })
+                    .collect(),
+            };
+            for setting in settings {
+                if !out.contains(&setting) {
+                    out.push(setting);
+                }
+            }
+        }
+        out
+    }
+
+    /// The `wsscale serve` flags of this setting.
+    fn args(self) -> Vec<String> {
+        match self {
+            RunDeflate::Off => Vec::new(),
+            RunDeflate::Stateless => vec!["--deflate".to_owned(), "stateless".to_owned()],
+            RunDeflate::Context { window_bits } => vec![
+                "--deflate".to_owned(),
+                "context".to_owned(),
+                "--deflate-window-bits".to_owned(),
+                window_bits.to_string(),
+            ],
+        }
+    }
 }
 
 impl Builtin {
-    /// `tasks-lean`, `threads-tungstenite`, `tasks-lean-wss`, ...
-    pub fn name(self) -> String {
-        match self.scheme {
-            Scheme::Ws => format!("{}-{}", self.mode, self.engine),
-            Scheme::Wss => format!("{}-{}-wss", self.mode, self.engine),
+    /// A run without permessage-deflate.
+    pub fn new(mode: Mode, engine: Engine, scheme: Scheme) -> Self {
+        Builtin {
+            mode,
+            engine,
+            scheme,
+            deflate: RunDeflate::Off,
         }
+    }
+
+    /// `tasks-lean`, `threads-tungstenite`, `tasks-lean-wss`, `tasks-lean-stateless`,
+    /// `tasks-lean-context15-wss`, ...
+    pub fn name(self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Ws => "",
+            Scheme::Wss => "-wss",
+        };
+        format!("{}-{}{}{scheme}", self.mode, self.engine, self.deflate.suffix())
     }
 
     /// The same run in another scheme.
     pub fn in_scheme(self, scheme: Scheme) -> Builtin {
         Builtin { scheme, ..self }
+    }
+
+    /// The same run with another deflate setting.
+    pub fn with_deflate(self, deflate: RunDeflate) -> Builtin {
+        Builtin { deflate, ..self }
     }
 }
 
@@ -126,11 +200,14 @@ fn external_scheme(command: &str) -> Scheme {
 
 /// Whether `name` is one of wsscale's own runs (in any mode with any engine and scheme).
 pub fn is_builtin_name(name: &str) -> bool {
+    let deflate = RunDeflate::listed(&DeflateMode::ALL, &crate::deflate::WINDOW_BITS.collect::<Vec<_>>());
     Mode::ALL.iter().any(|&mode| {
         Engine::ALL.iter().any(|&engine| {
-            Scheme::ALL
-                .iter()
-                .any(|&scheme| Builtin { mode, engine, scheme }.name() == name)
+            Scheme::ALL.iter().any(|&scheme| {
+                deflate
+                    .iter()
+                    .any(|&setting| Builtin::new(mode, engine, scheme).with_deflate(setting).name() == name)
+            })
         })
     })
 }
@@ -184,6 +261,7 @@ impl ServerFlags {
                 size.to_string(),
             ]);
         }
+        args.extend(builtin.deflate.args());
         args.extend(self.buffers.to_args());
         if let (Scheme::Wss, Some(tls)) = (builtin.scheme, &self.tls) {
             let tls = TlsArgs {
@@ -210,6 +288,11 @@ pub struct Plan {
     pub modes: Vec<Mode>,
     pub engines: Vec<Engine>,
     pub schemes: Vec<Scheme>,
+    /// The deflate settings of the lean-engine runs.
+    pub deflate: Vec<RunDeflate>,
+    /// What the generator offers on every upgrade (`permessage-deflate; ...`), if anything.
+    #[serde(serialize_with = "offer_text")]
+    pub offer_deflate: Option<wsscale_loadgen::offer::Offer>,
     pub runs: Vec<RunSpec>,
     pub out: PathBuf,
     pub rate: f64,
@@ -227,6 +310,14 @@ pub struct Plan {
     pub limits: Vec<String>,
     #[serde(skip)]
     pub program: PathBuf,
+}
+
+/// The offer as its header value.
+fn offer_text<S: serde::Serializer>(
+    offer: &Option<wsscale_loadgen::offer::Offer>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&offer.as_ref().map_or(String::new(), ToString::to_string))
 }
 
 /// Validates the options, resolves every run's settings, checks the limits each run
@@ -270,15 +361,43 @@ pub fn plan(
     if args.schemes.is_empty() {
         bail!("--schemes needs at least one of ws, wss");
     }
+    if args.deflate.is_empty() {
+        bail!("--deflate needs at least one of off, stateless, context");
+    }
+    if args.deflate.contains(&DeflateMode::Context) && args.deflate_window_bits.is_empty() {
+        bail!("--deflate context needs --deflate-window-bits (9 to 15)");
+    }
+    let deflate = RunDeflate::listed(&args.deflate, &args.deflate_window_bits);
+    // Every run gets the same client: one that offers when any run may accept.
+    let offer_deflate = match &args.offer_deflate {
+        Some(offer) => Some(
+            offer
+                .parse()
+                .map_err(|why| anyhow::anyhow!("--offer-deflate {offer:?}: {why}"))?,
+        ),
+        None if deflate.iter().any(|&setting| setting != RunDeflate::Off) => Some(
+            wsscale_loadgen::offer::BROWSER_OFFER
+                .parse()
+                .expect("the browser's offer parses"),
+        ),
+        None => None,
+    };
     let mut runs = Vec::new();
     for &scheme in &args.schemes {
         for &engine in &args.engines {
             for &mode in &args.modes {
-                let builtin = Builtin { mode, engine, scheme };
-                // The server's own resolution of the same flags: what it will run with.
-                let settings = Buffers::resolve(engine, &args.buffers)
-                    .with_context(|| format!("{}: invalid buffer flags", builtin.name()))?;
-                runs.push(RunSpec::wsscale(builtin, settings));
+                // The stock engine has no permessage-deflate: measured once, declining.
+                let settings_of_engine: &[RunDeflate] = match engine {
+                    Engine::Lean => &deflate,
+                    Engine::Tungstenite => &[RunDeflate::Off],
+                };
+                for &setting in settings_of_engine {
+                    let builtin = Builtin::new(mode, engine, scheme).with_deflate(setting);
+                    // The server's own resolution of the same flags: what it will run with.
+                    let settings = Buffers::resolve(engine, &args.buffers)
+                        .with_context(|| format!("{}: invalid buffer flags", builtin.name()))?;
+                    runs.push(RunSpec::wsscale(builtin, settings));
+                }
             }
         }
     }
@@ -397,6 +516,8 @@ pub fn plan(
         modes: args.modes,
         engines: args.engines,
         schemes: args.schemes,
+        deflate,
+        offer_deflate,
         runs,
         out: args.out,
         rate: args.rate,
@@ -582,6 +703,76 @@ mod tests {
         );
         assert!(settings.read_buffer_size.is_flag());
         assert_eq!(settings.max_message_size.value, 64 << 20, "unset: tungstenite's own");
+    }
+
+    #[test]
+    fn deflate_settings_make_named_lean_runs_and_a_browser_like_client_for_all() {
+        let planned = plan(
+            args(&[
+                "-n",
+                "1000",
+                "--modes",
+                "tasks",
+                "--deflate",
+                "off,stateless,context",
+                "--deflate-window-bits",
+                "15,10",
+            ]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap();
+        let names: Vec<&str> = planned.runs.iter().map(|run| run.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tasks-lean",
+                "tasks-lean-stateless",
+                "tasks-lean-context15",
+                "tasks-lean-context10",
+                "tasks-tungstenite"
+            ],
+            "the stock engine, which has no permessage-deflate, runs once"
+        );
+        assert!(
+            planned.runs[2]
+                .server
+                .contains("--deflate context --deflate-window-bits 15")
+        );
+        assert!(planned.runs[1].server.contains("--deflate stateless"));
+        assert!(!planned.runs[0].server.contains("--deflate"));
+        assert_eq!(
+            planned.offer_deflate.map(|offer| offer.to_string()).as_deref(),
+            Some("permessage-deflate; client_max_window_bits"),
+            "every run's client offers as Chromium does"
+        );
+        for name in names {
+            assert!(is_builtin_name(name), "{name} is reserved for wsscale's own runs");
+        }
+
+        let plain = plan(args(&["-n", "1000"]), FD, None, None).unwrap();
+        assert!(plain.offer_deflate.is_none(), "no deflate run, no offer");
+        let offered = plan(args(&["-n", "1000", "--offer-deflate"]), FD, None, None).unwrap();
+        assert!(
+            offered.offer_deflate.is_some(),
+            "--offer-deflate alone, for --server peers"
+        );
+        for (flags, complaint) in [
+            (
+                &["--offer-deflate=permessage-deflate; client_max_window_bits=8"][..],
+                "--offer-deflate",
+            ),
+            (&["--deflate", "context", "--deflate-window-bits", "8"][..], "8"),
+        ] {
+            let mut all = vec!["-n", "1000"];
+            all.extend_from_slice(flags);
+            let error = match Cli::try_parse_from(["wsscale", "compare"].into_iter().chain(all.iter().copied())) {
+                Err(error) => error.to_string(),
+                Ok(_) => plan(args(&all), FD, None, None).unwrap_err().to_string(),
+            };
+            assert!(error.contains(complaint), "{flags:?}: {error}");
+        }
     }
 
     #[test]

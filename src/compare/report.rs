@@ -12,7 +12,7 @@ use wsscale_host::fd::FdLimit;
 use wsscale_host::proc::{self, KernelLimits};
 
 use super::charts::Chart;
-use super::plan::{Builtin, Plan};
+use super::plan::{Builtin, Plan, RunDeflate};
 use super::sizing::{self, NodeLimit, NodeNow, SIZES};
 use super::summary::{KERNEL_SOCKETS_DERIVATION, Ratio, Ratios, RunSummary, Summaries, keyed};
 use super::table::{Align, Table};
@@ -184,11 +184,7 @@ pub fn write(report: &Report<'_>) -> anyhow::Result<PathBuf> {
     let modes = Mode::ALL
         .into_iter()
         .filter_map(|mode| {
-            let builtin = Builtin {
-                mode,
-                engine: Engine::Lean,
-                scheme: Scheme::Ws,
-            };
+            let builtin = Builtin::new(mode, Engine::Lean, Scheme::Ws);
             Some((mode, summaries.builtin(builtin)?))
         })
         .collect();
@@ -475,6 +471,68 @@ pub fn tls_rows(summaries: &Summaries) -> Option<Table> {
     (!table.is_empty()).then_some(table)
 }
 
+/// What permessage-deflate costs per idle connection: each lean run with a deflate
+/// setting beside the same run with `--deflate off`, under one client that offers the
+/// extension as a browser does. None without such runs.
+pub fn deflate_rows(summaries: &Summaries) -> Option<Table> {
+    let mut table = Table::new([
+        "what permessage-deflate costs per idle connection",
+        "off",
+        "with it",
+        "with − off",
+        "heap with − off",
+        "the server answered",
+    ]);
+    for run in &summaries.runs {
+        let Some(builtin) = run.builtin().filter(|builtin| builtin.deflate != RunDeflate::Off) else {
+            continue;
+        };
+        let Some(off) = summaries.builtin(builtin.with_deflate(RunDeflate::Off)) else {
+            continue;
+        };
+        let heap = match (run.heap_slope_bytes_per_connection, off.heap_slope_bytes_per_connection) {
+            (Some(with), Some(off)) => bytes(with - off),
+            _ => "-".to_owned(),
+        };
+        table.push([
+            run.spec.name.clone(),
+            bytes(off.slope_bytes_per_connection),
+            bytes(run.slope_bytes_per_connection),
+            bytes(run.slope_bytes_per_connection - off.slope_bytes_per_connection),
+            heap,
+            run.deflate.as_ref().map_or("-".to_owned(), ToString::to_string),
+        ]);
+    }
+    (!table.is_empty()).then_some(table)
+}
+
+/// The deflate table and what the other runs answered, as Markdown. None without deflate
+/// runs.
+pub fn deflate_table(summaries: &Summaries) -> Option<String> {
+    let mut out = deflate_rows(summaries)?.markdown();
+    for run in &summaries.runs {
+        let declined = run.builtin().is_none_or(|builtin| builtin.deflate == RunDeflate::Off);
+        if let (true, Some(answers)) = (declined, &run.deflate) {
+            let _ = writeln!(
+                out,
+                "
+{}: {answers}.",
+                run.spec.name
+            );
+        }
+    }
+    Some(out)
+}
+
+/// What the deflate section says before its table.
+pub const DEFLATE_INTRO: &str = "Every run below had the same client, which offers permessage-deflate on every upgrade \
+     (`--offer-deflate`; by default as Chromium does: `permessage-deflate; client_max_window_bits`). Each lean run \
+     with `--deflate stateless` or `--deflate context` is read against the same run with `--deflate off`. The \
+     connections are idle: no message after the upgrade. `stateless` holds nothing of compression between \
+     messages; `context` allocates its per-connection streams (zlib-rs: about 370 KiB at 15 window bits) at a \
+     connection's first compressed message, so an idle `context` connection that never sent one costs what an \
+     idle `stateless` one does. The stock engine (tungstenite) has no permessage-deflate and declines.";
+
 /// A bare TLS session after its handshake, the floor a wss connection's cost is read
 /// against, in sentences (when it was measured and wss runs exist).
 pub fn tls_floor(summaries: &Summaries, tls_session: Option<TlsState>) -> Option<String> {
@@ -486,13 +544,7 @@ pub fn tls_floor(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
         bytes(state.lean_bytes),
         bytes(state.buffered_bytes)
     );
-    let lean = |scheme| {
-        summaries.builtin(Builtin {
-            mode: Mode::Tasks,
-            engine: Engine::Lean,
-            scheme,
-        })
-    };
+    let lean = |scheme| summaries.builtin(Builtin::new(Mode::Tasks, Engine::Lean, scheme));
     if let (Some(plain), Some(tls)) = (lean(Scheme::Ws), lean(Scheme::Wss)) {
         let floor = plain.slope_bytes_per_connection + state.lean_bytes;
         let _ = writeln!(
@@ -677,7 +729,7 @@ pub fn conclusions(summaries: &Summaries) -> Vec<String> {
         ));
     }
     for scheme in Scheme::ALL {
-        let kind = |mode, engine| summaries.builtin(Builtin { mode, engine, scheme });
+        let kind = |mode, engine| summaries.builtin(Builtin::new(mode, engine, scheme));
         let over = match scheme {
             Scheme::Ws => "",
             Scheme::Wss => " over TLS",
@@ -786,6 +838,12 @@ fn markdown(report: &Report<'_>) -> String {
             "## What TLS costs per idle connection\n\nEvery run below was measured over plain TCP (ws) and over \
              TLS (wss, one ECDSA P-256 certificate for all, rustls with the ring provider and its defaults: TLS 1.3, \
              session tickets). The difference is what an idle encrypted connection holds beyond a plain one.\n\n{tls}"
+        );
+    }
+    if let Some(deflate) = deflate_table(summaries) {
+        let _ = writeln!(
+            out,
+            "## What permessage-deflate costs per idle connection\n\n{DEFLATE_INTRO}\n\n{deflate}"
         );
     }
     if let Some(push) = push_table(summaries) {

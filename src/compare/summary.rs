@@ -12,7 +12,7 @@ use serde::Serialize;
 use wsscale_host::proc::KernelGrowth;
 
 use super::fit::{self, Fit};
-use super::measure::{RunResult, Sample};
+use super::measure::{DeflateAnswers, RunResult, Sample};
 use super::plan::{Builtin, RunSpec};
 use super::sizing::Sizing;
 use crate::config::{Engine, Mode, Scheme};
@@ -49,6 +49,9 @@ pub struct RunSummary {
     pub sizing: Sizing,
     pub threads_at_max: u64,
     pub tasks_alive_at_max: Option<u64>,
+    /// What the server answered the generator's permessage-deflate offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deflate: Option<DeflateAnswers>,
 }
 
 impl RunSummary {
@@ -83,6 +86,7 @@ impl RunSummary {
             sizing: Sizing::of(user_plus_kernel, baseline),
             threads_at_max: last.map_or(0, |s| s.threads),
             tasks_alive_at_max: last.and_then(|s| s.tasks_alive),
+            deflate: result.deflate.clone(),
         }
     }
 
@@ -214,7 +218,7 @@ impl Summaries {
         let mut ratios = Ratios::default();
         let find = |builtin: Builtin| runs.iter().find(|run| run.builtin() == Some(builtin));
         for scheme in Scheme::ALL {
-            let kind = |mode, engine| find(Builtin { mode, engine, scheme });
+            let kind = |mode, engine| find(Builtin::new(mode, engine, scheme));
             for engine in Engine::ALL {
                 if let (Some(tasks), Some(threads)) = (kind(Mode::Tasks, engine), kind(Mode::Threads, engine)) {
                     ratios
