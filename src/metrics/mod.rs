@@ -128,6 +128,11 @@ fn describe() {
         Unit::Count,
         "Pushes a connection dropped because its peer was not reading and its queue (--write-buffer-size) was full."
     );
+    describe_counter!(
+        PUSHES_WRITTEN,
+        Unit::Count,
+        "Pushes handed to a socket, by who wrote them: path=direct, the post itself (tasks mode, lean engine, plain TCP, nothing half-written); path=task, the connection's own task or thread."
+    );
     describe_histogram!(
         HANDSHAKE_DURATION,
         Unit::Seconds,

@@ -21,6 +21,7 @@ pub const HANDSHAKE_DURATION: &str = "wsscale_handshake_duration_seconds";
 pub const BROADCASTS: &str = "wsscale_broadcasts_total";
 pub const BROADCAST_DURATION: &str = "wsscale_broadcast_duration_seconds";
 pub const PUSHES_DROPPED: &str = "wsscale_pushes_dropped_total";
+pub const PUSHES_WRITTEN: &str = "wsscale_pushes_written_total";
 pub const HANDSHAKES_IN_FLIGHT: &str = "wsscale_handshakes_in_flight";
 pub const HANDSHAKES_MAX: &str = "wsscale_handshakes_max";
 pub const HEAP_ALLOCATED: &str = "wsscale_heap_allocated_bytes";
@@ -84,6 +85,11 @@ pub struct ServerMetrics {
     pub broadcasts: Counter,
     /// Pushes a connection dropped because its peer was not reading (its queue was full).
     pub pushes_dropped: Counter,
+    /// Pushes written by the post itself, straight to the socket (`path="direct"`: tasks
+    /// mode, lean, plain TCP, nothing half-written).
+    pushes_direct: Counter,
+    /// Pushes a connection's own task (or thread) wrote or queued (`path="task"`).
+    pushes_by_task: Counter,
     /// Durations (seconds) waiting to be recorded by the sampler thread. The exporter's
     /// histogram storage is epoch-based (crossbeam-epoch) and keeps a few KiB of
     /// per-thread state after each recording thread exits; recording from thousands of
@@ -149,6 +155,8 @@ impl ServerMetrics {
             connections_opened: at_zero(metrics::counter!(CONNECTIONS_OPENED)),
             broadcasts: at_zero(metrics::counter!(BROADCASTS)),
             pushes_dropped: at_zero(metrics::counter!(PUSHES_DROPPED)),
+            pushes_direct: at_zero(metrics::counter!(PUSHES_WRITTEN, "path" => "direct")),
+            pushes_by_task: at_zero(metrics::counter!(PUSHES_WRITTEN, "path" => "task")),
             pending: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             broadcast_duration: metrics::histogram!(BROADCAST_DURATION),
@@ -161,6 +169,22 @@ impl ServerMetrics {
 
     pub fn handshake(&self, seconds: f64) {
         lock(&self.pending).handshakes.push(seconds);
+    }
+
+    /// A post wrote `count` pushes straight to their sockets (each a message sent).
+    pub fn pushes_written_directly(&self, count: u64) {
+        if count > 0 {
+            self.pushes_direct.increment(count);
+            self.messages_sent.increment(count);
+        }
+    }
+
+    /// A connection's task (or thread) wrote or queued `count` pushes (counted as
+    /// messages sent with the rest of its tally).
+    pub fn pushes_written_by_task(&self, count: u64) {
+        if count > 0 {
+            self.pushes_by_task.increment(count);
+        }
     }
 
     /// A push reached its last connection, `seconds` after it was posted.
