@@ -165,7 +165,11 @@ impl Slot {
     }
 
     fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -449,7 +453,11 @@ impl Board {
         let slots: Vec<Arc<Slot>> = {
             let registry = self.registry();
             let end = range.end.min(registry.slots.len());
-            registry.slots[range.start.min(end)..end].iter().flatten().cloned().collect()
+            registry.slots[range.start.min(end)..end]
+                .iter()
+                .flatten()
+                .cloned()
+                .collect()
         };
         let mut direct = 0;
         for slot in &slots {

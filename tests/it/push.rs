@@ -550,7 +550,10 @@ async fn a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames(kind:
     let (direct, task) = pushes_written(&server.metrics().await);
     eprintln!("{kind}: pushes written directly {direct}, by the connection's task {task}");
     if writes_directly(kind) {
-        assert!(direct > 0.0, "{kind}: the direct path was taken (direct {direct}, task {task})");
+        assert!(
+            direct > 0.0,
+            "{kind}: the direct path was taken (direct {direct}, task {task})"
+        );
     } else {
         assert_eq!(direct, 0.0, "{kind}");
     }
