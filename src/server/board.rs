@@ -836,4 +836,35 @@ mod tests {
         assert!(drain(&mut peer).is_empty(), "detached");
         assert!(board.registry().slots.iter().all(Option::is_none));
     }
+
+    #[test]
+    fn the_rest_of_a_push_the_socket_took_in_part_is_left_for_the_task() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let seen = board.open();
+        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        // Far more than a socket buffer takes at once.
+        const SIZE: usize = 4 << 20;
+        board.post(SIZE);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the task is woken for the rest");
+        assert_eq!(slot.state.load(Ordering::Acquire), QUEUED, "no post writes past it");
+        board.post(20);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        let mut turn = slot.turn();
+        assert_eq!(turn.seen(), 1, "the first push is the post's, settled");
+        let rest = turn.take_partial().expect("the rest of push 1");
+        let written = drain(&mut peer);
+        assert!(!written.is_empty() && written.len() < SIZE, "{}", written.len());
+        assert_eq!(
+            written.len() + rest.bytes().len(),
+            10 + SIZE,
+            "nothing lost, nothing twice"
+        );
+        assert_eq!(board.slot(1).unwrap().remaining.load(Ordering::Acquire), 0);
+        drop(rest);
+        turn.end(1, 0);
+        board.close(board.detach(&slot));
+    }
 }
