@@ -43,9 +43,8 @@
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Waker;
 use std::time::Instant;
@@ -71,7 +70,8 @@ struct Push {
     remaining: AtomicUsize,
 }
 
-/// Attached connections one direct-write task of a post takes care of.
+/// Slots per page of the board's table of attached connections, and so per
+/// direct-write task of a post.
 pub const CHUNK: usize = 256;
 
 /// A [`Slot`]'s state: someone (the connection's task, or a post) is writing to the
@@ -87,20 +87,21 @@ pub const RETIRED: u32 = 4;
 struct Registry {
     /// Connections open (registered) now.
     open: usize,
-    /// The attached connections, at a place that does not move while they live (so a
-    /// post working through them in chunks misses none); `free` lists the empty places.
-    slots: Vec<Option<Arc<Slot>>>,
+    /// The attached connections' slots, in pages of [`CHUNK`] allocated as connections
+    /// attach and never freed nor moved while the board lives: a post reads a page
+    /// without the lock, and a slot costs its 56 bytes and no allocation of its own.
+    /// `free` lists the places not in use (their slots [`RETIRED`]).
+    pages: Vec<Box<[Slot]>>,
     free: Vec<u32>,
 }
 
-/// An attached connection as the board's direct writes see it (see the module's rules).
+/// A place in the board's table of attached connections (see the module's rules).
 pub struct Slot {
-    /// The socket (plain TCP): valid until the slot is retired, which its connection
-    /// does before closing it.
-    fd: RawFd,
-    /// Its place in [`Registry::slots`].
-    index: u32,
-    /// [`BUSY`], [`QUEUED`], [`RETIRED`].
+    /// The socket (plain TCP) of the connection attached here: set holding [`BUSY`],
+    /// read holding it, valid until the slot is retired, which its connection does
+    /// before closing it.
+    fd: AtomicI32,
+    /// [`BUSY`], [`QUEUED`], [`RETIRED`]; a vacant slot is [`RETIRED`].
     state: AtomicU32,
     /// The last push the connection took (written, queued or dropped); changed only
     /// holding [`BUSY`].
@@ -114,8 +115,15 @@ pub struct Slot {
 
 // SAFETY: `partial` is only touched by the holder of the BUSY flag (acquired with an
 // Acquire CAS, released with a Release store), which serialises every access to it;
-// every other field is atomic or immutable.
+// every other field is atomic or behind a mutex.
 unsafe impl Sync for Slot {}
+
+/// A connection's place in the board's table, from [`Board::attach`] until
+/// [`Board::detach`]; [`Board::slot_of`] reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attached {
+    index: u32,
+}
 
 /// The rest of a push a post wrote in part, for the connection to queue first.
 pub struct Remainder {
@@ -135,6 +143,20 @@ pub struct Turn<'a> {
 }
 
 impl Slot {
+    fn vacant() -> Slot {
+        Slot {
+            fd: AtomicI32::new(-1),
+            state: AtomicU32::new(RETIRED),
+            seen: AtomicU64::new(0),
+            partial: UnsafeCell::new(None),
+            waker: Mutex::new(None),
+        }
+    }
+
+    fn waker(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Waits (spinning: a post holds the flag for one non-blocking `send()`) for the
     /// writer's turn.
     pub fn turn(&self) -> Turn<'_> {
@@ -158,18 +180,14 @@ impl Slot {
     /// Registers the task to wake when a post cannot write for it. Call on every poll,
     /// before taking the turn.
     pub fn register(&self, waker: &Waker) {
-        let mut held = self.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.waker();
         if !held.as_ref().is_some_and(|held| held.will_wake(waker)) {
             *held = Some(waker.clone());
         }
     }
 
     fn wake(&self) {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let waker = self.waker().clone();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -286,7 +304,7 @@ impl Board {
             latest: AtomicU64::new(0),
             registry: Mutex::new(Registry {
                 open: 0,
-                slots: Vec::new(),
+                pages: Vec::new(),
                 free: Vec::new(),
             }),
             ring: (0..RING).map(|_| RwLock::new(None)).collect(),
@@ -311,42 +329,54 @@ impl Board {
     /// Attaches an open connection's plain TCP socket for direct writes (see the module's
     /// rules): it has taken pushes up to `seen`, and `state` says whether it has bytes
     /// queued. The connection must [`Board::detach`] it before closing the socket.
-    pub fn attach(&self, fd: RawFd, seen: u64, state: u32) -> Arc<Slot> {
-        let mut registry = self.registry();
-        let index = match registry.free.pop() {
-            Some(index) => index,
-            None => {
-                registry.slots.push(None);
-                u32::try_from(registry.slots.len() - 1).expect("fewer than 2^32 connections")
-            }
+    pub fn attach(&self, fd: RawFd, seen: u64, state: u32) -> Attached {
+        let (attached, slot) = {
+            let mut registry = self.registry();
+            let index = match registry.free.pop() {
+                Some(index) => index,
+                None => {
+                    let first = registry.pages.len() * CHUNK;
+                    assert!(first + CHUNK <= u32::MAX as usize, "fewer than 2^32 connections");
+                    registry.pages.push((0..CHUNK).map(|_| Slot::vacant()).collect());
+                    registry
+                        .free
+                        .extend((first + 1..first + CHUNK).rev().map(|index| index as u32));
+                    first as u32
+                }
+            };
+            let slot: *const Slot = &registry.pages[index as usize / CHUNK][index as usize % CHUNK];
+            (Attached { index }, slot)
         };
-        let slot = Arc::new(Slot {
-            fd,
-            index,
-            state: AtomicU32::new(state & (QUEUED | RETIRED)),
-            seen: AtomicU64::new(seen),
-            partial: UnsafeCell::new(None),
-            waker: Mutex::new(None),
-        });
-        registry.slots[index as usize] = Some(slot.clone());
-        slot
+        // SAFETY: pages are never freed nor moved while the board lives.
+        let slot = unsafe { &*slot };
+        // A vacant slot is RETIRED, so no post holds it; a post for an earlier push that
+        // finds it attached sees a sequence number at or past its own and skips it.
+        let turn = slot.turn();
+        slot.fd.store(fd, Ordering::Relaxed);
+        turn.end(seen, state);
+        attached
+    }
+
+    /// The slot at `attached`, for as long as the board lives.
+    pub fn slot_of(&self, attached: Attached) -> &Slot {
+        let page: *const [Slot] = &*self.registry().pages[attached.index as usize / CHUNK];
+        // SAFETY: pages are never freed nor moved while the board lives (`&self`).
+        unsafe { &(*page)[attached.index as usize % CHUNK] }
     }
 
     /// Retires an attached connection's slot (waiting for a post writing to it now to
-    /// finish) and takes it off the board; returns the last push it took. After this no
+    /// finish) and gives its place back; returns the last push it took. After this no
     /// post writes to its socket, which may then be closed.
-    pub fn detach(&self, slot: &Slot) -> u64 {
+    pub fn detach(&self, attached: Attached) -> u64 {
+        let slot = self.slot_of(attached);
         let mut turn = slot.turn();
         let seen = turn.seen();
         drop(turn.take_partial());
+        slot.fd.store(-1, Ordering::Relaxed);
+        let waker = slot.waker().take();
         turn.end(seen, RETIRED);
-        let mut registry = self.registry();
-        if let Some(place) = registry.slots.get_mut(slot.index as usize)
-            && place.as_deref().is_some_and(|held| std::ptr::eq(held, slot))
-        {
-            *place = None;
-            registry.free.push(slot.index);
-        }
+        drop(waker);
+        self.registry().free.push(attached.index);
         seen
     }
 
@@ -373,9 +403,11 @@ impl Board {
     pub fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         self.wake_all();
-        let attached: Vec<Arc<Slot>> = self.registry().slots.iter().flatten().cloned().collect();
-        for slot in attached {
-            slot.wake();
+        let pages = self.registry().pages.len();
+        for page in 0..pages {
+            for slot in self.page(page) {
+                slot.wake();
+            }
         }
     }
 
@@ -430,37 +462,35 @@ impl Board {
             if registry.open == 0 {
                 self.settle_done(&push);
             }
-            (seq, registry.open, push, registry.slots.len())
+            (seq, registry.open, push, registry.pages.len())
         };
         self.metrics.broadcasts.increment(1);
         self.wake_all();
         let runtime = tokio::runtime::Handle::try_current().ok();
-        for start in (0..attached).step_by(CHUNK) {
-            let range = start..attached.min(start + CHUNK);
+        for page in 0..attached {
             match &runtime {
                 Some(runtime) => {
                     let (board, push) = (self.clone(), push.clone());
-                    runtime.spawn(async move { board.deliver(&push, range) });
+                    runtime.spawn(async move { board.deliver(&push, page) });
                 }
-                None => self.deliver(&push, range),
+                None => self.deliver(&push, page),
             }
         }
         (seq, open)
     }
 
-    /// A post's direct writes to the attached connections at `range`.
-    fn deliver(&self, push: &Arc<Push>, range: Range<usize>) {
-        let slots: Vec<Arc<Slot>> = {
-            let registry = self.registry();
-            let end = range.end.min(registry.slots.len());
-            registry.slots[range.start.min(end)..end]
-                .iter()
-                .flatten()
-                .cloned()
-                .collect()
-        };
+    /// The slots of page `page` of the table, for as long as the board lives.
+    fn page(&self, page: usize) -> &[Slot] {
+        let page: *const [Slot] = &*self.registry().pages[page];
+        // SAFETY: pages are never freed nor moved while the board lives (`&self`).
+        unsafe { &*page }
+    }
+
+    /// A post's direct writes to the connections attached in page `page` of the table.
+    fn deliver(&self, push: &Arc<Push>, page: usize) {
+        let slots = self.page(page);
         let mut direct = 0;
-        for slot in &slots {
+        for slot in slots {
             if let Delivery::Direct = self.deliver_one(slot, push) {
                 direct += 1;
             }
@@ -499,7 +529,7 @@ impl Board {
             // only after retiring the slot. The buffer is valid for its length.
             let n = unsafe {
                 libc::send(
-                    slot.fd,
+                    slot.fd.load(Ordering::Relaxed),
                     frame.as_ptr().cast(),
                     frame.len(),
                     libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
@@ -750,7 +780,8 @@ mod tests {
         let board = board();
         let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let seen = board.open();
-        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
         let (woken, waker) = counting();
         slot.register(&waker);
         for _ in 0..3 {
@@ -759,7 +790,7 @@ mod tests {
         assert_eq!(seqs(&drain(&mut peer)), [1, 2, 3]);
         assert_eq!(woken.0.load(Ordering::SeqCst), 0, "nobody woken");
         assert_eq!(board.slot(3).unwrap().remaining.load(Ordering::Acquire), 0, "settled");
-        let seen = board.detach(&slot);
+        let seen = board.detach(attached);
         assert_eq!(seen, 3);
         board.close(seen);
     }
@@ -769,7 +800,8 @@ mod tests {
         let board = board();
         let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut seen = board.open();
-        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
         let (woken, waker) = counting();
         slot.register(&waker);
         // The connection's own task is writing: the post wakes it and writes nothing.
@@ -790,7 +822,7 @@ mod tests {
         board.post(20);
         assert_eq!(seqs(&drain(&mut peer)), [3]);
         assert_eq!(woken.0.load(Ordering::SeqCst), 2);
-        board.close(board.detach(&slot));
+        board.close(board.detach(attached));
     }
 
     #[test]
@@ -798,7 +830,8 @@ mod tests {
         let board = board();
         let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut seen = board.open();
-        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
         let (woken, waker) = counting();
         slot.register(&waker);
         let turn = slot.turn();
@@ -812,7 +845,7 @@ mod tests {
         assert_eq!(turn.seen(), 0);
         assert_eq!(board.take(&mut seen).count(), 2);
         turn.end(seen, 0);
-        board.close(board.detach(&slot));
+        board.close(board.detach(attached));
     }
 
     #[test]
@@ -820,7 +853,8 @@ mod tests {
         let board = board();
         let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let seen = board.open();
-        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
         let (woken, waker) = counting();
         slot.register(&waker);
         let turn = slot.turn();
@@ -828,13 +862,13 @@ mod tests {
         board.post(20);
         assert!(drain(&mut peer).is_empty(), "closing: no push after the close frame");
         assert_eq!(woken.0.load(Ordering::SeqCst), 0);
-        let seen = board.detach(&slot);
+        let seen = board.detach(attached);
         assert_eq!(seen, 0);
         board.close(seen);
         assert_eq!(board.slot(1).unwrap().remaining.load(Ordering::Acquire), 0);
         board.post(20);
         assert!(drain(&mut peer).is_empty(), "detached");
-        assert!(board.registry().slots.iter().all(Option::is_none));
+        assert_eq!(board.registry().free.len(), CHUNK, "its place is free again");
     }
 
     #[test]
@@ -842,7 +876,8 @@ mod tests {
         let board = board();
         let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let seen = board.open();
-        let slot = board.attach(ours.as_raw_fd(), seen, 0);
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
         let (woken, waker) = counting();
         slot.register(&waker);
         // Far more than a socket buffer takes at once.
@@ -865,6 +900,6 @@ mod tests {
         assert_eq!(board.slot(1).unwrap().remaining.load(Ordering::Acquire), 0);
         drop(rest);
         turn.end(1, 0);
-        board.close(board.detach(&slot));
+        board.close(board.detach(attached));
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use super::board::{Board, QUEUED, RETIRED, Slot};
+use super::board::{Attached, Board, QUEUED, RETIRED};
 use super::buffers::Lent;
 use super::lean_tls::LeanTls;
 use super::shared::Shared;
@@ -98,15 +98,15 @@ pub struct Connection {
     /// writes pushes straight to the socket (see [`super::board`]). Every write of this
     /// connection is then made holding the slot's turn, and `seen_push` is the slot's
     /// while the turn is held.
-    direct: Option<Arc<Slot>>,
+    direct: Option<Attached>,
 }
 
 impl Drop for Connection {
     /// Retires the slot (no post writes to the socket after this) before the driver
     /// closes the socket: drop the connection first.
     fn drop(&mut self) {
-        if let Some(slot) = self.direct.take() {
-            self.seen_push = self.board.detach(&slot);
+        if let Some(attached) = self.direct.take() {
+            self.seen_push = self.board.detach(attached);
         }
         self.board.close(self.seen_push);
     }
@@ -205,8 +205,8 @@ impl Connection {
 
     /// Registers the task a post wakes when it cannot write for this connection.
     pub fn register(&self, waker: &Waker) {
-        if let Some(slot) = &self.direct {
-            slot.register(waker);
+        if let Some(attached) = self.direct {
+            self.board.slot_of(attached).register(waker);
         }
     }
 
@@ -245,9 +245,11 @@ impl Connection {
     /// socket has been shut down for writing: the driver drops it and closes the guard
     /// with the reason.
     pub fn on_wake(&mut self, socket: &impl Socket, shared: &Shared, wake: &mut impl Wake) -> Flow {
-        let Some(slot) = self.direct.clone() else {
+        let Some(attached) = self.direct else {
             return self.handle_wake(socket, shared, wake);
         };
+        let board = self.board.clone();
+        let slot = board.slot_of(attached);
         // Every write of this wake-up, and the pushes taken, under the slot's turn: a post
         // writes to the socket only between two wake-ups, and only with nothing queued.
         let mut turn = slot.turn();
