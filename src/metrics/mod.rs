@@ -138,6 +138,11 @@ fn describe() {
         Unit::Bytes,
         "Bytes failed connections read and discarded while they lingered."
     );
+    describe_counter!(
+        PUSHES_WRITTEN,
+        Unit::Count,
+        "Pushes handed to a socket, by who wrote them: path=direct, the post itself (tasks mode, lean engine, plain TCP, nothing half-written); path=task, the connection's own task or thread."
+    );
     describe_histogram!(
         HANDSHAKE_DURATION,
         Unit::Seconds,

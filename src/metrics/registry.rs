@@ -21,6 +21,7 @@ pub const HANDSHAKE_DURATION: &str = "wsscale_handshake_duration_seconds";
 pub const BROADCASTS: &str = "wsscale_broadcasts_total";
 pub const BROADCAST_DURATION: &str = "wsscale_broadcast_duration_seconds";
 pub const PUSHES_DROPPED: &str = "wsscale_pushes_dropped_total";
+pub const PUSHES_WRITTEN: &str = "wsscale_pushes_written_total";
 pub const HANDSHAKES_IN_FLIGHT: &str = "wsscale_handshakes_in_flight";
 pub const HANDSHAKES_MAX: &str = "wsscale_handshakes_max";
 pub const HEAP_ALLOCATED: &str = "wsscale_heap_allocated_bytes";
@@ -90,6 +91,11 @@ pub struct ServerMetrics {
     lingered_bytes: Counter,
     /// Lingering closes by how they ended.
     lingers: ByReason<LingerEnd>,
+    /// Pushes written by the post itself, straight to the socket (`path="direct"`: tasks
+    /// mode, lean, plain TCP, nothing half-written).
+    pushes_direct: Counter,
+    /// Pushes a connection's own task (or thread) wrote or queued (`path="task"`).
+    pushes_by_task: Counter,
     /// Durations (seconds) waiting to be recorded by the sampler thread. The exporter's
     /// histogram storage is epoch-based (crossbeam-epoch) and keeps a few KiB of
     /// per-thread state after each recording thread exits; recording from thousands of
@@ -157,6 +163,8 @@ impl ServerMetrics {
             pushes_dropped: at_zero(metrics::counter!(PUSHES_DROPPED)),
             lingered_bytes: at_zero(metrics::counter!(CLOSE_LINGER_BYTES)),
             lingers: ByReason::register(CLOSE_LINGERS, &LingerEnd::ALL, LingerEnd::as_str),
+            pushes_direct: at_zero(metrics::counter!(PUSHES_WRITTEN, "path" => "direct")),
+            pushes_by_task: at_zero(metrics::counter!(PUSHES_WRITTEN, "path" => "task")),
             pending: Arc::default(),
             handshake_duration: metrics::histogram!(HANDSHAKE_DURATION),
             broadcast_duration: metrics::histogram!(BROADCAST_DURATION),
@@ -169,6 +177,22 @@ impl ServerMetrics {
 
     pub fn handshake(&self, seconds: f64) {
         lock(&self.pending).handshakes.push(seconds);
+    }
+
+    /// A post wrote `count` pushes straight to their sockets (each a message sent).
+    pub fn pushes_written_directly(&self, count: u64) {
+        if count > 0 {
+            self.pushes_direct.increment(count);
+            self.messages_sent.increment(count);
+        }
+    }
+
+    /// A connection's task (or thread) wrote or queued `count` pushes (counted as
+    /// messages sent with the rest of its tally).
+    pub fn pushes_written_by_task(&self, count: u64) {
+        if count > 0 {
+            self.pushes_by_task.increment(count);
+        }
     }
 
     /// A push reached its last connection, `seconds` after it was posted.

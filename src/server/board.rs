@@ -18,11 +18,35 @@
 //! Each push counts the connections that had opened when it was posted; the last one to
 //! hand it to its socket (or to drop it, or to close) ends the count, and the time from
 //! the post to that moment is `wsscale_broadcast_duration_seconds`.
+//!
+//! **Direct writes** (tasks mode, lean engine, plain TCP): such a connection does not wait
+//! on the `Notify`. It attaches a [`Slot`] to the board instead — its socket's descriptor,
+//! a writer flag, the sequence number it has seen and its task's waker — and the post
+//! itself `send()`s the encoded frame to every attached socket that has nothing
+//! half-written (the post's work is split in chunks of [`CHUNK`] connections, run as
+//! tasks on the runtime's workers). Only a connection the post cannot write to (its task
+//! is writing, or has bytes queued behind a slow peer, or missed an earlier push, or the
+//! socket is full) is woken, and its task takes the push from the ring as before. So a
+//! broadcast costs one `send()` per connection and no task poll, the way the floor does.
+//!
+//! The rules that keep every frame whole and in order on the wire:
+//! - every write to an attached socket — the task's echoes, pongs, close and pushes, the
+//!   post's direct writes — is made holding the slot's [`BUSY`] flag, so no two writers
+//!   ever write to one socket at once;
+//! - the post writes push `seq` only if the connection has seen exactly `seq - 1` and
+//!   nothing is queued ([`QUEUED`] clear): anything else is the task's, woken;
+//! - the rest of a push the socket took only in part is left in the slot, [`QUEUED`] set,
+//!   and the task queues it first, before any other byte;
+//! - a connection that stops taking pushes (its close handshake began, or it ended)
+//!   marks its slot [`RETIRED`] under the flag before its socket is closed, so the post
+//!   never writes to a descriptor that has been closed (and perhaps reused).
 
+use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Waker;
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -46,10 +70,167 @@ struct Push {
     remaining: AtomicUsize,
 }
 
+/// Slots per page of the board's table of attached connections, and so per
+/// direct-write task of a post.
+pub const CHUNK: usize = 256;
+
+/// A [`Slot`]'s state: someone (the connection's task, or a post) is writing to the
+/// socket now.
+pub const BUSY: u32 = 1;
+/// A [`Slot`]'s state: the connection has bytes waiting for its socket (a slow peer), so
+/// a push must queue behind them: its task's job.
+pub const QUEUED: u32 = 2;
+/// A [`Slot`]'s state: the connection takes no more pushes (it is closing or closed).
+pub const RETIRED: u32 = 4;
+
 /// What posting, opening and closing change together.
 struct Registry {
     /// Connections open (registered) now.
     open: usize,
+    /// The attached connections' slots, in pages of [`CHUNK`] allocated as connections
+    /// attach and never freed nor moved while the board lives: a post reads a page
+    /// without the lock, and a slot costs its 56 bytes and no allocation of its own.
+    /// `free` lists the places not in use (their slots [`RETIRED`]).
+    pages: Vec<Box<[Slot]>>,
+    free: Vec<u32>,
+}
+
+/// A place in the board's table of attached connections (see the module's rules).
+pub struct Slot {
+    /// The socket (plain TCP) of the connection attached here: set holding [`BUSY`],
+    /// read holding it, valid until the slot is retired, which its connection does
+    /// before closing it.
+    fd: AtomicI32,
+    /// [`BUSY`], [`QUEUED`], [`RETIRED`]; a vacant slot is [`RETIRED`].
+    state: AtomicU32,
+    /// The last push the connection took (written, queued or dropped); changed only
+    /// holding [`BUSY`].
+    seen: AtomicU64,
+    /// The rest of a push the socket took only in part, and how much it took; read and
+    /// written only holding [`BUSY`].
+    partial: UnsafeCell<Option<(Arc<Push>, usize)>>,
+    /// The connection's task, to wake when a post cannot write for it.
+    waker: Mutex<Option<Waker>>,
+}
+
+// SAFETY: `partial` is only touched by the holder of the BUSY flag (acquired with an
+// Acquire CAS, released with a Release store), which serialises every access to it;
+// every other field is atomic or behind a mutex.
+unsafe impl Sync for Slot {}
+
+/// A connection's place in the board's table, from [`Board::attach`] until
+/// [`Board::detach`]; [`Board::slot_of`] reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attached {
+    index: u32,
+}
+
+/// The rest of a push a post wrote in part, for the connection to queue first.
+pub struct Remainder {
+    push: Arc<Push>,
+    written: usize,
+}
+
+impl Remainder {
+    pub fn bytes(&self) -> &[u8] {
+        &self.push.frame[self.written..]
+    }
+}
+
+/// The writer's turn on a slot, taken by the connection's own task.
+pub struct Turn<'a> {
+    slot: &'a Slot,
+}
+
+impl Slot {
+    fn vacant() -> Slot {
+        Slot {
+            fd: AtomicI32::new(-1),
+            state: AtomicU32::new(RETIRED),
+            seen: AtomicU64::new(0),
+            partial: UnsafeCell::new(None),
+            waker: Mutex::new(None),
+        }
+    }
+
+    fn waker(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits (spinning: a post holds the flag for one non-blocking `send()`) for the
+    /// writer's turn.
+    pub fn turn(&self) -> Turn<'_> {
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            if state & BUSY != 0 {
+                std::hint::spin_loop();
+                state = self.state.load(Ordering::Relaxed);
+                continue;
+            }
+            match self
+                .state
+                .compare_exchange_weak(state, state | BUSY, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Turn { slot: self },
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// Registers the task to wake when a post cannot write for it. Call on every poll,
+    /// before taking the turn.
+    pub fn register(&self, waker: &Waker) {
+        let mut held = self.waker();
+        if !held.as_ref().is_some_and(|held| held.will_wake(waker)) {
+            *held = Some(waker.clone());
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.waker().clone();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Turn<'_> {
+    /// The last push the connection took.
+    pub fn seen(&self) -> u64 {
+        self.slot.seen.load(Ordering::Relaxed)
+    }
+
+    /// The rest of a push a post wrote in part, to be queued before anything else.
+    pub fn take_partial(&mut self) -> Option<Remainder> {
+        // SAFETY: this turn holds BUSY.
+        let partial = unsafe { &mut *self.slot.partial.get() };
+        partial.take().map(|(push, written)| Remainder { push, written })
+    }
+
+    /// Ends the turn: the connection has taken pushes up to `seen`, and `state` says
+    /// whether it has bytes queued ([`QUEUED`]) or takes no more pushes ([`RETIRED`]).
+    pub fn end(self, seen: u64, state: u32) {
+        self.slot.seen.store(seen, Ordering::Relaxed);
+        self.slot.state.store(state & (QUEUED | RETIRED), Ordering::Release);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Turn<'_> {
+    /// A turn ended without [`Turn::end`] (a panic): stop writing to this socket.
+    fn drop(&mut self) {
+        self.slot.state.store(RETIRED, Ordering::Release);
+    }
+}
+
+/// How a post's direct write to one connection went.
+enum Delivery {
+    /// Written (whole, or in part with the rest left in the slot).
+    Direct,
+    /// Left to the connection's task, woken.
+    Woken,
+    /// Nothing to do: the connection took it already, or takes no more.
+    Skipped,
 }
 
 pub struct Board {
@@ -121,7 +302,11 @@ impl Board {
         Ok(Board {
             shutdown: AtomicBool::new(false),
             latest: AtomicU64::new(0),
-            registry: Mutex::new(Registry { open: 0 }),
+            registry: Mutex::new(Registry {
+                open: 0,
+                pages: Vec::new(),
+                free: Vec::new(),
+            }),
             ring: (0..RING).map(|_| RwLock::new(None)).collect(),
             notify: Arc::new(Notify::new()),
             generation: Mutex::new(Arc::new(Generation::new()?)),
@@ -141,6 +326,66 @@ impl Board {
         self.latest.load(Ordering::Acquire)
     }
 
+    /// Attaches an open connection's plain TCP socket for direct writes (see the module's
+    /// rules): it has taken pushes up to `seen`, and `state` says whether it has bytes
+    /// queued. The connection must [`Board::detach`] it before closing the socket.
+    pub fn attach(&self, fd: RawFd, seen: u64, state: u32) -> Attached {
+        let (attached, slot) = {
+            let mut registry = self.registry();
+            let index = match registry.free.pop() {
+                Some(index) => index,
+                None => {
+                    let first = registry.pages.len() * CHUNK;
+                    assert!(first + CHUNK <= u32::MAX as usize, "fewer than 2^32 connections");
+                    registry.pages.push((0..CHUNK).map(|_| Slot::vacant()).collect());
+                    registry
+                        .free
+                        .extend((first + 1..first + CHUNK).rev().map(|index| index as u32));
+                    first as u32
+                }
+            };
+            let slot: *const Slot = &registry.pages[index as usize / CHUNK][index as usize % CHUNK];
+            (Attached { index }, slot)
+        };
+        // SAFETY: pages are never freed nor moved while the board lives.
+        let slot = unsafe { &*slot };
+        // A vacant slot is RETIRED, so no post holds it; a post for an earlier push that
+        // finds it attached sees a sequence number at or past its own and skips it.
+        let turn = slot.turn();
+        slot.fd.store(fd, Ordering::Relaxed);
+        turn.end(seen, state);
+        attached
+    }
+
+    /// The slot at `attached`, for as long as the board lives.
+    pub fn slot_of(&self, attached: Attached) -> &Slot {
+        let page: *const [Slot] = &*self.registry().pages[attached.index as usize / CHUNK];
+        // SAFETY: pages are never freed nor moved while the board lives (`&self`).
+        unsafe { &(*page)[attached.index as usize % CHUNK] }
+    }
+
+    /// Retires an attached connection's slot (waiting for a post writing to it now to
+    /// finish) and gives its place back; returns the last push it took. After this no
+    /// post writes to its socket, which may then be closed.
+    pub fn detach(&self, attached: Attached) -> u64 {
+        let slot = self.slot_of(attached);
+        let mut turn = slot.turn();
+        let seen = turn.seen();
+        drop(turn.take_partial());
+        slot.fd.store(-1, Ordering::Relaxed);
+        let waker = slot.waker().take();
+        turn.end(seen, RETIRED);
+        drop(waker);
+        self.registry().free.push(attached.index);
+        seen
+    }
+
+    /// Connections open (registered for pushes) now.
+    #[cfg(test)]
+    pub fn open_count(&self) -> usize {
+        self.registry().open
+    }
+
     /// A connection closes having taken pushes up to `seen`: the pushes it will never
     /// take no longer wait for it.
     pub fn close(&self, seen: u64) {
@@ -158,6 +403,12 @@ impl Board {
     pub fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         self.wake_all();
+        let pages = self.registry().pages.len();
+        for page in 0..pages {
+            for slot in self.page(page) {
+                slot.wake();
+            }
+        }
     }
 
     pub fn shutdown_requested(&self) -> bool {
@@ -170,9 +421,11 @@ impl Board {
     }
 
     /// Posts a push of `size` bytes to every open connection; returns its sequence number
-    /// and how many connections it goes to.
-    pub fn post(&self, size: usize) -> (u64, usize) {
-        let (seq, open) = {
+    /// and how many connections it goes to. Attached connections are written to directly
+    /// (in chunks, as tasks on the caller's runtime; inline without one), the others
+    /// woken.
+    pub fn post(self: &Arc<Self>, size: usize) -> (u64, usize) {
+        let (seq, open, push, attached) = {
             let registry = self.registry();
             let seq = self.latest.load(Ordering::Relaxed) + 1;
             let mut frame = Vec::with_capacity(size + 10);
@@ -209,11 +462,106 @@ impl Board {
             if registry.open == 0 {
                 self.settle_done(&push);
             }
-            (seq, registry.open)
+            (seq, registry.open, push, registry.pages.len())
         };
         self.metrics.broadcasts.increment(1);
         self.wake_all();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        for page in 0..attached {
+            match &runtime {
+                Some(runtime) => {
+                    let (board, push) = (self.clone(), push.clone());
+                    runtime.spawn(async move { board.deliver(&push, page) });
+                }
+                None => self.deliver(&push, page),
+            }
+        }
         (seq, open)
+    }
+
+    /// The slots of page `page` of the table, for as long as the board lives.
+    fn page(&self, page: usize) -> &[Slot] {
+        let page: *const [Slot] = &*self.registry().pages[page];
+        // SAFETY: pages are never freed nor moved while the board lives (`&self`).
+        unsafe { &*page }
+    }
+
+    /// A post's direct writes to the connections attached in page `page` of the table.
+    fn deliver(&self, push: &Arc<Push>, page: usize) {
+        let slots = self.page(page);
+        let mut direct = 0;
+        for slot in slots {
+            if let Delivery::Direct = self.deliver_one(slot, push) {
+                direct += 1;
+            }
+        }
+        self.metrics.pushes_written_directly(direct);
+    }
+
+    /// Writes `push` straight to one attached socket if the rules allow; otherwise wakes
+    /// its task (which takes the push from the ring).
+    fn deliver_one(&self, slot: &Slot, push: &Arc<Push>) -> Delivery {
+        if let Err(state) = slot
+            .state
+            .compare_exchange(0, BUSY, Ordering::Acquire, Ordering::Relaxed)
+        {
+            if state & RETIRED != 0 {
+                return Delivery::Skipped;
+            }
+            slot.wake();
+            return Delivery::Woken;
+        }
+        let seen = slot.seen.load(Ordering::Relaxed);
+        if seen >= push.seq {
+            slot.state.store(0, Ordering::Release);
+            return Delivery::Skipped;
+        }
+        if seen + 1 < push.seq {
+            // An earlier push is the task's (it could not be written): keep the order.
+            slot.state.store(0, Ordering::Release);
+            slot.wake();
+            return Delivery::Woken;
+        }
+        let frame = &push.frame[..];
+        let written = loop {
+            // SAFETY: `fd` is the connection's open socket: the slot is not retired (we
+            // hold BUSY, and retiring takes it), and its connection closes the socket
+            // only after retiring the slot. The buffer is valid for its length.
+            let n = unsafe {
+                libc::send(
+                    slot.fd.load(Ordering::Relaxed),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break 0;
+            }
+        };
+        if written == 0 {
+            // Full, or an error the task will meet on its own: the push is the task's.
+            slot.state.store(0, Ordering::Release);
+            slot.wake();
+            return Delivery::Woken;
+        }
+        slot.seen.store(push.seq, Ordering::Relaxed);
+        let state = if written < frame.len() {
+            // SAFETY: we hold BUSY.
+            unsafe { *slot.partial.get() = Some((push.clone(), written)) };
+            QUEUED
+        } else {
+            0
+        };
+        slot.state.store(state, Ordering::Release);
+        if state == QUEUED {
+            slot.wake();
+        }
+        self.settle(push);
+        Delivery::Direct
     }
 
     /// The pushes after `seen` that are still in the ring, oldest first, for a connection
@@ -314,9 +662,9 @@ impl Generation {
 mod tests {
     use super::*;
 
-    fn board() -> Board {
+    fn board() -> Arc<Board> {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || Board::new(ServerMetrics::register()).unwrap())
+        metrics::with_local_recorder(&recorder, || Arc::new(Board::new(ServerMetrics::register()).unwrap()))
     }
 
     fn readable(fd: RawFd) -> bool {
@@ -393,5 +741,165 @@ mod tests {
         board.close(second);
         assert_eq!(push.remaining.load(Ordering::Acquire), 0);
         board.close(first);
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Counting>, Waker) {
+        let counter = Arc::new(Counting(AtomicUsize::new(0)));
+        (counter.clone(), Waker::from(counter))
+    }
+
+    /// What is waiting on the peer's end, without blocking.
+    fn drain(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        peer.set_nonblocking(true).unwrap();
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(peer, &mut bytes);
+        bytes
+    }
+
+    fn seqs(mut bytes: &[u8]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while !bytes.is_empty() {
+            let len = 2 + (bytes[1] & 0x7F) as usize;
+            seqs.push(u64::from_be_bytes(bytes[6..14].try_into().unwrap()));
+            bytes = &bytes[len..];
+        }
+        seqs
+    }
+
+    #[test]
+    fn a_post_writes_straight_to_an_attached_socket_in_order_and_wakes_nobody() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let seen = board.open();
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        for _ in 0..3 {
+            board.post(20);
+        }
+        assert_eq!(seqs(&drain(&mut peer)), [1, 2, 3]);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0, "nobody woken");
+        assert_eq!(board.slot(3).unwrap().remaining.load(Ordering::Acquire), 0, "settled");
+        let seen = board.detach(attached);
+        assert_eq!(seen, 3);
+        board.close(seen);
+    }
+
+    #[test]
+    fn a_post_leaves_the_push_to_a_connection_that_is_writing_or_has_bytes_queued() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut seen = board.open();
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        // The connection's own task is writing: the post wakes it and writes nothing.
+        let turn = slot.turn();
+        board.post(20);
+        assert!(drain(&mut peer).is_empty());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(board.take(&mut seen).count(), 1, "the task takes it from the ring");
+        // ... and ends its turn with bytes queued behind a slow peer.
+        turn.end(seen, QUEUED);
+        board.post(20);
+        assert!(drain(&mut peer).is_empty(), "nothing jumps the queue");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        let turn = slot.turn();
+        assert_eq!(board.take(&mut seen).count(), 1);
+        turn.end(seen, 0);
+        // Caught up: the next push goes straight to the socket again.
+        board.post(20);
+        assert_eq!(seqs(&drain(&mut peer)), [3]);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        board.close(board.detach(attached));
+    }
+
+    #[test]
+    fn a_post_never_writes_past_a_push_the_connection_has_not_taken() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut seen = board.open();
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        let turn = slot.turn();
+        board.post(20);
+        turn.end(seen, 0);
+        // Push 1 is the task's (it has not run yet): push 2 must not overtake it.
+        board.post(20);
+        assert!(drain(&mut peer).is_empty());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        let turn = slot.turn();
+        assert_eq!(turn.seen(), 0);
+        assert_eq!(board.take(&mut seen).count(), 2);
+        turn.end(seen, 0);
+        board.close(board.detach(attached));
+    }
+
+    #[test]
+    fn a_retired_slot_is_never_written_nor_woken() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let seen = board.open();
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        let turn = slot.turn();
+        turn.end(seen, RETIRED);
+        board.post(20);
+        assert!(drain(&mut peer).is_empty(), "closing: no push after the close frame");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        let seen = board.detach(attached);
+        assert_eq!(seen, 0);
+        board.close(seen);
+        assert_eq!(board.slot(1).unwrap().remaining.load(Ordering::Acquire), 0);
+        board.post(20);
+        assert!(drain(&mut peer).is_empty(), "detached");
+        assert_eq!(board.registry().free.len(), CHUNK, "its place is free again");
+    }
+
+    #[test]
+    fn the_rest_of_a_push_the_socket_took_in_part_is_left_for_the_task() {
+        let board = board();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let seen = board.open();
+        let attached = board.attach(ours.as_raw_fd(), seen, 0);
+        let slot = board.slot_of(attached);
+        let (woken, waker) = counting();
+        slot.register(&waker);
+        // Far more than a socket buffer takes at once.
+        const SIZE: usize = 4 << 20;
+        board.post(SIZE);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the task is woken for the rest");
+        assert_eq!(slot.state.load(Ordering::Acquire), QUEUED, "no post writes past it");
+        board.post(20);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        let mut turn = slot.turn();
+        assert_eq!(turn.seen(), 1, "the first push is the post's, settled");
+        let rest = turn.take_partial().expect("the rest of push 1");
+        let written = drain(&mut peer);
+        assert!(!written.is_empty() && written.len() < SIZE, "{}", written.len());
+        assert_eq!(
+            written.len() + rest.bytes().len(),
+            10 + SIZE,
+            "nothing lost, nothing twice"
+        );
+        assert_eq!(board.slot(1).unwrap().remaining.load(Ordering::Acquire), 0);
+        drop(rest);
+        turn.end(1, 0);
+        board.close(board.detach(attached));
     }
 }

@@ -12,10 +12,12 @@
 //! buffer, decrypted into another lent buffer, and answers are encrypted into a third.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Instant;
 
-use super::board::Board;
+use super::board::{Attached, Board, QUEUED, RETIRED};
 use super::buffers::Lent;
 use super::lean_tls::LeanTls;
 use super::shared::Shared;
@@ -92,10 +94,20 @@ pub struct Connection {
     /// pushes it has not taken when it is dropped stop waiting for it.
     board: Arc<Board>,
     seen_push: u64,
+    /// Tasks mode over plain TCP: the connection's slot on the board, through which a post
+    /// writes pushes straight to the socket (see [`super::board`]). Every write of this
+    /// connection is then made holding the slot's turn, and `seen_push` is the slot's
+    /// while the turn is held.
+    direct: Option<Attached>,
 }
 
 impl Drop for Connection {
+    /// Retires the slot (no post writes to the socket after this) before the driver
+    /// closes the socket: drop the connection first.
     fn drop(&mut self) {
+        if let Some(attached) = self.direct.take() {
+            self.seen_push = self.board.detach(attached);
+        }
         self.board.close(self.seen_push);
     }
 }
@@ -171,6 +183,42 @@ impl Connection {
             unsent,
             board,
             seen_push,
+            direct: None,
+        }
+    }
+
+    /// Tasks mode over plain TCP: lets posts write pushes straight to `fd`, the socket
+    /// this connection writes to, which must stay open until the connection is dropped.
+    /// Call once the session runs (after [`Connection::on_early_bytes`]).
+    pub fn attach(&mut self, fd: RawFd) {
+        if self.tls.is_none() && self.direct.is_none() {
+            let state = self.slot_state(Flow::Continue);
+            self.direct = Some(self.board.attach(fd, self.seen_push, state));
+        }
+    }
+
+    /// Whether posts write to this connection directly (so the driver waits on its slot,
+    /// not on the board's `Notify`).
+    pub fn is_attached(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Registers the task a post wakes when it cannot write for this connection.
+    pub fn register(&self, waker: &Waker) {
+        if let Some(attached) = self.direct {
+            self.board.slot_of(attached).register(waker);
+        }
+    }
+
+    /// What a post must know of this connection: it has bytes queued, or it takes no
+    /// more pushes (its close handshake began, or `flow` ends it).
+    fn slot_state(&self, flow: Flow) -> u32 {
+        if flow != Flow::Continue || !self.heeds_board() {
+            RETIRED
+        } else if !self.unsent.is_empty() {
+            QUEUED
+        } else {
+            0
         }
     }
 
@@ -197,6 +245,25 @@ impl Connection {
     /// socket has been shut down for writing: the driver drops it and closes the guard
     /// with the reason.
     pub fn on_wake(&mut self, socket: &impl Socket, shared: &Shared, wake: &mut impl Wake) -> Flow {
+        let Some(attached) = self.direct else {
+            return self.handle_wake(socket, shared, wake);
+        };
+        let board = self.board.clone();
+        let slot = board.slot_of(attached);
+        // Every write of this wake-up, and the pushes taken, under the slot's turn: a post
+        // writes to the socket only between two wake-ups, and only with nothing queued.
+        let mut turn = slot.turn();
+        self.seen_push = turn.seen();
+        if let Some(rest) = turn.take_partial() {
+            // The rest of a push a post could write only in part: before any other byte.
+            self.unsent.extend_from_slice(rest.bytes());
+        }
+        let flow = self.handle_wake(socket, shared, wake);
+        turn.end(self.seen_push, self.slot_state(flow));
+        flow
+    }
+
+    fn handle_wake(&mut self, socket: &impl Socket, shared: &Shared, wake: &mut impl Wake) -> Flow {
         let mut flow = Flow::Continue;
         if self.heeds_board() {
             if shared.board.shutdown_requested() {
@@ -399,6 +466,7 @@ impl Connection {
             messages_sent: sent,
             ..Tally::default()
         });
+        shared.metrics.pushes_written_by_task(sent);
         flow
     }
 

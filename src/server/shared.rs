@@ -230,7 +230,7 @@ impl Drop for ConnectionGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use clap::Parser;
     use metrics_exporter_prometheus::PrometheusBuilder;
 
@@ -238,7 +238,7 @@ mod tests {
     use crate::config::{Cli, Command};
     use crate::exposition::sample_value;
 
-    fn shared_with_local_recorder() -> (Arc<Shared>, metrics_exporter_prometheus::PrometheusHandle) {
+    pub(crate) fn shared_with_local_recorder() -> (Arc<Shared>, metrics_exporter_prometheus::PrometheusHandle) {
         let Command::Serve(args) = Cli::parse_from(["wsscale", "serve"]).command else {
             unreachable!("a serve command line")
         };

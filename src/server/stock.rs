@@ -85,7 +85,9 @@ impl<Io: IntoBlockingSocket> ThreadEngine<Io> for Blocking {
         Ok((io.into_blocking()?, early))
     }
 
-    fn session((socket, early): Self::Socket, shared: &Shared) -> CloseReason {
+    fn session((socket, early): Self::Socket, shared: &Shared, count: impl FnOnce()) -> CloseReason {
+        // The stock engine takes no pushes: count it at once.
+        count();
         serve_blocking(socket, early, shared)
     }
 }

@@ -10,6 +10,7 @@
 //! can wait for them all.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -123,16 +124,20 @@ pin_project_lite::pin_project! {
     /// [`Connection::on_wake`] decides what to do with them, in the same order as in
     /// threads mode.
     struct SessionTask {
-        stream: TcpStream,
+        // Before `stream`: dropping the connection retires its slot on the board before
+        // the socket is closed, so no post writes to a closed (perhaps reused) descriptor.
         connection: Connection,
+        stream: TcpStream,
         // Counts the connection open while it exists; closed with the reason at the end.
         guard: Option<ConnectionGuard>,
         #[pin]
         timer: tokio::time::Sleep,
-        // Armed before the board is read, so a post after the read wakes the task: a
-        // `Notified` receives `notify_waiters` from its creation on.
+        // TLS only: armed before the board is read, so a post after the read wakes the
+        // task (a `Notified` receives `notify_waiters` from its creation on). A plain TCP
+        // connection is attached to the board instead (posts write to it directly and
+        // wake it through its slot only when they cannot), and holds none.
         #[pin]
-        board: OwnedNotified,
+        board: Option<OwnedNotified>,
     }
 }
 
@@ -140,8 +145,11 @@ impl SessionTask {
     fn new(socket: LeanSocket<TcpStream>, permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Self {
         let mut connection = Connection::new(&shared, socket.tls, socket.unsent, socket.deflate);
         let flow = connection.on_early_bytes(&socket.stream, &shared, socket.early);
+        if flow == Flow::Continue {
+            connection.attach(socket.stream.as_raw_fd());
+        }
         let timer = tokio::time::sleep_until(connection.deadline(&shared).into());
-        let board = shared.board.notify.clone().notified_owned();
+        let board = (!connection.is_attached()).then(|| shared.board.notify.clone().notified_owned());
         let guard = ConnectionGuard::open(shared, permit);
         let guard = match flow {
             Flow::Continue => Some(guard),
@@ -151,8 +159,8 @@ impl SessionTask {
             }
         };
         SessionTask {
-            stream: socket.stream,
             connection,
+            stream: socket.stream,
             guard,
             timer,
             board,
@@ -207,12 +215,18 @@ impl Future for SessionTask {
         let shared = &guard.shared;
         let stream: &TcpStream = this.stream;
         if this.connection.heeds_board() {
-            // Re-arm before on_wake reads the board; a post in between fires the new one.
-            // The loop ends on a `Pending` poll of the new one, which has registered this
-            // task's waker: a wake-up by the board alone needs no second poll (a push
-            // wakes every connection, so that poll would double the cost of a broadcast).
-            while this.board.as_mut().poll(cx).is_ready() {
-                this.board.set(shared.board.notify.clone().notified_owned());
+            // Registered before on_wake reads the board: a post that cannot write for this
+            // connection from then on wakes it again.
+            this.connection.register(cx.waker());
+            if let Some(mut board) = this.board.as_mut().as_pin_mut() {
+                // Re-arm before on_wake reads the board; a post in between fires the new
+                // one. The loop ends on a `Pending` poll of the new one, which has
+                // registered this task's waker: a wake-up by the board alone needs no
+                // second poll (a push wakes every such connection, so that poll would
+                // double the cost of a broadcast).
+                while board.as_mut().poll(cx).is_ready() {
+                    board.set(shared.board.notify.clone().notified_owned());
+                }
             }
         }
         let mut wake = TaskWake {

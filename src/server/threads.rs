@@ -59,8 +59,10 @@ pub(crate) trait ThreadEngine<Io>: Send + Sync + 'static {
     fn take(io: Io, early: Vec<u8>, deflate: Option<Agreement>) -> io::Result<Self::Socket>;
 
     /// Runs the session until it ends; returns why. The socket is non-blocking and is
-    /// closed on return.
-    fn session(socket: Self::Socket, shared: &Shared) -> CloseReason;
+    /// closed on return. `count` counts the connection active: the engine calls it once
+    /// the connection is registered for pushes, so a broadcast posted after the count
+    /// shows it reaches this connection.
+    fn session(socket: Self::Socket, shared: &Shared, count: impl FnOnce()) -> CloseReason;
 }
 
 /// Threads mode with engine `E`.
@@ -108,8 +110,8 @@ impl<Io: IntoLeanSocket> ThreadEngine<Io> for Lean {
         socket.map(TcpStream::into_std)
     }
 
-    fn session(socket: Self::Socket, shared: &Shared) -> CloseReason {
-        run_session(socket, shared)
+    fn session(socket: Self::Socket, shared: &Shared, count: impl FnOnce()) -> CloseReason {
+        run_session(socket, shared, count)
     }
 }
 
@@ -170,9 +172,14 @@ fn run_thread<E: ThreadEngine<Io>, Io>(
         drop(waiting);
         let span = tracing::debug_span!("conn", peer = %handover.peer);
         let _entered = span.enter();
-        let guard = ConnectionGuard::open(shared.clone(), handover.permit);
-        let reason = E::session(handover.socket, shared);
-        guard.close(reason);
+        let mut guard = None;
+        let permit = handover.permit;
+        let reason = E::session(handover.socket, shared, || {
+            guard = Some(ConnectionGuard::open(shared.clone(), permit));
+        });
+        if let Some(guard) = guard {
+            guard.close(reason);
+        }
     }
     drop(token);
 }
@@ -181,7 +188,7 @@ fn run_thread<E: ThreadEngine<Io>, Io>(
 /// writable while a slow peer has answers waiting), the board's generation or the
 /// session's deadline wakes us, then let the shared [`Connection`] do the rest. The
 /// socket is closed on return.
-fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared) -> CloseReason {
+fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared, count: impl FnOnce()) -> CloseReason {
     let LeanSocket {
         stream,
         tls,
@@ -189,7 +196,10 @@ fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared) -> Clos
         unsent,
         deflate,
     } = socket;
+    // Registered for pushes (Connection::new) before it is counted active: a broadcast
+    // posted once the active count includes this connection reaches it.
     let mut connection = Connection::new(shared, tls, unsent, deflate);
+    count();
     let mut flow = connection.on_early_bytes(&stream, shared, early);
     let socket = stream.as_raw_fd();
     let mut ready = Ready::default();
@@ -216,5 +226,39 @@ fn run_session(socket: LeanSocket<std::net::TcpStream>, shared: &Shared) -> Clos
                 return CloseReason::Error;
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::shared::tests::shared_with_local_recorder;
+
+    /// The race this ordering closes: a connection counted active (the count a client
+    /// waits for before it broadcasts) before it was registered on the board missed a
+    /// broadcast posted in between.
+    #[test]
+    fn a_connection_is_registered_for_pushes_before_it_is_counted_active() {
+        let (shared, _prometheus) = shared_with_local_recorder();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        // The peer leaves at once: the session ends on its EOF.
+        drop(client);
+        let socket = LeanSocket {
+            stream,
+            tls: None,
+            early: Vec::new(),
+            unsent: Vec::new(),
+            deflate: None,
+        };
+        let mut registered_when_counted = None;
+        let reason = run_session(socket, &shared, || {
+            registered_when_counted = Some(shared.board.open_count());
+        });
+        assert_eq!(registered_when_counted, Some(1), "registered first, then counted");
+        assert_eq!(reason, CloseReason::Error, "EOF without a close frame");
+        assert_eq!(shared.board.open_count(), 0);
     }
 }

@@ -30,6 +30,20 @@ fn push_seq(message: &Message) -> Option<u64> {
     (payload.len() >= 20 && payload[..4] == *b"WSSP").then(|| u64::from_be_bytes(payload[4..12].try_into().unwrap()))
 }
 
+/// Whether a post writes pushes straight to this kind's sockets (tasks mode, lean engine,
+/// plain TCP) rather than waking every connection's task or thread.
+fn writes_directly(kind: Kind) -> bool {
+    kind.mode == "tasks" && kind.is_lean() && !kind.is_tls()
+}
+
+/// Pushes written by the post itself and by the connections' own tasks or threads.
+fn pushes_written(metrics: &crate::support::Metrics) -> (f64, f64) {
+    (
+        metrics.value("wsscale_pushes_written_total", &[("path", "direct")]),
+        metrics.value("wsscale_pushes_written_total", &[("path", "task")]),
+    )
+}
+
 /// Reads until `count` pushes have arrived; returns their sequence numbers in order.
 async fn pushes(client: &mut Client, count: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -100,6 +114,14 @@ async fn every_connection_gets_every_broadcast_once_in_order(kind: Kind) {
         (BROADCASTS as usize * CONNECTIONS) as f64
     );
     assert_eq!(metrics.value("wsscale_pushes_dropped_total", &[]), 0.0);
+    let (direct, task) = pushes_written(&metrics);
+    assert_eq!(direct + task, (BROADCASTS as usize * CONNECTIONS) as f64, "{kind}");
+    if writes_directly(kind) {
+        // Idle connections: the post writes to them itself.
+        assert!(direct > 0.0, "{kind}: direct {direct}, by task {task}");
+    } else {
+        assert_eq!(direct, 0.0, "{kind}: only plain TCP in tasks mode is written directly");
+    }
 }
 
 async fn a_peer_that_does_not_read_is_bounded_and_delays_nobody(kind: Kind) {
@@ -522,4 +544,17 @@ async fn a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames(kind:
     );
     let refused = broadcaster.await.unwrap();
     assert!(refused.is_empty(), "{kind}: {refused}");
+    // Both paths raced the echoes: the post's own writes (between two of the connection's
+    // wake-ups) and the connection's task (a post that found it writing, or with bytes
+    // queued, woke it instead).
+    let (direct, task) = pushes_written(&server.metrics().await);
+    eprintln!("{kind}: pushes written directly {direct}, by the connection's task {task}");
+    if writes_directly(kind) {
+        assert!(
+            direct > 0.0,
+            "{kind}: the direct path was taken (direct {direct}, task {task})"
+        );
+    } else {
+        assert_eq!(direct, 0.0, "{kind}");
+    }
 }
