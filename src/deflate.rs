@@ -325,6 +325,19 @@ impl Deflate {
     }
 }
 
+/// One message compressed on its own (no context before or after it) with a window of
+/// `bits`, as it goes on the wire (without the tail): what every connection that agreed
+/// to `server_no_context_takeover` with that window can take, so a broadcast is compressed
+/// once for all of them.
+pub fn compress_alone(bits: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stream = COMPRESSORS.take(bits, || new_compress(bits));
+    compress_with(&mut stream, payload, &mut out);
+    stream.reset();
+    COMPRESSORS.give_back(bits, stream);
+    out
+}
+
 fn new_compress(bits: u8) -> Compress {
     Compress::new_with_window_bits(Compression::default(), false, bits)
 }

@@ -45,12 +45,13 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::Waker;
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::deflate::Agreement;
 use crate::metrics::ServerMetrics;
 use crate::protocol::{self, opcode};
 use wsscale_wire::push::{self, Push as PushHeader};
@@ -65,6 +66,12 @@ struct Push {
     seq: u64,
     /// The whole WebSocket frame (binary, FIN set).
     frame: Box<[u8]>,
+    /// Where the payload starts in `frame`.
+    payload_at: usize,
+    /// The frame compressed (permessage-deflate, RSV1) for connections that agreed to
+    /// `server_no_context_takeover`, once per window bits (9..=15) one of them asked for,
+    /// by the first connection that needs it; every other sends the same bytes.
+    compressed: [OnceLock<Box<[u8]>>; 7],
     posted: Instant,
     /// Connections that still have to take it.
     remaining: AtomicUsize,
@@ -288,6 +295,25 @@ impl Taken<'_> {
     pub fn frame(&self) -> &[u8] {
         &self.push.frame
     }
+
+    /// The frame for a connection with this permessage-deflate agreement: compressed
+    /// once for every connection that takes no context from one message to the next
+    /// (`--deflate stateless`); as it is otherwise (a `context` connection's window must
+    /// not see bytes its own stream did not compress, and an uncompressed message is
+    /// always allowed).
+    pub fn frame_for(&self, deflate: Option<&Agreement>) -> &[u8] {
+        let Some(agreement) = deflate.filter(|agreement| agreement.server_no_context_takeover) else {
+            return &self.push.frame;
+        };
+        let bits = agreement.server_window_bits;
+        let index = usize::from(bits - *crate::deflate::WINDOW_BITS.start());
+        self.push.compressed[index].get_or_init(|| {
+            let compressed = crate::deflate::compress_alone(bits, &self.push.frame[self.push.payload_at..]);
+            let mut frame = Vec::with_capacity(compressed.len() + 10);
+            protocol::encode_compressed(&mut frame, opcode::BINARY, &compressed);
+            frame.into_boxed_slice()
+        })
+    }
 }
 
 impl Drop for Taken<'_> {
@@ -428,20 +454,19 @@ impl Board {
         let (seq, open, push, attached) = {
             let registry = self.registry();
             let seq = self.latest.load(Ordering::Relaxed) + 1;
-            let mut frame = Vec::with_capacity(size + 10);
-            protocol::encode(
-                &mut frame,
-                opcode::BINARY,
-                &push::encode(
-                    PushHeader {
-                        seq,
-                        sent_unix_nanos: push::now_unix_nanos(),
-                    },
-                    size,
-                ),
+            let payload = push::encode(
+                PushHeader {
+                    seq,
+                    sent_unix_nanos: push::now_unix_nanos(),
+                },
+                size,
             );
+            let mut frame = Vec::with_capacity(size + 10);
+            protocol::encode(&mut frame, opcode::BINARY, &payload);
             let push = Arc::new(Push {
                 seq,
+                payload_at: frame.len() - payload.len(),
+                compressed: Default::default(),
                 frame: frame.into_boxed_slice(),
                 posted: Instant::now(),
                 remaining: AtomicUsize::new(registry.open),
@@ -697,6 +722,72 @@ mod tests {
         assert_eq!(seen, 3);
         assert_eq!(board.take(&mut seen).count(), 0, "taken once");
         board.close(seen);
+    }
+
+    #[test]
+    fn a_push_is_compressed_once_for_every_stateless_connection() {
+        use crate::deflate::{DeflateConfig, DeflateMode, negotiate};
+        let chromium = ["permessage-deflate; client_max_window_bits"];
+        let stateless = negotiate(
+            chromium,
+            DeflateConfig {
+                mode: DeflateMode::Stateless,
+                window_bits: 15,
+            },
+        )
+        .unwrap();
+        let narrow = negotiate(
+            ["permessage-deflate; server_max_window_bits=10"],
+            DeflateConfig {
+                mode: DeflateMode::Stateless,
+                window_bits: 15,
+            },
+        )
+        .unwrap();
+        let context = negotiate(
+            chromium,
+            DeflateConfig {
+                mode: DeflateMode::Context,
+                window_bits: 15,
+            },
+        )
+        .unwrap();
+        let board = board();
+        let (mut first, mut second) = (board.open(), board.open());
+        board.post(1000);
+        let one = board.take(&mut first).next().unwrap();
+        let other = board.take(&mut second).next().unwrap();
+        let compressed = one.frame_for(Some(&stateless));
+        assert!(
+            std::ptr::eq(compressed, other.frame_for(Some(&stateless))),
+            "the same bytes for every stateless connection"
+        );
+        assert_eq!(compressed[0], 0x80 | 0x40 | opcode::BINARY, "FIN, RSV1, binary");
+        assert!(compressed.len() < one.frame().len() / 4, "{} bytes", compressed.len());
+        // What a client inflates (RFC 7692 7.2.2: the tail put back) is the push itself.
+        let mut input = compressed[2..].to_vec();
+        if compressed[1] & 0x7f == 126 {
+            input.drain(..2);
+        }
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut inflate = flate2::Decompress::new_with_window_bits(false, 15);
+        let mut payload = Vec::with_capacity(4096);
+        inflate
+            .decompress_vec(&input, &mut payload, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(payload, one.frame()[4..], "the push's payload, whole");
+        assert!(
+            !std::ptr::eq(compressed, one.frame_for(Some(&narrow))),
+            "a narrower window gets its own"
+        );
+        assert!(
+            std::ptr::eq(one.frame_for(Some(&context)), one.frame()),
+            "context: as it is"
+        );
+        assert!(std::ptr::eq(one.frame_for(None), one.frame()));
+        drop((one, other));
+        board.close(first);
+        board.close(second);
     }
 
     #[test]

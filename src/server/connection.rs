@@ -191,7 +191,13 @@ impl Connection {
     /// this connection writes to, which must stay open until the connection is dropped.
     /// Call once the session runs (after [`Connection::on_early_bytes`]).
     pub fn attach(&mut self, fd: RawFd) {
-        if self.tls.is_none() && self.direct.is_none() {
+        // A connection that takes pushes compressed (`--deflate stateless`) takes them in
+        // its task: the post writes the plain frame only.
+        let compressed_pushes = self
+            .session
+            .deflate()
+            .is_some_and(|agreement| agreement.server_no_context_takeover);
+        if self.tls.is_none() && self.direct.is_none() && !compressed_pushes {
             let state = self.slot_state(Flow::Continue);
             self.direct = Some(self.board.attach(fd, self.seen_push, state));
         }
@@ -436,7 +442,7 @@ impl Connection {
         // the end of its turn: handed to the socket, queued behind a peer that is not
         // reading, or dropped. Leaving the loop early settles the rest with the iterator.
         for push in shared.board.take(&mut self.seen_push) {
-            let frame = push.frame();
+            let frame = push.frame_for(self.session.deflate());
             if self.unsent.len() + frame.len() > shared.max_unsent {
                 shared.metrics.pushes_dropped.increment(1);
                 continue;
