@@ -3,12 +3,15 @@
 # reports to OUTDIR (OUTDIR/index.json is the verdict per case). Installs the suite into
 # target/autobahn first where it is missing: it runs only on Python 2.7 (pyenv's 2.7.18).
 #
-#   scripts/autobahn.sh ws://127.0.0.1:PORT/ws OUTDIR [AGENT] [--compression|--compression-only]
+#   scripts/autobahn.sh ws://127.0.0.1:PORT/ws OUTDIR [AGENT] [--compression|--compression-only|--compression-sample]
 #
 # URL is ws:// or wss:// (the suite does not verify the certificate). Cases 12.* and 13.*
-# (permessage-deflate) run only with --compression (every case) or --compression-only
-# (those two sections alone), for a server started with --deflate; without, they are
-# excluded. Exit status: non-zero when the suite cannot be installed or
+# (permessage-deflate) run only with --compression (every case), --compression-only
+# (those two sections alone) or --compression-sample (of each of their subsections, the
+# cases of messages up to 1 KiB, 12.*.1-4 and 13.*.1-4, and one fragmented case, 12.1.11:
+# every offer and data set in minutes rather than the hour the 1000 messages of up to
+# 128 KiB per case take the suite's Python client), for a server started with --deflate;
+# without, they are excluded. Exit status: non-zero when the suite cannot be installed or
 # run.
 set -euo pipefail
 url=${1:?usage: autobahn.sh URL OUTDIR [AGENT]}
@@ -19,6 +22,8 @@ exclude='"12.*", "13.*"'
 case "${4:-}" in
     --compression) exclude='' ;;
     --compression-only) cases='"12.*", "13.*"' exclude='' ;;
+    # Patterns are regular expressions once they hold a '*' (matched from the start).
+    --compression-sample) cases='"12.*.[1-4]$", "13.*.[1-4]$", "12.1.11"' exclude='' ;;
     "") ;;
     *) echo "autobahn.sh: unknown option ${4}" >&2; exit 2 ;;
 esac

@@ -21,28 +21,35 @@ use crate::support::{Kind, read_json};
 crate::every_server!(autobahn_fuzzing_client_passes_every_case);
 crate::servers!([autobahn_fuzzing_client_passes_every_case]; tasks_lean_wss: "tasks" "lean" "wss");
 
-/// The compression sections (12.* and 13.*) against the lean engine with `--deflate
-/// stateless` in tasks mode: every case OK or INFORMATIONAL, UNIMPLEMENTED (nothing
-/// negotiated) only where the offer asks for a window of 8 (13.3.*, 13.5.*), which the
-/// engine declines; a server that declined everything would fail here. The other deflate
-/// modes and threads mode: `scripts/autobahn.sh URL OUTDIR AGENT --compression` against
-/// `wsscale serve --deflate context` (docs/testing.md).
-///
-/// Not in the test command: sections 12 and 13 send thousands of messages up to 128 KiB
-/// each, which the debug build compresses for far longer than CI allows (it was still
-/// running after 11 minutes); run it on a release build:
-/// `cargo test --release --test it -- --ignored conformance::autobahn_compression`.
+/// A sample of the compression sections (12.* and 13.*: every subsection, that is every
+/// offer and every data set, with its messages of up to 1 KiB, and one fragmented case;
+/// `scripts/autobahn.sh --compression-sample`) against the lean engine with `--deflate
+/// stateless` in tasks mode, in the test command: under a minute (47 s for 49 cases on
+/// the 2-core machine, zlib-rs optimized in the test build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "minutes on a release build, far longer on a debug one; run by hand (see above)"]
+async fn autobahn_compression_sample_passes_with_stateless_deflate() {
+    compression_cases_pass(&["--deflate", "stateless"], "--compression-sample", 45).await;
+}
+
+/// The compression sections whole, in stateless mode: every case OK or INFORMATIONAL,
+/// UNIMPLEMENTED (nothing negotiated) only where the offer asks for a window of 8
+/// (13.3.*, 13.5.*), which the engine declines; a server that declined everything would
+/// fail here. The other deflate modes and threads mode: `scripts/autobahn.sh URL OUTDIR
+/// AGENT --compression` against `wsscale serve --deflate context` (docs/testing.md).
+///
+/// Not in the test command: sections 12 and 13 send 1000 messages of up to 128 KiB per
+/// case, which the suite's Python client takes far longer than CI allows over (still
+/// running after 15 minutes, its client busy, the server not); run it by hand:
+/// `cargo test --release --test it -- --ignored conformance::autobahn_compression_cases`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "an hour of the suite's Python client; run by hand (see above)"]
 async fn autobahn_compression_cases_pass_with_stateless_deflate() {
+    compression_cases_pass(&["--deflate", "stateless"], "--compression-only", 200).await;
+}
+
+async fn compression_cases_pass(flags: &[&str], option: &'static str, at_least: usize) {
     let kind = Kind::TASKS_LEAN;
-    let index = run_autobahn(
-        kind,
-        &["--deflate", "stateless"],
-        Some("--compression-only"),
-        "tasks-lean-deflate",
-    )
-    .await;
+    let index = run_autobahn(kind, flags, Some(option), "tasks-lean-deflate").await;
     let cases = index["tasks-lean-deflate"].as_object().expect("results for this agent");
     let mut failures = Vec::new();
     let mut negotiated = 0;
@@ -62,8 +69,12 @@ async fn autobahn_compression_cases_pass_with_stateless_deflate() {
             failures.push(format!("{case}: {behavior}/{close}"));
         }
     }
-    println!("autobahn compression: {} cases, {negotiated} negotiated", cases.len());
-    assert!(cases.len() >= 200, "only {} cases ran", cases.len());
+    println!(
+        "autobahn compression ({option}): {} cases, {negotiated} negotiated",
+        cases.len()
+    );
+    assert!(cases.len() >= at_least, "only {} cases ran", cases.len());
+    assert!(negotiated > at_least / 2, "only {negotiated} cases negotiated");
     assert!(failures.is_empty(), "{} cases fail: {failures:?}", failures.len());
 }
 
