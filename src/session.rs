@@ -147,6 +147,8 @@ impl Session {
                 // frame reaches the peer before the socket closes.
                 protocol::encode_close(out, violation.code, violation.reason);
                 self.life.begin_linger(CloseReason::Error, now);
+                // Nothing more is decoded: what the decoder held for the peer goes now.
+                self.decoder = Decoder::default();
                 Flow::Continue
             }
             // Already closing (our 1001 is out): the peer broke the rules instead of
@@ -431,7 +433,7 @@ mod tests {
         );
         assert_eq!(&out[..4], [0x88, 15, 0x03, 0xEF], "1007, and nothing else");
         assert_eq!(out.len(), 2 + 15);
-        assert_eq!(session.held_bytes(), 4, "the fragment's payload");
+        assert_eq!(session.held_bytes(), 0, "a failed session lets go of what it held");
     }
 
     /// Issue #11, defect 2 on the wire: a close 1012 (service restart) is echoed.

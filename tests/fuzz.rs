@@ -346,7 +346,9 @@ fn run_ours(bytes: &[u8], reads: &[usize], max_message_size: usize, stats: &mut 
         if held > 2 * at + MAX_CONTROL_FRAME_LEN {
             return Err(format!("holds {held} bytes after only {at} bytes arrived"));
         }
-        if let Flow::Finish(_) = flow {
+        // Decided: the session finished, or failed the connection and lingers (its close
+        // frame written, nothing more decoded).
+        if matches!(flow, Flow::Finish(_)) || session.is_lingering() {
             finished = true;
             break;
         }
@@ -376,7 +378,8 @@ fn byte_that_finishes(bytes: &[u8], max_message_size: usize) -> usize {
     let mut session = Session::new(&policy, now);
     let mut output = Vec::new();
     for (index, byte) in bytes.iter().enumerate() {
-        if let Flow::Finish(_) = session.on_bytes(&mut [*byte], now, &policy, &mut Tally::default(), &mut output) {
+        let flow = session.on_bytes(&mut [*byte], now, &policy, &mut Tally::default(), &mut output);
+        if matches!(flow, Flow::Finish(_)) || session.is_lingering() {
             return index;
         }
     }
