@@ -60,10 +60,18 @@ impl FloorSender {
         };
         let line = match receiver.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
-            Err(_) => bail!(
-                "{} printed no listening line within {START_TIMEOUT:?} (exit: {:?}); its output: {}",
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
+                "{} printed no listening line within {START_TIMEOUT:?}; its output: {}",
                 program.display(),
-                floor.child.try_wait().ok().flatten(),
+                log.display()
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                "{} ended before it listened ({}); its output: {}",
+                program.display(),
+                floor
+                    .child
+                    .wait()
+                    .map_or_else(|error| error.to_string(), |status| status.to_string()),
                 log.display()
             ),
         };

@@ -148,9 +148,16 @@ impl Server {
     }
 }
 
-/// Starts and stops every `--server` once: each must start and upgrade a connection.
+/// Starts and stops every `--server` once: each must start and upgrade a connection; and
+/// the floor, which must start and print its addresses.
 pub async fn check_external_servers(plan: &Plan) -> anyhow::Result<()> {
     for run in &plan.runs {
+        if let Target::Floor { .. } = &run.target {
+            eprintln!("[{}] checking that it starts", run.name);
+            let floor = Server::start(plan, run).await?;
+            floor.stop(&run.name).await?;
+            continue;
+        }
         let Target::External { command } = &run.target else {
             continue;
         };

@@ -500,6 +500,24 @@ async fn push_reports_delivery_and_cost_per_broadcast() {
     assert!(summary.get("push_floor").is_none());
 }
 
+/// A floor program that does not start fails the comparison before any run, quoting why.
+#[tokio::test]
+async fn a_floor_that_does_not_start_fails_before_any_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sender = dir.path().join("floor-sender");
+    std::fs::write(&sender, "#!/bin/sh\necho cannot start >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&sender, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = ["-n", "100", "--modes", "tasks", "--engines", "lean", "--push"];
+    let (output, out) = compare_with_env(&args, dir.path(), &[("WSSCALE_FLOOR_SENDER", &sender)]).await;
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ended before it listened (exit status: 3)"), "{stderr}");
+    assert!(!stderr.contains("[tasks-lean] server pid"), "no run started: {stderr}");
+    let log = std::fs::read_to_string(out.join("serve-floor.log")).unwrap();
+    assert!(log.contains("cannot start"), "{log}");
+}
+
 /// `--push` with the floor program (floor-sender beside wsscale: `cargo build -p
 /// wsscale-floor`, which `cargo test --workspace` and scripts/test.sh build): the floor is
 /// one more run through the same steps and clients, apart from the servers' runs, and each
