@@ -410,6 +410,13 @@ pub struct CompareArgs {
     /// Size of each push with --push.
     #[arg(long, env = "WSSCALE_COMPARE_PUSH_SIZE", default_value = "32B")]
     pub push_size: ByteSize,
+
+    /// With --push, the floor program (floor-sender, of the wsscale-floor package): run as
+    /// one more run, `floor`, and each push figure divided by its. Default: floor-sender
+    /// beside this executable, else on PATH; when none is found the report says why (build
+    /// it with `cargo build --release -p wsscale-floor`).
+    #[arg(long, env = "WSSCALE_FLOOR_SENDER", value_name = "PATH")]
+    pub floor_sender: Option<std::path::PathBuf>,
 }
 
 /// TLS on the WebSocket listener: a certificate and key from files, or a self-signed

@@ -264,13 +264,14 @@ impl TreeUsage {
     }
 }
 
-/// What a process's threads alive now have spent: CPU time (from each thread's
-/// schedstat, in nanoseconds: /proc/PID/stat counts in 10 ms ticks, too coarse for one
-/// broadcast) and context switches (/proc/PID/status counts the main thread's only), each
-/// summed over every thread.
+/// What a process has spent: CPU time (the process's CPU clock, in nanoseconds, every
+/// thread's including those that have exited — a thread that lives for one broadcast
+/// counts; /proc/PID/stat counts in 10 ms ticks, too coarse for one broadcast) and
+/// context switches of its threads alive now (/proc/PID/status counts the main thread's
+/// only; an exited thread's are nowhere), summed over every thread.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcessCounters {
-    /// CPU time of every thread alive, seconds.
+    /// CPU time of every thread, exited ones too, seconds.
     pub cpu_seconds: f64,
     /// Voluntary + involuntary context switches of every thread alive.
     pub context_switches: u64,
@@ -292,8 +293,30 @@ impl ProcessCounters {
             counters.context_switches +=
                 status.voluntary_ctxt_switches.unwrap_or(0) + status.nonvoluntary_ctxt_switches.unwrap_or(0);
         }
+        // The process clock, which keeps the exited threads' time too (the sum above is
+        // the fallback where the clock cannot be read).
+        if let Ok(cpu_seconds) = process_cpu_seconds(pid) {
+            counters.cpu_seconds = cpu_seconds;
+        }
         Ok(counters)
     }
+}
+
+/// A process's CPU clock (CLOCK_PROCESS_CPUTIME_ID of another process): every thread's
+/// time, exited threads' included, in nanoseconds.
+pub fn process_cpu_seconds(pid: u32) -> io::Result<f64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: a plain out-parameter.
+    let error = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(now.tv_sec as f64 + now.tv_nsec as f64 / 1e9)
 }
 
 /// Open file descriptors of a process (entries of /proc/PID/fd).
@@ -361,6 +384,26 @@ fn missing(what: &str, path: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_cpu_time_keeps_an_exited_threads_time() {
+        let pid = std::process::id();
+        let before = process_cpu_seconds(pid).unwrap();
+        std::thread::spawn(|| {
+            let started = std::time::Instant::now();
+            let mut spin = 0u64;
+            while started.elapsed() < std::time::Duration::from_millis(50) {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let after = ProcessCounters::read(pid).unwrap().cpu_seconds;
+        assert!(
+            after - before >= 0.03,
+            "{before} -> {after}: the thread's 50 ms are counted"
+        );
+    }
 
     fn reading(stack: u64, slab: u64, tcp_memory: u64, sockets: u64) -> KernelMemory {
         KernelMemory {

@@ -191,6 +191,9 @@ pub fn page(report: &Report<'_>) -> String {
     if let Some(push) = report::push_rows(summaries) {
         let _ = writeln!(out, "<h2 id=\"push\">Server push</h2>");
         table(&mut out, "push-table", &push);
+        if let Some(note) = report::push_floor_note(summaries) {
+            let _ = writeln!(out, "<p>{}</p>", inline(&note));
+        }
     }
 
     let _ = writeln!(out, "<h2 id=\"conclusions\">Conclusions</h2><ul>");

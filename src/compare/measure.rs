@@ -19,7 +19,6 @@ use wsscale_loadgen::tls::{TlsClient, Trust};
 
 use super::plan::{Plan, PushPlan, RunSpec};
 use super::server::{Figures, Reading, Server};
-use crate::child::ServeChild;
 use crate::exposition::sample_value;
 
 /// Poll period while waiting for a step to settle.
@@ -229,11 +228,16 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
                 sample.proc_threads
             );
         }
-        if let (Some(push), Server::Wsscale(child), Some(builtin)) = (plan.push, &server, run.builtin())
-            && builtin.engine.pushes()
+        // Where broadcasts are asked for: a lean wsscale server's /broadcast, or the floor's.
+        let broadcasts_at = match (&server, run.builtin()) {
+            (Server::Wsscale(child), Some(builtin)) if builtin.engine.pushes() => Some(child.metrics_addr),
+            (Server::Floor(floor), _) => Some(floor.control_addr),
+            _ => None,
+        };
+        if let (Some(push), Some(control)) = (plan.push, broadcasts_at)
             && open_now > 0
         {
-            let measured = measure_push(child, &stats, push).await?;
+            let measured = measure_push(server.pid(), control, &stats, push).await?;
             eprintln!(
                 "[{name}] {} broadcasts to {open_now}: delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.4} CPU s and {:.0} context switches per broadcast",
                 measured.broadcasts,
@@ -268,9 +272,15 @@ pub async fn measure(plan: &Plan, run: &RunSpec, stop: &CancellationToken) -> an
 /// One step's push measurement: a quiet window of `count` seconds (the baseline: pings,
 /// timers), then `count` broadcasts one second apart, reading the server's CPU time and
 /// context switches around each window and the clients' delivery latencies.
-async fn measure_push(server: &ServeChild, stats: &Stats, push: PushPlan) -> anyhow::Result<PushSample> {
+/// The same for a wsscale server and for the floor: `pid`'s counters, `POST /broadcast` to
+/// `control`.
+async fn measure_push(
+    pid: u32,
+    control: std::net::SocketAddr,
+    stats: &Stats,
+    push: PushPlan,
+) -> anyhow::Result<PushSample> {
     const SPACING: Duration = Duration::from_secs(1);
-    let pid = server.pid();
     let counters = || async move {
         tokio::task::spawn_blocking(move || ProcessCounters::read(pid))
             .await?
@@ -285,10 +295,9 @@ async fn measure_push(server: &ServeChild, stats: &Stats, push: PushPlan) -> any
     let push_start = counters().await?;
     let started = Instant::now();
     for index in 0..push.count {
-        let (status, body) =
-            crate::child::http_post(server.metrics_addr, &format!("/broadcast?size={}", push.size_bytes))
-                .await
-                .context("POST /broadcast")?;
+        let (status, body) = crate::child::http_post(control, &format!("/broadcast?size={}", push.size_bytes))
+            .await
+            .context("POST /broadcast")?;
         if status != 200 {
             bail!("POST /broadcast answered {status}: {}", body.trim());
         }

@@ -5,9 +5,9 @@
 //! Split by job, each child using only the ones before it:
 //!
 //! - [`plan`]: the runs, their settings, the steps, and the limits preflight;
-//! - [`server`] (and [`external`] for `--server`): one run's server while it runs — a
-//!   `wsscale serve` child sampled from its /metrics (cross-checked against /proc/PID), or
-//!   any server read from /proc as a process tree;
+//! - [`server`] (and [`external`] for `--server`, [`floor`] for `--push`'s floor): one
+//!   run's server while it runs — a `wsscale serve` child sampled from its /metrics
+//!   (cross-checked against /proc/PID), or any server read from /proc as a process tree;
 //! - [`measure`]: a pool of client connections grown step by step, waiting at each step
 //!   until the server's memory is steady, then a [`measure::Sample`];
 //! - [`summary`] (with [`fit`]): bytes per connection — user memory, kernel stacks and the
@@ -24,6 +24,7 @@
 pub mod charts;
 pub mod external;
 pub mod fit;
+pub mod floor;
 pub mod html;
 pub mod measure;
 pub mod plan;
@@ -54,6 +55,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         plan.steps,
         names.join(", ")
     );
+    if let Some(why) = &plan.push_floor_missing {
+        eprintln!("--push: the floor is not measured: {why}");
+    }
     for line in &plan.limits {
         eprintln!("  {line}");
     }
@@ -75,7 +79,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     let machine = report::Machine::read(fd, kernel);
-    let summaries = summary::Summaries::of(&results);
+    let mut summaries = summary::Summaries::of(&results);
+    summaries.push_floor_missing = plan.push_floor_missing.clone();
     // The floor of a wss connection's cost: a bare TLS session after its handshake.
     let tls_state = match plan.server_flags.tls {
         Some(_) => Some(tls_state::measure(1000).context("measuring a bare TLS session")?),

@@ -129,7 +129,14 @@ pub enum Target {
     Wsscale { builtin: Builtin, settings: Buffers },
     /// Any server, started from a command line (`--server NAME=COMMAND`).
     External { command: String },
+    /// `--push`'s floor: floor-sender, a raw send() of the push frame to every socket from
+    /// `threads` threads ([`super::floor`]). Measured for push only: no memory table,
+    /// ratio or sizing counts it.
+    Floor { program: PathBuf, threads: usize },
 }
+
+/// The floor run's name.
+pub const FLOOR_RUN: &str = "floor";
 
 /// One run of the comparison: its name (the table's column, `serve-NAME.log`), the
 /// server it starts, its scheme, and (wsscale's own) the mode, engine and settings.
@@ -184,9 +191,66 @@ impl RunSpec {
     pub fn builtin(&self) -> Option<Builtin> {
         match self.target {
             Target::Wsscale { builtin, .. } => Some(builtin),
-            Target::External { .. } => None,
+            Target::External { .. } | Target::Floor { .. } => None,
         }
     }
+
+    /// Whether this is `--push`'s floor run.
+    pub fn is_floor(&self) -> bool {
+        matches!(self.target, Target::Floor { .. })
+    }
+
+    fn floor(program: PathBuf, threads: usize, push: PushPlan) -> Self {
+        RunSpec {
+            name: FLOOR_RUN.to_owned(),
+            server: format!(
+                "{} --threads {threads} --push-size {}",
+                program.display(),
+                push.size_bytes
+            ),
+            mode: None,
+            engine: None,
+            scheme: Scheme::Ws,
+            settings: None,
+            target: Target::Floor { program, threads },
+        }
+    }
+}
+
+/// The floor program for `--push`: `--floor-sender` (or WSSCALE_FLOOR_SENDER), else
+/// floor-sender beside `exe`, else on `path` (PATH); or why there is none.
+pub fn find_floor_sender(
+    flag: Option<&std::path::Path>,
+    exe: &std::path::Path,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, String> {
+    const BUILD: &str = "build it with `cargo build --release -p wsscale-floor` (target/release/floor-sender)";
+    if let Some(flag) = flag {
+        return if flag.is_file() {
+            Ok(flag.to_owned())
+        } else {
+            Err(format!(
+                "--floor-sender (WSSCALE_FLOOR_SENDER) {} is not a file; {BUILD}",
+                flag.display()
+            ))
+        };
+    }
+    let beside = exe.with_file_name("floor-sender");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    if let Some(found) = path
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("floor-sender"))
+        .find(|candidate| candidate.is_file())
+    {
+        return Ok(found);
+    }
+    Err(format!(
+        "no floor-sender beside {} nor on PATH (or --floor-sender); {BUILD}",
+        exe.display()
+    ))
 }
 
 /// An external server's scheme: wss when its command takes compare's certificate.
@@ -306,6 +370,8 @@ pub struct Plan {
     pub server_start_timeout_secs: f64,
     /// `--push`: measured at every step of the lean-engine runs.
     pub push: Option<PushPlan>,
+    /// `--push` without the floor run: why (no floor-sender found, and how to build it).
+    pub push_floor_missing: Option<String>,
     /// Limits found by the preflight, one line each.
     pub limits: Vec<String>,
     #[serde(skip)]
@@ -426,6 +492,27 @@ pub fn plan(
     if runs.is_empty() {
         bail!("nothing to measure: give --modes and --engines, or --server");
     }
+    let program = std::env::current_exe().context("locating this executable to start servers")?;
+    // `--push`'s floor, last, through the same steps and clients.
+    let mut push_floor_missing = None;
+    if let Some(push) = push {
+        match find_floor_sender(
+            args.floor_sender.as_deref(),
+            &program,
+            std::env::var_os("PATH").as_deref(),
+        ) {
+            Ok(sender) => {
+                if runs.iter().any(|run| run.name == FLOOR_RUN) {
+                    bail!(
+                        "--server {FLOOR_RUN}=...: with --push, {FLOOR_RUN} is the name of the floor run; choose another"
+                    );
+                }
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                runs.push(RunSpec::floor(sender, threads, push));
+            }
+            Err(why) => push_floor_missing = Some(why),
+        }
+    }
 
     // The client sockets live in this process; each server holds as many.
     let mut limits = Vec::new();
@@ -528,8 +615,9 @@ pub fn plan(
         path: args.path,
         server_start_timeout_secs: Duration::from(args.server_start_timeout).as_secs_f64(),
         push,
+        push_floor_missing,
         limits,
-        program: std::env::current_exe().context("locating this executable to start servers")?,
+        program,
     })
 }
 
@@ -797,6 +885,89 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("already"), "{error}");
+    }
+
+    #[test]
+    fn the_floor_sender_is_the_flag_or_beside_this_executable_or_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, path_dir) = (dir.path().join("bin"), dir.path().join("path"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&path_dir).unwrap();
+        let exe = bin.join("wsscale");
+        let path = std::env::join_paths([&path_dir]).unwrap();
+        let find = |flag: Option<&std::path::Path>| find_floor_sender(flag, &exe, Some(&path));
+
+        let why = find(None).unwrap_err();
+        assert!(why.contains("cargo build --release -p wsscale-floor"), "{why}");
+        std::fs::write(path_dir.join("floor-sender"), "").unwrap();
+        assert_eq!(find(None).unwrap(), path_dir.join("floor-sender"));
+        std::fs::write(bin.join("floor-sender"), "").unwrap();
+        assert_eq!(find(None).unwrap(), bin.join("floor-sender"), "beside first");
+        let missing = dir.path().join("missing");
+        let why = find(Some(&missing)).unwrap_err();
+        assert!(why.contains("is not a file") && why.contains("wsscale-floor"), "{why}");
+        assert_eq!(
+            find(Some(&path_dir.join("floor-sender"))).unwrap(),
+            path_dir.join("floor-sender")
+        );
+    }
+
+    #[test]
+    fn without_the_floor_sender_push_plans_no_floor_run_and_says_why() {
+        let planned = plan(
+            args(&["-n", "100", "--push", "--floor-sender", "/nonexistent/floor-sender"]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(planned.runs.iter().all(|run| !run.is_floor()));
+        assert!(
+            planned
+                .push_floor_missing
+                .as_deref()
+                .is_some_and(|why| why.contains("/nonexistent")),
+            "{:?}",
+            planned.push_floor_missing
+        );
+        let no_push = plan(args(&["-n", "100"]), FD, None, None).unwrap();
+        assert!(no_push.push_floor_missing.is_none(), "no --push, no floor to miss");
+    }
+
+    #[test]
+    fn with_the_floor_sender_push_plans_the_floor_run_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let sender = dir.path().join("floor-sender");
+        std::fs::write(&sender, "").unwrap();
+        let sender = sender.to_str().unwrap();
+        let planned = plan(
+            args(&["-n", "100", "--modes", "tasks", "--push", "--floor-sender", sender]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap();
+        let last = planned.runs.last().unwrap();
+        assert!(last.is_floor() && last.name == FLOOR_RUN, "{:?}", last.name);
+        assert!(last.server.contains("--push-size 32"), "{}", last.server);
+        assert!(planned.push_floor_missing.is_none());
+        let error = plan(
+            args(&[
+                "-n",
+                "100",
+                "--push",
+                "--floor-sender",
+                sender,
+                "--server",
+                "floor=x {port}",
+            ]),
+            FD,
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("name of the floor run"), "{error}");
     }
 
     #[test]

@@ -168,6 +168,13 @@ pub struct Summary<'a> {
     /// With wss runs: what a bare TLS session holds after its handshake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_session: Option<TlsState>,
+    /// `--push`'s floor run (not in `runs`: no memory figure compares it), its samples'
+    /// push figures beside the runs' (`ratios.push_over_floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_floor: Option<&'a RunSummary>,
+    /// `--push` without the floor: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_floor_missing: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +213,8 @@ pub fn write(report: &Report<'_>) -> anyhow::Result<PathBuf> {
             node_limits: &report.node_limits,
         },
         tls_session: report.tls_session,
+        push_floor: summaries.push_floor.as_ref(),
+        push_floor_missing: summaries.push_floor_missing.as_deref(),
     };
     write_file(
         &out.join("summary.json"),
@@ -571,7 +580,8 @@ pub fn tls_table(summaries: &Summaries, tls_session: Option<TlsState>) -> Option
 }
 
 /// `--push`: per run and step, delivery latency to every connection and the server's cost
-/// per broadcast. None when nothing was pushed.
+/// per broadcast, and (with the floor run, its rows last) CPU and p99 ÷ the floor's at
+/// the same connections. None when nothing was pushed.
 pub fn push_rows(summaries: &Summaries) -> Option<Table> {
     let mut table = Table::new([
         "server push",
@@ -582,10 +592,24 @@ pub fn push_rows(summaries: &Summaries) -> Option<Table> {
         "CPU per broadcast",
         "context switches per broadcast",
         "missed",
+        "CPU ÷ floor",
+        "p99 ÷ floor",
     ]);
-    for run in &summaries.runs {
+    for run in summaries.runs.iter().chain(&summaries.push_floor) {
         for sample in &run.samples {
             let Some(push) = sample.push else { continue };
+            let over = summaries
+                .ratios
+                .push_over_floor
+                .get(&run.spec.name)
+                .and_then(|over| over.iter().find(|over| over.connections == sample.connections));
+            let times = |ratio: f64| {
+                if ratio.is_finite() {
+                    format!("{ratio:.2}×")
+                } else {
+                    "-".to_owned()
+                }
+            };
             table.push([
                 run.spec.name.clone(),
                 sample.connections.to_string(),
@@ -595,15 +619,42 @@ pub fn push_rows(summaries: &Summaries) -> Option<Table> {
                 format!("{:.2} ms", push.cpu_seconds_per_broadcast * 1000.0),
                 format!("{:.0}", push.context_switches_per_broadcast),
                 push.push_missed.to_string(),
+                over.map_or("-".to_owned(), |over| times(over.cpu_over_floor)),
+                over.map_or("-".to_owned(), |over| times(over.p99_over_floor)),
             ]);
         }
     }
     (!table.is_empty()).then_some(table)
 }
 
-/// The push table as Markdown.
+/// What the push table says of the floor: what it is, or why it is missing.
+pub fn push_floor_note(summaries: &Summaries) -> Option<String> {
+    if summaries.push_floor.is_some() {
+        Some(
+            "The floor (run `floor`): floor-sender, the wsscale-floor package's raw send() of the same push frame to \
+             every socket from one thread per core, through the same steps, clients and measurement; not a server, so \
+             no memory table, ratio or sizing counts it. \"÷ floor\" is a run's figure over the floor's at the same \
+             connections. The floor's writer threads live for one broadcast: their CPU is counted (the process's CPU \
+             clock), their context switches are not (only the threads alive when read are)."
+                .to_owned(),
+        )
+    } else {
+        summaries
+            .push_floor_missing
+            .as_ref()
+            .map(|why| format!("The floor was not measured: {why}."))
+    }
+}
+
+/// The push table and its note on the floor, as Markdown.
 pub fn push_table(summaries: &Summaries) -> Option<String> {
-    push_rows(summaries).map(|table| table.markdown())
+    let mut out = push_rows(summaries)?.markdown();
+    if let Some(note) = push_floor_note(summaries) {
+        out.push('\n');
+        out.push_str(&note);
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// One run's samples, a row per step.
@@ -851,7 +902,8 @@ fn markdown(report: &Report<'_>) -> String {
             out,
             "## Server push\n\nAt each step, after the memory sample: {} broadcasts of {} bytes one second apart to \
              every held connection. Delivery is the clients' receipt time minus the send time each push carries; CPU \
-             and context switches (every thread's) are per broadcast, net of an equal window with no broadcast.\n\n{push}",
+             (the process's, every thread's) and context switches (every thread alive's) are per broadcast, net of an \
+             equal window with no broadcast.\n\n{push}",
             plan.push.map_or(0, |push| push.count),
             plan.push.map_or(0, |push| push.size_bytes)
         );

@@ -9,6 +9,7 @@ use anyhow::Context;
 use wsscale_host::proc::TreeUsage;
 
 use super::external::ExternalServer;
+use super::floor::FloorSender;
 use super::plan::{Plan, RunSpec, Target};
 use crate::child::{ServeChild, http_get_body};
 use crate::exposition::sample_value;
@@ -20,6 +21,8 @@ const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Server {
     Wsscale(ServeChild),
     External(ExternalServer),
+    /// `--push`'s floor, read like an external server.
+    Floor(FloorSender),
 }
 
 /// One poll of a server while a step settles.
@@ -77,6 +80,13 @@ impl Server {
                     .await?,
                 ))
             }
+            Target::Floor { program, threads } => {
+                let (program, threads) = (program.clone(), *threads);
+                let size = plan.push.map_or(32, |push| push.size_bytes);
+                let floor = tokio::task::spawn_blocking(move || FloorSender::start(&program, threads, size, &log_path))
+                    .await??;
+                Ok(Server::Floor(floor))
+            }
         }
     }
 
@@ -84,6 +94,7 @@ impl Server {
         match self {
             Server::Wsscale(child) => child.pid(),
             Server::External(server) => server.pid(),
+            Server::Floor(floor) => floor.pid(),
         }
     }
 
@@ -91,6 +102,7 @@ impl Server {
         match self {
             Server::Wsscale(child) => child.url(),
             Server::External(server) => server.url(&plan.path),
+            Server::Floor(floor) => floor.url(),
         }
     }
 
@@ -107,8 +119,8 @@ impl Server {
                     figures: Figures::Scrape(text),
                 })
             }
-            Server::External(server) => {
-                let tree = TreeUsage::read(server.pid()).with_context(|| format!("server {} exited", server.name))?;
+            Server::External(_) | Server::Floor(_) => {
+                let tree = TreeUsage::read(self.pid()).context("the server exited")?;
                 Ok(Reading {
                     connections: clients_open,
                     rss_bytes: tree.rss_bytes,
@@ -127,6 +139,7 @@ impl Server {
                 status.is_some_and(|status| status.success())
             }
             Server::External(server) => tokio::task::spawn_blocking(move || server.stop()).await?,
+            Server::Floor(floor) => tokio::task::spawn_blocking(move || floor.stop()).await?,
         };
         if !clean {
             eprintln!("[{name}] warning: the server did not exit cleanly on SIGTERM");
@@ -135,9 +148,16 @@ impl Server {
     }
 }
 
-/// Starts and stops every `--server` once: each must start and upgrade a connection.
+/// Starts and stops every `--server` once: each must start and upgrade a connection; and
+/// the floor, which must start and print its addresses.
 pub async fn check_external_servers(plan: &Plan) -> anyhow::Result<()> {
     for run in &plan.runs {
+        if let Target::Floor { .. } = &run.target {
+            eprintln!("[{}] checking that it starts", run.name);
+            let floor = Server::start(plan, run).await?;
+            floor.stop(&run.name).await?;
+            continue;
+        }
         let Target::External { command } = &run.target else {
             continue;
         };

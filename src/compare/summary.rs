@@ -195,6 +195,35 @@ pub struct Ratios {
     /// Each run over TLS ÷ the same run over plain TCP, by the plain run's name: what TLS
     /// costs.
     pub wss_over_ws: BTreeMap<String, Ratio>,
+    /// `--push` with the floor run: each pushing run's CPU per broadcast and delivery p99
+    /// ÷ the floor's, by run name, a row per step both measured (same connections).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub push_over_floor: BTreeMap<String, Vec<PushOverFloor>>,
+}
+
+/// One step's push figures of a run ÷ the floor's at the same connections.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PushOverFloor {
+    pub connections: u64,
+    pub cpu_over_floor: f64,
+    pub p99_over_floor: f64,
+}
+
+impl PushOverFloor {
+    /// The run's push at this sample ÷ the floor's at the same connection count, if both.
+    pub fn at(sample: &Sample, floor: &RunSummary) -> Option<PushOverFloor> {
+        let push = sample.push?;
+        let under = floor
+            .samples
+            .iter()
+            .find(|floor| floor.connections == sample.connections)?
+            .push?;
+        Some(PushOverFloor {
+            connections: sample.connections,
+            cpu_over_floor: push.cpu_seconds_per_broadcast / under.cpu_seconds_per_broadcast,
+            p99_over_floor: push.push_delivery_p99_ms / under.push_delivery_p99_ms,
+        })
+    }
 }
 
 /// `key`, or `key-wss` for a TLS run: how the ratios are keyed.
@@ -208,13 +237,22 @@ pub fn keyed(key: impl std::fmt::Display, scheme: Scheme) -> String {
 /// Every run's fits and the ratios between them.
 #[derive(Debug, Clone)]
 pub struct Summaries {
+    /// The servers' runs: what the memory tables, ratios and sizing are of.
     pub runs: Vec<RunSummary>,
     pub ratios: Ratios,
+    /// `--push`'s floor run, apart: not a server (it answers upgrades and writes pushes,
+    /// nothing else), so only the push table shows it.
+    pub push_floor: Option<RunSummary>,
+    /// `--push` without the floor: why.
+    pub push_floor_missing: Option<String>,
 }
 
 impl Summaries {
     pub fn of(results: &[RunResult]) -> Summaries {
-        let runs: Vec<RunSummary> = results.iter().map(RunSummary::of).collect();
+        let (floor, results): (Vec<&RunResult>, Vec<&RunResult>) =
+            results.iter().partition(|result| result.spec.is_floor());
+        let push_floor = floor.first().map(|floor| RunSummary::of(floor));
+        let runs: Vec<RunSummary> = results.into_iter().map(RunSummary::of).collect();
         let mut ratios = Ratios::default();
         let find = |builtin: Builtin| runs.iter().find(|run| run.builtin() == Some(builtin));
         for scheme in Scheme::ALL {
@@ -253,7 +291,24 @@ impl Summaries {
                     .insert(plain.spec.name.clone(), Ratio::of(run, plain));
             }
         }
-        Summaries { runs, ratios }
+        if let Some(floor) = &push_floor {
+            for run in &runs {
+                let over: Vec<PushOverFloor> = run
+                    .samples
+                    .iter()
+                    .filter_map(|sample| PushOverFloor::at(sample, floor))
+                    .collect();
+                if !over.is_empty() {
+                    ratios.push_over_floor.insert(run.spec.name.clone(), over);
+                }
+            }
+        }
+        Summaries {
+            runs,
+            ratios,
+            push_floor,
+            push_floor_missing: None,
+        }
     }
 
     /// A wsscale run, if it ran.

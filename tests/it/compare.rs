@@ -13,8 +13,14 @@ use crate::support::read_json;
 /// Runs `wsscale compare ARGS --out DIR/report` from the repository root (where the
 /// peers' commands are relative to); returns the output and the report folder.
 async fn compare(args: &[&str], dir: &Path) -> (Output, PathBuf) {
+    compare_with_env(args, dir, &[]).await
+}
+
+/// The same with environment variables set.
+async fn compare_with_env(args: &[&str], dir: &Path, env: &[(&str, &Path)]) -> (Output, PathBuf) {
     let out = dir.join("report");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsscale"))
+        .envs(env.iter().copied())
         .arg("compare")
         .args(args)
         .arg("--out")
@@ -448,10 +454,17 @@ async fn push_reports_delivery_and_cost_per_broadcast() {
         "--push-count",
         "2",
     ];
-    let (output, out) = compare(&args, dir.path()).await;
+    // Without the floor program: the report is as it was, and says why.
+    let missing = dir.path().join("no-floor-sender");
+    let (output, out) = compare_with_env(&args, dir.path(), &[("WSSCALE_FLOOR_SENDER", &missing)]).await;
     assert!(output.status.success(), "{}", describe(&output));
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("| server push |"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the floor is not measured"),
         "{}",
         describe(&output)
     );
@@ -479,6 +492,111 @@ async fn push_reports_delivery_and_cost_per_broadcast() {
     assert!(out.join("push_vs_connections.svg").is_file());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Server push"), "{report}");
+    assert!(
+        report.contains("The floor was not measured") && report.contains("cargo build --release -p wsscale-floor"),
+        "{report}"
+    );
+    assert!(summary["push_floor_missing"].is_string(), "{summary:#}");
+    assert!(summary.get("push_floor").is_none());
+}
+
+/// A floor program that does not start fails the comparison before any run, quoting why.
+#[tokio::test]
+async fn a_floor_that_does_not_start_fails_before_any_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sender = dir.path().join("floor-sender");
+    std::fs::write(&sender, "#!/bin/sh\necho cannot start >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&sender, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = ["-n", "100", "--modes", "tasks", "--engines", "lean", "--push"];
+    let (output, out) = compare_with_env(&args, dir.path(), &[("WSSCALE_FLOOR_SENDER", &sender)]).await;
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ended before it listened (exit status: 3)"), "{stderr}");
+    assert!(!stderr.contains("[tasks-lean] server pid"), "no run started: {stderr}");
+    let log = std::fs::read_to_string(out.join("serve-floor.log")).unwrap();
+    assert!(log.contains("cannot start"), "{log}");
+}
+
+/// `--push` with the floor program (floor-sender beside wsscale: `cargo build -p
+/// wsscale-floor`, which `cargo test --workspace` and scripts/test.sh build): the floor is
+/// one more run through the same steps and clients, apart from the servers' runs, and each
+/// run's push figures are divided by its.
+#[tokio::test]
+async fn push_reports_the_floor_beside_the_runs() {
+    const CONNECTIONS: u64 = 300;
+    let sender = Path::new(env!("CARGO_BIN_EXE_wsscale")).with_file_name("floor-sender");
+    if !sender.is_file() {
+        eprintln!(
+            "skipped: no {} (cargo build -p wsscale-floor, or cargo test --workspace)",
+            sender.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--connections",
+        "300",
+        "--steps",
+        "1",
+        "--settle-timeout",
+        "5s",
+        "--modes",
+        "tasks",
+        "--engines",
+        "lean",
+        "--push",
+        "--push-count",
+        "2",
+    ];
+    let (output, out) = compare_with_env(&args, dir.path(), &[("WSSCALE_FLOOR_SENDER", &sender)]).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let summary: Value = read_json(&out.join("summary.json"));
+    let names: Vec<&str> = summary["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tasks-lean"], "the floor is in no memory comparison");
+    assert!(
+        summary["ratios"]["over_lean_tasks"].as_object().unwrap().is_empty(),
+        "{summary:#}"
+    );
+    let floor = &summary["push_floor"];
+    assert_eq!(floor["name"], "floor", "{summary:#}");
+    let step = &floor["samples"][1];
+    assert_eq!(step["connections"], CONNECTIONS, "{step:#}");
+    assert_eq!(step["push_delivered"], CONNECTIONS * 2, "{step:#}");
+    assert!(step["cpu_seconds_per_broadcast"].as_f64().unwrap() > 0.0, "{step:#}");
+    let over = &summary["ratios"]["push_over_floor"]["tasks-lean"][0];
+    assert_eq!(over["connections"], CONNECTIONS, "{summary:#}");
+    for field in ["cpu_over_floor", "p99_over_floor"] {
+        let ratio = over[field].as_f64().unwrap_or(f64::NAN);
+        assert!(ratio.is_finite() && ratio > 0.0, "{field}: {over:#}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| CPU ÷ floor | p99 ÷ floor |"), "{report}");
+    let row = |name: &str| {
+        report
+            .lines()
+            .find(|line| line.starts_with(&format!("| {name} | 300 |")))
+            .unwrap_or_else(|| panic!("no push row of {name}: {report}"))
+            .to_owned()
+    };
+    assert!(row("floor").contains("ms"), "{report}");
+    let lean = row("tasks-lean");
+    let cells: Vec<&str> = lean.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect();
+    for cell in &cells[cells.len() - 2..] {
+        let ratio: f64 = cell.trim_end_matches('×').parse().unwrap_or(f64::NAN);
+        assert!(ratio.is_finite() && ratio > 0.0, "{lean}");
+    }
+    assert!(!report.contains("## Samples: floor"), "{report}");
+    assert!(
+        std::fs::read_to_string(out.join("index.html"))
+            .unwrap()
+            .contains("floor-sender")
+    );
 }
 
 /// `--schemes ws,wss`: every wsscale run also over TLS (named `-wss`), with compare's own
