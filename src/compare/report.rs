@@ -619,8 +619,8 @@ pub fn push_rows(summaries: &Summaries) -> Option<Table> {
                 format!("{:.2} ms", push.cpu_seconds_per_broadcast * 1000.0),
                 format!("{:.0}", push.context_switches_per_broadcast),
                 push.push_missed.to_string(),
-                over.map_or("-".to_owned(), |over| times(over.cpu_over_floor)),
-                over.map_or("-".to_owned(), |over| times(over.p99_over_floor)),
+                over.and_then(|over| over.cpu_over_floor).map_or("-".to_owned(), times),
+                over.and_then(|over| over.p99_over_floor).map_or("-".to_owned(), times),
             ]);
         }
     }

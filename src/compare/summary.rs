@@ -201,12 +201,15 @@ pub struct Ratios {
     pub push_over_floor: BTreeMap<String, Vec<PushOverFloor>>,
 }
 
-/// One step's push figures of a run ÷ the floor's at the same connections.
+/// One step's push figures of a run ÷ the floor's at the same connections; `None` (null)
+/// where either figure is not above zero: CPU per broadcast is net of a quiet window, and
+/// on a busy machine a small broadcast can read at or below it, a figure no ratio can be
+/// taken of.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PushOverFloor {
     pub connections: u64,
-    pub cpu_over_floor: f64,
-    pub p99_over_floor: f64,
+    pub cpu_over_floor: Option<f64>,
+    pub p99_over_floor: Option<f64>,
 }
 
 impl PushOverFloor {
@@ -220,10 +223,15 @@ impl PushOverFloor {
             .push?;
         Some(PushOverFloor {
             connections: sample.connections,
-            cpu_over_floor: push.cpu_seconds_per_broadcast / under.cpu_seconds_per_broadcast,
-            p99_over_floor: push.push_delivery_p99_ms / under.push_delivery_p99_ms,
+            cpu_over_floor: ratio(push.cpu_seconds_per_broadcast, under.cpu_seconds_per_broadcast),
+            p99_over_floor: ratio(push.push_delivery_p99_ms, under.push_delivery_p99_ms),
         })
     }
+}
+
+/// `run ÷ floor`, when both are above zero.
+fn ratio(run: f64, floor: f64) -> Option<f64> {
+    (run > 0.0 && floor > 0.0).then(|| run / floor)
 }
 
 /// `key`, or `key-wss` for a TLS run: how the ratios are keyed.

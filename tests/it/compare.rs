@@ -568,13 +568,21 @@ async fn push_reports_the_floor_beside_the_runs() {
     let step = &floor["samples"][1];
     assert_eq!(step["connections"], CONNECTIONS, "{step:#}");
     assert_eq!(step["push_delivered"], CONNECTIONS * 2, "{step:#}");
-    assert!(step["cpu_seconds_per_broadcast"].as_f64().unwrap() > 0.0, "{step:#}");
+    // Net of a quiet window: on a busy machine a small broadcast can read at or below it.
+    assert!(
+        step["cpu_seconds_per_broadcast"].as_f64().unwrap().is_finite(),
+        "{step:#}"
+    );
     let over = &summary["ratios"]["push_over_floor"]["tasks-lean"][0];
     assert_eq!(over["connections"], CONNECTIONS, "{summary:#}");
-    for field in ["cpu_over_floor", "p99_over_floor"] {
-        let ratio = over[field].as_f64().unwrap_or(f64::NAN);
-        assert!(ratio.is_finite() && ratio > 0.0, "{field}: {over:#}");
-    }
+    let p99 = over["p99_over_floor"].as_f64().unwrap_or(f64::NAN);
+    assert!(p99.is_finite() && p99 > 0.0, "p99_over_floor: {over:#}");
+    // A CPU ratio only of two figures above zero, else null (and "-" in the table).
+    let cpu = &over["cpu_over_floor"];
+    assert!(
+        cpu.is_null() || cpu.as_f64().is_some_and(|ratio| ratio.is_finite() && ratio > 0.0),
+        "cpu_over_floor: {over:#}"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| CPU ÷ floor | p99 ÷ floor |"), "{report}");
     let row = |name: &str| {
@@ -587,10 +595,15 @@ async fn push_reports_the_floor_beside_the_runs() {
     assert!(row("floor").contains("ms"), "{report}");
     let lean = row("tasks-lean");
     let cells: Vec<&str> = lean.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect();
-    for cell in &cells[cells.len() - 2..] {
-        let ratio: f64 = cell.trim_end_matches('×').parse().unwrap_or(f64::NAN);
-        assert!(ratio.is_finite() && ratio > 0.0, "{lean}");
-    }
+    let [cpu, p99] = [cells[cells.len() - 2], cells[cells.len() - 1]]
+        .map(|cell| (cell != "-").then(|| cell.trim_end_matches('×').parse::<f64>().unwrap_or(f64::NAN)));
+    assert!(p99.is_some_and(|ratio| ratio.is_finite() && ratio > 0.0), "{lean}");
+    assert!(cpu.is_none_or(|ratio| ratio.is_finite() && ratio > 0.0), "{lean}");
+    assert_eq!(
+        cpu.is_none(),
+        over["cpu_over_floor"].is_null(),
+        "the table says what summary.json says: {lean}"
+    );
     assert!(!report.contains("## Samples: floor"), "{report}");
     assert!(
         std::fs::read_to_string(out.join("index.html"))
