@@ -389,19 +389,31 @@ mod tests {
     fn process_cpu_time_keeps_an_exited_threads_time() {
         let pid = std::process::id();
         let before = process_cpu_seconds(pid).unwrap();
-        std::thread::spawn(|| {
-            let started = std::time::Instant::now();
+        // Spins until the thread itself has used 50 ms of CPU (its own clock, not the
+        // wall's: on a busy machine 50 ms of wall time may be far less CPU), then exits.
+        let spent = std::thread::spawn(|| {
+            let thread_cpu = || {
+                let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: a valid clock id and a timespec to write.
+                assert_eq!(
+                    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) },
+                    0
+                );
+                now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+            };
+            let start = thread_cpu();
             let mut spin = 0u64;
-            while started.elapsed() < std::time::Duration::from_millis(50) {
+            while thread_cpu() - start < 0.05 {
                 spin = std::hint::black_box(spin.wrapping_add(1));
             }
+            thread_cpu() - start
         })
         .join()
         .unwrap();
         let after = ProcessCounters::read(pid).unwrap().cpu_seconds;
         assert!(
-            after - before >= 0.03,
-            "{before} -> {after}: the thread's 50 ms are counted"
+            after - before >= spent,
+            "{before} -> {after}: the exited thread's {spent} s are counted"
         );
     }
 
