@@ -531,12 +531,10 @@ impl Connection {
     /// is queued once and a second shutdown of the write side does nothing.
     fn linger(&mut self, socket: &impl Socket) {
         if let Some(tls) = self.tls.as_deref_mut() {
-            let queued = self.unsent.len();
-            tls.close(&mut self.unsent);
-            if queued == 0 && !self.unsent.is_empty() {
-                let written = write_some(socket, &self.unsent).unwrap_or(0);
-                self.unsent.drain(..written);
-            }
+            let mut close_notify = Vec::new();
+            tls.close(&mut close_notify);
+            // An error here is the peer's going: the linger ends on the read that sees it.
+            let _ = self.transmit(socket, &close_notify);
         }
         if self.unsent.is_empty() {
             self.unsent = Vec::new();
