@@ -686,8 +686,8 @@ mod tests {
     /// plain variant is the bare socket, so the future stayed at 784. The hold over
     /// [`Socket`] (for --offer-deflate) made it 752: the incoming frame is polled through
     /// `poll_fn` rather than a stream's `Next` future.
-    #[test]
-    fn a_held_connection_task_stays_small() {
+    /// The size of a held connection's future over socket `S` (what its task holds).
+    fn held_task_size<S: Socket>() -> usize {
         let settings = Arc::new(ClientSettings::new(
             url::Url::parse("ws://127.0.0.1:1/ws").unwrap(),
             "127.0.0.1:1".parse().unwrap(),
@@ -698,7 +698,7 @@ mod tests {
         ));
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
         let (attempted, _) = tokio::sync::mpsc::unbounded_channel();
-        let task = run::<Tungstenite>(
+        let task = run::<S>(
             settings,
             None,
             Duration::ZERO,
@@ -707,7 +707,12 @@ mod tests {
             attempted,
             CancellationToken::new(),
         );
-        let size = size_of_val(&task);
+        size_of_val(&task)
+    }
+
+    #[test]
+    fn a_held_connection_task_stays_small() {
+        let size = held_task_size::<Tungstenite>();
         println!("client::run future: {size} bytes");
         assert!(
             size <= 784,
@@ -719,26 +724,7 @@ mod tests {
     /// or a pointer to yawc's), in a task of the same cell size.
     #[test]
     fn a_held_offering_connection_task_stays_small_too() {
-        let settings = Arc::new(ClientSettings::new(
-            url::Url::parse("ws://127.0.0.1:1/ws").unwrap(),
-            "127.0.0.1:1".parse().unwrap(),
-            Duration::from_secs(1),
-            Some(Duration::from_secs(1)),
-            None,
-            0,
-        ));
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let (attempted, _) = tokio::sync::mpsc::unbounded_channel();
-        let task = run::<crate::deflate::Offering>(
-            settings,
-            None,
-            Duration::ZERO,
-            Arc::new(Stats::default()),
-            permit,
-            attempted,
-            CancellationToken::new(),
-        );
-        let size = size_of_val(&task);
+        let size = held_task_size::<crate::deflate::Offering>();
         println!("client::run::<Offering> future: {size} bytes");
         assert!(size <= 784, "the offering connection's future is {size} bytes");
     }
