@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsscale::child::ServeChild;
 
-use crate::support::{Kind, TestServer, assert_all_echo, assert_echo, eventually, http_get};
+use crate::support::{Kind, TestServer, assert_all_echo, assert_echo, client_frame, eventually, http_get};
 
 crate::every_server!(
     slowloris_clients_are_cut_at_the_handshake_timeout,
@@ -98,29 +98,9 @@ async fn raw_upgrade(server: &TestServer) -> TcpStream {
     stream
 }
 
-/// A client frame: FIN set, masked unless `masked` is false.
-fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        len @ 0..=125 => out.push(mask_bit | len as u8),
-        len @ 126..=65535 => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
+/// A masked client frame (FIN set).
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame(opcode, payload, Some([0x12, 0x34, 0x56, 0x78]))
 }
 
 /// Reads server frames until a close frame, and returns its status code; None when the
@@ -170,15 +150,11 @@ async fn malformed_frames_fail_the_connection(kind: Kind) {
     let cases: [(&str, Vec<u8>, u16); 3] = [
         (
             "invalid UTF-8 in a text frame",
-            frame(0x1, &[0xce, 0xba, 0xff, 0xfe], true),
+            frame(0x1, &[0xce, 0xba, 0xff, 0xfe]),
             1007,
         ),
-        ("an unmasked client frame", frame(0x1, b"hello", false), 1002),
-        (
-            "a message above --max-message-size",
-            frame(0x2, &[7u8; 2048], true),
-            1009,
-        ),
+        ("an unmasked client frame", client_frame(0x1, b"hello", None), 1002),
+        ("a message above --max-message-size", frame(0x2, &[7u8; 2048]), 1009),
     ];
     for (what, bytes, code) in cases {
         let mut stream = raw_upgrade(&server).await;
@@ -457,7 +433,7 @@ async fn the_handshake_bound_holds_under_2000_half_open_clients(kind: Kind) {
 async fn a_client_still_sending_an_oversized_message_reads_its_1009_and_a_clean_end(kind: Kind) {
     const CLIENTS: usize = 5;
     let server = TestServer::start(kind, &[]);
-    let message = frame(0x1, &vec![b'x'; 210_000], true);
+    let message = frame(0x1, &vec![b'x'; 210_000]);
     for i in 0..CLIENTS {
         let (mut read, mut write) = raw_upgrade(&server).await.into_split();
         let message = message.clone();
@@ -505,12 +481,12 @@ async fn a_failed_connection_lingers_no_longer_than_its_bounds(kind: Kind) {
     let server = TestServer::start(kind, &["--max-message-size", "1KiB"]);
     // Silent after its violation, and still connected.
     let mut silent = raw_upgrade(&server).await;
-    silent.write_all(&frame(0x1, b"\xff", true)).await.unwrap();
+    silent.write_all(&frame(0x1, b"\xff")).await.unwrap();
     let started = Instant::now();
     assert_eq!(close_code(&mut silent).await, Some(1007));
     // Sends on and on after its violation.
     let (mut read, mut write) = raw_upgrade(&server).await.into_split();
-    write.write_all(&frame(0x2, &[0u8; 2048], true)).await.unwrap();
+    write.write_all(&frame(0x2, &[0u8; 2048])).await.unwrap();
     let flood = tokio::spawn(async move {
         let chunk = vec![0u8; 64 * 1024];
         // Until the server closes: then a write fails. 64 MiB is far more than the

@@ -13,7 +13,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Client, Kind, TestServer, eventually, http_post, read_json};
+use crate::support::{Client, Kind, TestServer, client_frame, eventually, http_post, read_json};
 
 crate::lean_stacks!(
     every_connection_gets_every_broadcast_once_in_order,
@@ -360,25 +360,6 @@ async fn a_burst_of_broadcasts_arrives_whole_and_in_order_everywhere(kind: Kind)
     assert_eq!(metrics.value("wsscale_pushes_dropped_total", &[]), 0.0);
 }
 
-/// A client frame, masked as RFC 6455 requires.
-fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
-    frame
-}
-
 /// Every frame in `bytes`, parsed strictly as a server's: FIN set, no reserved bit, a
 /// known opcode, unmasked, the length in its shortest form, and nothing left over.
 fn strict_frames(mut bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
@@ -492,14 +473,14 @@ async fn a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames(kind:
         let frame = if i % 3 == 2 {
             let payload = format!("ping {i}").into_bytes();
             pings.push(payload.clone());
-            client_frame(0x9, &payload, mask)
+            client_frame(0x9, &payload, Some(mask))
         } else {
             // Echoes of every length form: 7-bit, 16-bit, and a few past the socket's
             // first write.
             let len = [10, 300, 5000, 70_000][i % 4];
             let text: String = format!("echo {i} ").chars().cycle().take(len).collect();
             texts.push(text.clone().into_bytes());
-            client_frame(0x1, text.as_bytes(), mask)
+            client_frame(0x1, text.as_bytes(), Some(mask))
         };
         write_half.write_all(&frame).await.unwrap();
         if i % 16 == 0 {
@@ -507,7 +488,7 @@ async fn a_push_racing_echoes_pongs_and_the_close_never_interleaves_frames(kind:
         }
     }
     write_half
-        .write_all(&client_frame(0x8, &1000u16.to_be_bytes(), [7, 7, 7, 7]))
+        .write_all(&client_frame(0x8, &1000u16.to_be_bytes(), Some([7, 7, 7, 7])))
         .await
         .unwrap();
     let bytes = tokio::time::timeout(Duration::from_secs(60), received)

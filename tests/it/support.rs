@@ -380,3 +380,29 @@ pub async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, response) = http_exchange(addr, request.as_bytes()).await;
     (status, body(&response).to_owned())
 }
+
+/// A client frame with FIN set, masked with `mask` as RFC 6455 requires, or unmasked
+/// (`None`), as no client may send.
+pub fn client_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=65535 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(mask) => {
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
