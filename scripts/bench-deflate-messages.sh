@@ -10,30 +10,27 @@
 #   WSSCALE_BIN=path/to/wsscale scripts/bench-deflate-messages.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 connections=${1:-2000}
-if [ -z "${WSSCALE_BIN:-}" ]; then
-    cargo build --release --quiet
-fi
-bin=${WSSCALE_BIN:-target/release/wsscale}
+bin=$(wsscale_bin)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cd "$work"
 for setting in "off" "stateless" "context 15" "context 10"; do
     read -r mode bits <<<"$setting"
-    args=(serve --engine lean --mode tasks --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --deflate "$mode")
-    [ -n "${bits:-}" ] && args+=(--deflate-window-bits "$bits")
-    "$bin" "${args[@]}" > serve.out 2>&1 &
-    server=$!
-    for _ in $(seq 100); do grep -q "metrics" serve.out 2>/dev/null && break; sleep 0.1; done
-    ws=$(grep -o "url=ws://[0-9.:]*/ws" serve.out | head -1 | cut -d= -f2)
-    metrics=$(grep -o "metrics=http://[0-9.:]*/metrics" serve.out | head -1 | cut -d= -f2)
-    heap() { curl -s "$metrics" | awk '/^wsscale_heap_allocated_bytes/{print $2}'; }
-    before=$(heap)
-    "$bin" load --url "$ws" -n "$connections" --hold 14s --ping-interval 0s --message-interval 8s --message-size 1KiB --offer-deflate --json load.json > load.out 2>&1 &
+    flags=(--engine lean --deflate "$mode")
+    [ -n "${bits:-}" ] && flags+=(--deflate-window-bits "$bits")
+    start_server "$bin" tasks 127.0.0.1:0 "$work" "${flags[@]}"
+    before=$(metric "$metrics_url" wsscale_heap_allocated_bytes)
+    # Each connection sends its one message 8 s after it opened, and is released at 14 s.
+    "$bin" load --url "$ws_url" -n "$connections" --hold 14s --ping-interval 0s --message-interval 8s \
+        --message-size 1KiB --offer-deflate --json "$work/load.json" >"$work/load.out" 2>&1 &
     load=$!
-    sleep 11
-    after=$(heap)
-    wait $load
-    kill -TERM $server; wait $server || true
-    echo "$setting: heap $before B before, $after B after one message on each of $connections connections: $(( (${after%.*} - ${before%.*}) / connections )) B per connection; echoed $(jq .messages_echoed load.json)"
+    # Every connection's message echoed (compressed): the heap is read with each of them
+    # having sent exactly one.
+    wait_metric "$metrics_url" wsscale_messages_sent_total "$connections" 30
+    after=$(metric "$metrics_url" wsscale_heap_allocated_bytes)
+    wait "$load"
+    stop_process "$server_pid"
+    echo "$setting: heap $before B before, $after B after one message on each of $connections connections: $(((${after%.*} - ${before%.*}) / connections)) B per connection; echoed $(jq .messages_echoed "$work/load.json")"
 done
